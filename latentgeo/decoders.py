@@ -1,0 +1,391 @@
+"""Wrappers that turn any trained decoder into something the metric code can differentiate.
+
+A decoder maps latent codes ``z`` of shape ``(N, d)`` to the parameters of a likelihood
+over data of any trailing shape (images are flattened internally). Each wrapper exposes
+
+* :meth:`Decoder.coordinates` — the parameter vector ``η(z)`` (flattened, ``(N, K)``) for a
+  metric *kind*; for the *embedded* kinds it is the embedding ``g(z)`` whose Euclidean
+  pullback ``JᵀJ`` is the metric:
+
+  ======================  ===========  ===========================================
+  decoder                 kind         embedding ``g(z)``
+  ======================  ===========  ===========================================
+  GaussianDecoder         "expected"   ``[μ; σ]``  (Arvanitidis et al. 2018, Thm 1)
+  GaussianDecoder         "mean"       ``μ``
+  GaussianDecoder         "fisher"     ``η = [μ; σ]`` with Fisher weights ``[1/σ²; 2/σ²]`` (not Euclidean)
+  BernoulliDecoder        "fisher"     ``2·arcsin √p``  (Arvanitidis et al. 2022)
+  BernoulliDecoder        "mean"       ``p``
+  CategoricalDecoder      "fisher"     ``2·√π``
+  CategoricalDecoder      "mean"       ``π``
+  DeterministicDecoder    "expected"   ``f(z)`` (σ = 0, so the expected metric is ``JᵀJ``)
+  ======================  ===========  ===========================================
+
+* :meth:`Decoder.distribution` — the likelihood as a :mod:`torch.distributions` object.
+
+The coordinate maps are pure torch functions so that :mod:`torch.func` transforms apply;
+the checks on decoder outputs (batch size, NaN, σ > 0, probabilities in range) are run by
+:meth:`Decoder.check_coordinates` on the values, outside the transforms.
+
+Example:
+    >>> import torch, latentgeo as lg
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5))
+    >>> dec = lg.GaussianDecoder(mean=net, std=lambda z: 0.1 + z.pow(2).sum(1, keepdim=True).expand(-1, 5))
+    >>> dec.coordinates(torch.zeros(3, 2), "expected").shape
+    torch.Size([3, 10])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Categorical, Independent, Normal
+
+from ._validation import as_latent_batch, describe_bad_rows
+
+__all__ = [
+    "Decoder",
+    "GaussianDecoder",
+    "BernoulliDecoder",
+    "CategoricalDecoder",
+    "DeterministicDecoder",
+]
+
+_STATEFUL_TRAIN_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _flat(out, n: int, what: str) -> torch.Tensor:
+    """Flatten a decoder output to ``(n, K)``, checking the batch size."""
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"decoder {what} returned {type(out).__name__}, expected a tensor of shape (N, ...)")
+    if out.dim() == 0 or out.shape[0] != n:
+        raise ValueError(
+            f"decoder {what} returned shape {tuple(out.shape)} for a batch of {n} latent codes; "
+            f"the first dimension must be the batch size {n}"
+        )
+    return out.reshape(n, -1)
+
+
+class Decoder:
+    """Base class of decoder wrappers (see module docstring).
+
+    Args:
+        latent_dim: expected latent dimension ``d``; inputs with another width are refused.
+            ``None`` accepts any width the wrapped callables accept.
+    """
+
+    kinds: tuple[str, ...] = ()
+    default_kind: str = ""
+    #: kinds whose metric is the Euclidean pullback ``JᵀJ`` of :meth:`coordinates`
+    embedded_kinds: tuple[str, ...] = ()
+
+    def __init__(self, latent_dim: Optional[int] = None):
+        if latent_dim is not None and (int(latent_dim) != latent_dim or latent_dim < 1):
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        self.latent_dim = None if latent_dim is None else int(latent_dim)
+        self._warned_training = False
+
+    # -- to implement -------------------------------------------------------------------
+    def _modules(self) -> list:
+        return []
+
+    def coordinates(self, z: torch.Tensor, kind: Optional[str] = None) -> torch.Tensor:
+        """Pure map ``z (N, d) -> η (N, K)`` for ``kind`` (no input checks; transformable)."""
+        raise NotImplementedError
+
+    def check_coordinates(self, eta: torch.Tensor, kind: Optional[str] = None) -> None:
+        """Raise ``ValueError`` if decoder outputs ``η`` are unusable (NaN, σ ≤ 0, ...)."""
+        bad = ~torch.isfinite(eta).all(dim=1)
+        if bool(bad.any()):
+            raise ValueError(f"decoder returned NaN/inf at {describe_bad_rows(bad)}")
+
+    def fisher_weights(self, eta: torch.Tensor, kind: Optional[str] = None) -> Optional[torch.Tensor]:
+        """Diagonal weights ``w(η)`` with ``M = Jᵀ diag(w) J``; ``None`` for embedded kinds."""
+        return None
+
+    def distribution(self, z: torch.Tensor) -> torch.distributions.Distribution:
+        """The likelihood ``p(x | z)`` as a torch distribution over flattened data."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+    def resolve_kind(self, kind: Optional[str]) -> str:
+        if kind is None:
+            return self.default_kind
+        if kind not in self.kinds:
+            raise ValueError(
+                f"{type(self).__name__} does not support metric kind {kind!r}; supported: {', '.join(self.kinds)}"
+            )
+        return kind
+
+    def is_embedded(self, kind: Optional[str] = None) -> bool:
+        return self.resolve_kind(kind) in self.embedded_kinds
+
+    def prepare(self, z, name: str = "z") -> torch.Tensor:
+        """Validate a latent batch against this decoder (shape, finiteness, dtype vs parameters)."""
+        z, _ = as_latent_batch(z, self.latent_dim, name=name, allow_single=False)
+        for m in self._modules():
+            p = next(iter(m.parameters()), None)
+            if p is not None:
+                if p.dtype != z.dtype:
+                    raise ValueError(
+                        f"{name} has dtype {z.dtype} but the decoder's parameters are {p.dtype}; "
+                        f"convert one of them (e.g. decoder.to({z.dtype}) or {name}.to({p.dtype}))"
+                    )
+                if p.device != z.device:
+                    raise ValueError(f"{name} is on {z.device} but the decoder's parameters are on {p.device}")
+            if not self._warned_training and any(
+                mod.training for mod in m.modules() if isinstance(mod, _STATEFUL_TRAIN_LAYERS)
+            ):
+                warnings.warn(
+                    "the decoder has dropout/batch-norm layers in training mode; its outputs are random or "
+                    "batch-dependent, so the metric is not well defined. Call .eval() on it first.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._warned_training = True
+        return z
+
+    def __call__(self, z):
+        return self.distribution(z)
+
+
+def _as_callable(f, what: str) -> Callable:
+    if f is None or not callable(f):
+        raise ValueError(f"{what} must be a callable (an nn.Module or a function), got {type(f).__name__}")
+    return f
+
+
+class GaussianDecoder(Decoder):
+    """Gaussian likelihood ``x ~ N(μ(z), diag σ(z)²)``.
+
+    Give either two callables ``mean`` and ``std``, or one callable ``model`` returning
+    ``(mean, std)``. Both outputs may have any trailing shape (the same for both).
+
+    Kinds: ``"expected"`` (default) the expected metric ``JμᵀJμ + JσᵀJσ`` of Arvanitidis,
+    Hansen & Hauberg, *Latent Space Oddity*, ICLR 2018, Thm 1; ``"mean"`` the pullback of
+    the mean only; ``"fisher"`` the Fisher–Rao pullback ``Jμᵀdiag(1/σ²)Jμ + 2Jσᵀdiag(1/σ²)Jσ``
+    (Arvanitidis et al., AISTATS 2022), the pullback of a product of hyperbolic planes.
+    """
+
+    kinds = ("expected", "mean", "fisher")
+    default_kind = "expected"
+    embedded_kinds = ("expected", "mean")
+
+    def __init__(self, mean=None, std=None, *, model=None, latent_dim: Optional[int] = None):
+        super().__init__(latent_dim)
+        if model is not None:
+            if mean is not None or std is not None:
+                raise ValueError("give either mean= and std= callables, or model= returning (mean, std), not both")
+            self.model = _as_callable(model, "model")
+            self.mean = self.std = None
+        else:
+            if mean is None or std is None:
+                raise ValueError("GaussianDecoder needs both mean= and std= callables (or model= returning both)")
+            self.model = None
+            self.mean = _as_callable(mean, "mean")
+            self.std = _as_callable(std, "std")
+
+    def _modules(self):
+        fs = [self.model] if self.model is not None else [self.mean, self.std]
+        return [f for f in fs if isinstance(f, nn.Module)]
+
+    def mean_std(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(μ, σ)`` flattened to ``(N, D)`` each."""
+        n = z.shape[0]
+        if self.model is not None:
+            out = self.model(z)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ValueError("GaussianDecoder(model=...) must return a pair (mean, std)")
+            mu, sd = out
+        else:
+            mu, sd = self.mean(z), self.std(z)
+        mu, sd = _flat(mu, n, "mean"), _flat(sd, n, "std")
+        if mu.shape != sd.shape:
+            raise ValueError(f"decoder mean has {mu.shape[1]} outputs per code but std has {sd.shape[1]}")
+        return mu, sd
+
+    def coordinates(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        mu, sd = self.mean_std(z)
+        if kind == "mean":
+            return mu
+        return torch.cat([mu, sd], dim=1)
+
+    def check_coordinates(self, eta, kind=None):
+        super().check_coordinates(eta, kind)
+        kind = self.resolve_kind(kind)
+        if kind != "mean":
+            sd = eta[:, eta.shape[1] // 2 :]
+            bad = ~(sd > 0).all(dim=1)
+            if bool(bad.any()):
+                raise ValueError(f"decoder std must be positive; got σ <= 0 at {describe_bad_rows(bad)}")
+
+    def fisher_weights(self, eta, kind=None):
+        if self.resolve_kind(kind) != "fisher":
+            return None
+        sd = eta[:, eta.shape[1] // 2 :]
+        prec = sd.pow(-2)
+        return torch.cat([prec, 2.0 * prec], dim=1)
+
+    def distribution(self, z):
+        z = self.prepare(z)
+        mu, sd = self.mean_std(z)
+        eta = torch.cat([mu, sd], 1)
+        self.check_coordinates(eta, "expected")
+        return Independent(Normal(mu, sd), 1)
+
+
+def _bernoulli_sqrt_embedding(logits: torch.Tensor) -> torch.Tensor:
+    # 2·arcsin(√σ(l)) = 2·arctan(e^{l/2}) = π/2 + 2·arctan(tanh(l/4)): finite value and
+    # derivative for every finite logit (the arcsin form has 0·∞ at p ∈ {0, 1}).
+    return 0.5 * math.pi + 2.0 * torch.atan(torch.tanh(0.25 * logits))
+
+
+class BernoulliDecoder(Decoder):
+    """Bernoulli likelihood with ``logits=`` (preferred) or ``probs=`` callable.
+
+    Kinds: ``"fisher"`` (default) the Fisher–Rao pullback ``Jᵀ diag(1/(p(1−p))) J``, whose
+    embedding is ``2·arcsin √p`` (computed from logits as ``π/2 + 2·atan(tanh(l/4))`` so
+    that it stays differentiable at saturated pixels); ``"mean"`` the pullback of ``p``.
+    """
+
+    kinds = ("fisher", "mean")
+    default_kind = "fisher"
+    embedded_kinds = kinds
+
+    def __init__(self, logits=None, *, probs=None, latent_dim: Optional[int] = None):
+        super().__init__(latent_dim)
+        if (logits is None) == (probs is None):
+            raise ValueError("BernoulliDecoder needs exactly one of logits= or probs=")
+        self.logits = None if logits is None else _as_callable(logits, "logits")
+        self.probs = None if probs is None else _as_callable(probs, "probs")
+
+    def _modules(self):
+        f = self.logits if self.logits is not None else self.probs
+        return [f] if isinstance(f, nn.Module) else []
+
+    def _raw(self, z):
+        n = z.shape[0]
+        if self.logits is not None:
+            return _flat(self.logits(z), n, "logits")
+        return _flat(self.probs(z), n, "probs")
+
+    def coordinates(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        raw = self._raw(z)
+        if self.logits is not None:
+            return _bernoulli_sqrt_embedding(raw) if kind == "fisher" else torch.sigmoid(raw)
+        return 2.0 * torch.asin(torch.sqrt(raw)) if kind == "fisher" else raw
+
+    def check_coordinates(self, eta, kind=None):
+        super().check_coordinates(eta, kind)
+        if self.probs is not None:
+            kind = self.resolve_kind(kind)
+            p = torch.sin(0.5 * eta).pow(2) if kind == "fisher" else eta
+            bad = ~((p > 0) & (p < 1)).all(dim=1)
+            if bool(bad.any()):
+                raise ValueError(
+                    "Bernoulli probabilities must lie strictly inside (0, 1) for the Fisher metric "
+                    f"(it is infinite at 0 and 1); violated at {describe_bad_rows(bad)}. Pass logits= instead."
+                )
+
+    def distribution(self, z):
+        z = self.prepare(z)
+        raw = self._raw(z)
+        self.check_coordinates(self.coordinates(z, "mean"), "mean")
+        return Independent(Bernoulli(logits=raw) if self.logits is not None else Bernoulli(probs=raw), 1)
+
+
+class CategoricalDecoder(Decoder):
+    """Categorical likelihood over the last axis of ``logits=`` (or ``probs=``) outputs.
+
+    Outputs have shape ``(N, ..., C)``: independent categoricals with ``C`` classes each.
+    Kinds: ``"fisher"`` (default) ``Jᵀ diag(1/π) J`` with embedding ``2·√π`` (computed as
+    ``2·exp(½ log_softmax)``); ``"mean"`` the pullback of ``π``.
+    """
+
+    kinds = ("fisher", "mean")
+    default_kind = "fisher"
+    embedded_kinds = kinds
+
+    def __init__(self, logits=None, *, probs=None, latent_dim: Optional[int] = None):
+        super().__init__(latent_dim)
+        if (logits is None) == (probs is None):
+            raise ValueError("CategoricalDecoder needs exactly one of logits= or probs=")
+        self.logits = None if logits is None else _as_callable(logits, "logits")
+        self.probs = None if probs is None else _as_callable(probs, "probs")
+
+    def _modules(self):
+        f = self.logits if self.logits is not None else self.probs
+        return [f] if isinstance(f, nn.Module) else []
+
+    def _raw(self, z):
+        n = z.shape[0]
+        out = (self.logits if self.logits is not None else self.probs)(z)
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"categorical decoder must return shape (N, ..., C) for {n} codes, got {shape}")
+        return out
+
+    def _probs_or_logprobs(self, z):
+        raw = self._raw(z)
+        if self.logits is not None:
+            return torch.log_softmax(raw, dim=-1), True
+        return raw, False
+
+    def coordinates(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        n = z.shape[0]
+        x, is_log = self._probs_or_logprobs(z)
+        if kind == "fisher":
+            e = 2.0 * torch.exp(0.5 * x) if is_log else 2.0 * torch.sqrt(x)
+        else:
+            e = torch.exp(x) if is_log else x
+        return e.reshape(n, -1)
+
+    def check_coordinates(self, eta, kind=None):
+        super().check_coordinates(eta, kind)
+        if self.probs is not None:
+            kind = self.resolve_kind(kind)
+            p = (0.5 * eta).pow(2) if kind == "fisher" else eta
+            bad = ~(p > 0).all(dim=1)
+            if bool(bad.any()):
+                raise ValueError(
+                    "categorical probabilities must be positive for the Fisher metric; "
+                    f"got a zero probability at {describe_bad_rows(bad)}. Pass logits= instead."
+                )
+
+    def distribution(self, z):
+        z = self.prepare(z)
+        raw = self._raw(z)
+        d = Categorical(logits=raw) if self.logits is not None else Categorical(probs=raw)
+        return Independent(d, raw.dim() - 2) if raw.dim() > 2 else d
+
+
+class DeterministicDecoder(Decoder):
+    """A deterministic map ``x = f(z)``; its metric is ``JᵀJ`` (kinds ``"expected"``/``"mean"``)."""
+
+    kinds = ("expected", "mean")
+    default_kind = "expected"
+    embedded_kinds = kinds
+
+    def __init__(self, f, *, latent_dim: Optional[int] = None):
+        super().__init__(latent_dim)
+        self.f = _as_callable(f, "f")
+
+    def _modules(self):
+        return [self.f] if isinstance(self.f, nn.Module) else []
+
+    def coordinates(self, z, kind=None):
+        self.resolve_kind(kind)
+        return _flat(self.f(z), z.shape[0], "output")
+
+    def distribution(self, z):
+        raise NotImplementedError("a deterministic decoder has no likelihood; use coordinates(z)")
+
+    def __call__(self, z):
+        z = self.prepare(z)
+        return self.coordinates(z)
