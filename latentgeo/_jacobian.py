@@ -43,6 +43,8 @@ def _forward(f, z):
 
     try:
         out, cols = vmap(one, out_dims=(None, 0))(tangents)  # cols: (d, N, K)
+    except ValueError:  # our own checks on the decoder output: report, don't retry
+        raise
     except Exception as exc:  # not vmappable (in-place ops on captured tensors, .item(), ...)
         warnings.warn(
             f"decoder could not be vectorised over tangent directions with torch.func.vmap ({exc}); "
@@ -66,6 +68,8 @@ def _reverse(f, z, k):
     cot = eye[:, None, :].expand(k, n, k)
     try:
         (rows,) = vmap(pullback)(cot)  # (K, N, d)
+    except ValueError:
+        raise
     except Exception as exc:
         warnings.warn(
             f"decoder could not be vectorised over cotangents with torch.func.vmap ({exc}); "
