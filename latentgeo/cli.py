@@ -1,0 +1,364 @@
+"""The ``latentgeo`` command line.
+
+Subcommands::
+
+    latentgeo demo  --out DIR [--epochs N] [--seed S] [--quiet]
+        The main job: train a 2-D Gaussian VAE on the bundled 8×8 digits (mean first, then
+        the post-hoc RBF variance of Latent Space Oddity §4), save the checkpoint and write
+        the analysis report (magnification map, decoded grid, training curves,
+        summary.json, and every section registered in latentgeo.report).
+
+    latentgeo train --data {digits,moons,circles,tree} --out DIR [--latent euclidean]
+                    [--latent-dim 2] [--likelihood gaussian|bernoulli] [--epochs N]
+                    [--batch-size B] [--seed S] [--hidden 64,64] [--variance rbf|neural|constant]
+                    [--report] [--quiet]
+        Train a VAE; writes DIR/model.safetensors and the per-epoch log DIR/train_log.jsonl
+        (and the report with --report).
+
+    latentgeo info CHECKPOINT [--json]
+        Verify a checkpoint (format, digest) and print its configuration.
+
+Bad arguments (unknown data set, non-positive epochs, missing or corrupt checkpoint, an
+output path that is a file, ...) print one line ``latentgeo <cmd>: error: <what>`` on
+stderr and exit with status 2, without a traceback. Progress bars are shown only when
+stderr is a terminal and ``--quiet`` is not given.
+
+Use from Python: ``latentgeo.cli.main(["demo", "--out", "report"])`` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+PROG = "latentgeo"
+DATASETS = ("digits", "moons", "circles", "tree")
+LIKELIHOODS = ("gaussian", "bernoulli")
+VARIANCES = ("rbf", "neural", "constant")
+DEMO_EPOCHS = 60
+
+
+class CLIError(ValueError):
+    """A command-line argument or file is unusable (reported in one line, exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------------
+# argument types
+# ------------------------------------------------------------------------------------------
+def _int_at_least(lo: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = what  # argparse shows it in "invalid <name> value"
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be an integer, got {text!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**63), got {v}")
+    return v
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        ws = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hidden widths must be comma-separated integers, got {text!r}") from None
+    if not ws or any(w < 1 for w in ws):
+        raise argparse.ArgumentTypeError(f"hidden widths must be positive integers like 64,64, got {text!r}")
+    return ws
+
+
+def _latent_kinds() -> tuple[str, ...]:
+    """Latent kinds the model registry knows (the hyperspherical/hyperbolic issues add theirs)."""
+    try:
+        from .models import latents as _lat
+    except ImportError:  # the models package is not importable: nothing can be trained anyway
+        return ("euclidean",)
+    reg = getattr(_lat, "LATENTS", None) or getattr(_lat, "_REGISTRY", None)
+    return tuple(sorted(reg)) if isinstance(reg, dict) and reg else ("euclidean",)
+
+
+# ------------------------------------------------------------------------------------------
+# parser
+# ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Riemannian geometry of VAE latent spaces: train, analyse, report.",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,train,info}")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", type=_seed, default=0, help="random seed (data split, initialisation, sampling); default 0")
+    common.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
+
+    # hidden knobs for tests and quick looks (not part of the documented interface)
+    def hidden(sp):
+        sp.add_argument("--max-items", type=_int_at_least(10, "max-items"), default=None, help=argparse.SUPPRESS)
+        sp.add_argument("--resolution", type=_int_at_least(2, "resolution"), default=150, help=argparse.SUPPRESS)
+        sp.add_argument("--iwae-points", type=_int_at_least(1, "iwae-points"), default=256, help=argparse.SUPPRESS)
+        sp.add_argument("--iwae-samples", type=_int_at_least(1, "iwae-samples"), default=64, help=argparse.SUPPRESS)
+
+    d = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="train a 2-D Gaussian VAE on the digits and write the analysis report",
+        description="Train a 2-D Gaussian VAE (RBF variance) on scikit-learn's 8x8 digits, save the "
+        "checkpoint and write the report (magnification map, decoded grid, training curves, summary.json).",
+    )
+    d.add_argument("--out", required=True, type=Path, help="report folder (created; files in it are overwritten)")
+    d.add_argument("--epochs", type=_int_at_least(1, "epochs"), default=DEMO_EPOCHS,
+                   help=f"training epochs (default {DEMO_EPOCHS})")
+    hidden(d)
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a VAE and save its checkpoint and per-epoch log",
+        description="Train a VAE; writes OUT/model.safetensors and OUT/train_log.jsonl.",
+    )
+    t.add_argument("--data", required=True, choices=DATASETS, help="data set")
+    t.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    t.add_argument("--latent", default="euclidean", choices=_latent_kinds(), help="latent space (default euclidean)")
+    t.add_argument("--latent-dim", type=_int_at_least(1, "latent-dim"), default=2, help="latent dimension (default 2)")
+    t.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS, help="decoder likelihood (default gaussian)")
+    t.add_argument("--epochs", type=_int_at_least(1, "epochs"), default=100, help="training epochs (default 100)")
+    t.add_argument("--batch-size", type=_int_at_least(1, "batch-size"), default=64, help="mini-batch size (default 64)")
+    t.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden layer widths, e.g. 64,64 (default)")
+    t.add_argument("--variance", default="rbf", choices=VARIANCES,
+                   help="Gaussian decoder variance after the mean phase (default rbf, Latent Space Oddity §4)")
+    t.add_argument("--report", action="store_true", help="also write the analysis report into OUT")
+    hidden(t)
+    t.set_defaults(func=_cmd_train)
+
+    i = sub.add_parser("info", help="verify a checkpoint and print its configuration",
+                       description="Verify a checkpoint (format and digest) and print its configuration.")
+    i.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint, or a folder holding model.safetensors")
+    i.add_argument("--json", action="store_true", help="print the configuration as JSON only")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+def _progress_quiet(args) -> bool:
+    return bool(args.quiet) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _prepare_out(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"output path {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _subset(dataset, max_items: Optional[int], seed: int):
+    """A seeded random subset of a Dataset (same class, same metadata)."""
+    if max_items is None or max_items >= len(dataset.data):
+        return dataset
+    import dataclasses
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset.data), generator=g)[:max_items].sort().values
+    labels = None if dataset.labels is None else dataset.labels[idx]
+    params = dict(getattr(dataset, "params", {}) or {})
+    params["max_items"] = int(max_items)
+    return dataclasses.replace(dataset, data=dataset.data[idx], labels=labels, params=params)
+
+
+def _train(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden, variance: str, out: Path):
+    """Build and train a VAE; returns ``(model, history, seconds)``."""
+    import torch
+
+    from .models import VAE
+    from .training import train_vae
+
+    torch.manual_seed(args.seed)
+    data = dataset.data
+    model = VAE(
+        data_dim=int(data.reshape(data.shape[0], -1).shape[1]),
+        latent_dim=latent_dim,
+        latent=latent,
+        likelihood=likelihood,
+        hidden=tuple(hidden),
+        item_shape=tuple(dataset.item_shape) if dataset.item_shape else None,
+    )
+    log_path = out / "train_log.jsonl"
+    t0 = time.perf_counter()
+    kwargs = dict(epochs=args.epochs, seed=args.seed, quiet=_progress_quiet(args), log_path=log_path)
+    if getattr(args, "batch_size", None) is not None:
+        kwargs["batch_size"] = args.batch_size
+    if likelihood == "gaussian":
+        kwargs["variance"] = variance
+    history = train_vae(model, data, **kwargs)
+    return model, history, time.perf_counter() - t0
+
+
+def _report(args, model, dataset, history, out: Path, train_s: float, command: list[str]) -> dict:
+    from .report import write_report
+
+    return write_report(
+        model,
+        dataset,
+        history,
+        out,
+        seed=args.seed,
+        timings={"train_s": round(train_s, 3)},
+        extra={"command": command},
+        resolution=args.resolution,
+        iwae_points=args.iwae_points,
+        iwae_samples=args.iwae_samples,
+    )
+
+
+def _fmt(x, spec=".4g") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _print_summary(summary: dict, out: Path, total_s: float) -> None:
+    tr = summary.get("training", {}) or {}
+    mag = summary.get("magnification", {}) or {}
+    iw = summary.get("iwae", {}) or {}
+    lines = [
+        f"report written to {out}/ in {total_s:.1f} s",
+        f"  epochs run: {tr.get('epochs_run', 'n/a')}   final train loss: {_fmt(tr.get('final_train_loss'))}   "
+        f"final val loss: {_fmt(tr.get('final_val_loss'))}",
+    ]
+    if "log_likelihood" in iw:
+        lines.append(f"  IWAE log-likelihood (K={iw['n_samples']}, {iw['n_points']} items): {iw['log_likelihood']:.4g} nats/item")
+    if mag.get("off_on_median_ratio") is not None:
+        lines.append(
+            f"  magnification median on data {mag['on_data']['median']:.3g}, off data {mag['off_data']['median']:.3g} "
+            f"(ratio {mag['off_on_median_ratio']:.3g})"
+        )
+    lines.append("  files: " + ", ".join(summary.get("files", [])))
+    print("\n".join(lines), flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------
+def _cmd_demo(args, argv: list[str]) -> int:
+    from .datasets import load_dataset
+
+    t0 = time.perf_counter()
+    out = _prepare_out(args.out)
+    dataset = _subset(load_dataset("digits"), args.max_items, args.seed)
+    _say(args, f"latentgeo demo: training a 2-D Gaussian VAE on {len(dataset.data)} digits for {args.epochs} epochs ...")
+    model, history, train_s = _train(args, dataset, "euclidean", 2, "gaussian", (64, 64), "rbf", out)
+    _say(args, f"latentgeo demo: trained in {train_s:.1f} s; writing the report ...")
+    summary = _report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])
+    _print_summary(summary, out, time.perf_counter() - t0)
+    return 0
+
+
+def _cmd_train(args, argv: list[str]) -> int:
+    from .datasets import load_dataset
+
+    t0 = time.perf_counter()
+    out = _prepare_out(args.out)
+    if args.likelihood != "gaussian" and args.variance != "rbf":
+        raise CLIError(f"--variance applies to the gaussian likelihood only (got --likelihood {args.likelihood})")
+    dataset = _subset(load_dataset(args.data), args.max_items, args.seed)
+    _say(args, f"latentgeo train: {args.likelihood} VAE, {args.latent} latent of dimension {args.latent_dim}, "
+               f"on {args.data} ({len(dataset.data)} items), {args.epochs} epochs ...")
+    model, history, train_s = _train(
+        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, args.variance, out
+    )
+    if args.report:
+        summary = _report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])
+        _print_summary(summary, out, time.perf_counter() - t0)
+        return 0
+    ckpt = out / "model.safetensors"
+    model.save(ckpt)
+    recs = list(getattr(history, "records", history))
+    last = recs[-1] if recs else {}
+    print(
+        f"trained {len(recs)} epochs in {train_s:.1f} s; final train loss {_fmt(last.get('train_loss'))}, "
+        f"val loss {_fmt(last.get('val_loss'))}\n  checkpoint: {ckpt}\n  log: {out / 'train_log.jsonl'}",
+        flush=True,
+    )
+    return 0
+
+
+def _cmd_info(args, argv: list[str]) -> int:
+    from .checkpoint import checkpoint_file, load_checkpoint
+
+    state, config = load_checkpoint(args.checkpoint)  # verifies the header and the digest
+    if args.json:
+        print(json.dumps(config, indent=2, sort_keys=True))
+        return 0
+    n_params = sum(int(t.numel()) for t in state.values())
+    print(f"checkpoint: {checkpoint_file(args.checkpoint)} (verified)")
+    print(f"tensors: {len(state)}, numbers: {n_params}")
+    print("config:")
+    for line in json.dumps(config, indent=2, sort_keys=True).splitlines()[1:-1]:
+        print(line)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# entry point
+# ------------------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    return msg or type(exc).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``latentgeo`` command; returns the exit status (0 ok, 2 bad arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required (demo, train or info)", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, argv))
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # CLIError, CheckpointError and the library's input errors are ValueErrors
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
