@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_int_at_least(1, "epochs"), default=100, help="training epochs (default 100)")
     t.add_argument("--batch-size", type=_int_at_least(1, "batch-size"), default=64, help="mini-batch size (default 64)")
     t.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden layer widths, e.g. 64,64 (default)")
-    t.add_argument("--variance", default="rbf", choices=VARIANCES,
+    t.add_argument("--variance", default=None, choices=VARIANCES,
                    help="Gaussian decoder variance after the mean phase (default rbf, Latent Space Oddity §4)")
     t.add_argument("--report", action="store_true", help="also write the analysis report into OUT")
     hidden(t)
@@ -271,10 +271,10 @@ def _print_summary(summary: dict, out: Path, total_s: float) -> None:
 # commands
 # ------------------------------------------------------------------------------------------
 def _cmd_demo(args, argv: list[str]) -> int:
-    from .datasets import load_dataset
-
     t0 = time.perf_counter()
     out = _prepare_out(args.out)
+    from .datasets import load_dataset
+
     dataset = _subset(load_dataset("digits"), args.max_items, args.seed)
     _say(args, f"latentgeo demo: training a 2-D Gaussian VAE on {len(dataset.data)} digits for {args.epochs} epochs ...")
     model, history, train_s = _train(args, dataset, "euclidean", 2, "gaussian", (64, 64), "rbf", out)
@@ -285,17 +285,18 @@ def _cmd_demo(args, argv: list[str]) -> int:
 
 
 def _cmd_train(args, argv: list[str]) -> int:
+    t0 = time.perf_counter()
+    if args.likelihood != "gaussian" and args.variance is not None:
+        raise CLIError(f"--variance applies to the gaussian likelihood only (got --likelihood {args.likelihood})")
+    variance = args.variance or "rbf"
+    out = _prepare_out(args.out)
     from .datasets import load_dataset
 
-    t0 = time.perf_counter()
-    out = _prepare_out(args.out)
-    if args.likelihood != "gaussian" and args.variance != "rbf":
-        raise CLIError(f"--variance applies to the gaussian likelihood only (got --likelihood {args.likelihood})")
     dataset = _subset(load_dataset(args.data), args.max_items, args.seed)
     _say(args, f"latentgeo train: {args.likelihood} VAE, {args.latent} latent of dimension {args.latent_dim}, "
                f"on {args.data} ({len(dataset.data)} items), {args.epochs} epochs ...")
     model, history, train_s = _train(
-        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, args.variance, out
+        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, variance, out
     )
     if args.report:
         summary = _report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])

@@ -232,3 +232,22 @@ def test_plotting_docstring_examples():
 
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_quickstart_notebook_runs_against_the_api():
+    """notebooks/01_quickstart.ipynb is valid notebook JSON and its code cells execute."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "01_quickstart.ipynb"
+    nb = json.loads(path.read_text())
+    assert nb["nbformat"] == 4 and nb["cells"]
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and "source" in c for c in code)
+    ns: dict = {"__name__": "__notebook__"}
+    for k, cell in enumerate(code):
+        exec(compile("".join(cell["source"]), f"{path.name}[cell {k}]", "exec"), ns)
+    # the notebook's claims: the RBF variance makes the space between clusters long
+    metric = ns["metric"]
+    between = metric.magnification(torch.tensor([[0.0, 0.8]]))
+    assert float(between) > 5 * float(metric.magnification(ns["codes"]).median())
+    assert float(metric.length(ns["line"])) > 2 * float(lg.PullbackMetric(ns["decoder"], kind="mean").length(ns["line"]))
