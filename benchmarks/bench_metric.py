@@ -1,0 +1,448 @@
+"""Benchmark of the pullback-metric tensor ``M(z) = JᵀJ`` (issue 2).
+
+Two cases, all methods timed in ONE run so that ratios are comparable:
+
+(a) deterministic decoder 2→64→64→50 (tanh), 1000 points, float32, ``torch.set_num_threads(1)``:
+    latentgeo ``PullbackMetric(...).tensor(z)`` (forward and reverse mode), a naive per-point
+    ``torch.autograd.functional.jacobian`` loop, stochman 0.3.0 ``EmbeddedManifold.metric``
+    (hand-derived ``nnj`` layer Jacobians), geomstats 2.8.0 ``PullbackMetric.metric_matrix``
+    (on a subset, extrapolated linearly), and the FLOOR: ``1 + d`` forward passes of the same
+    network on the same batch plus the ``JᵀJ`` product (bmm).
+(b) Gaussian decoder 10→512→512→784, 4096 points, float32, expected metric
+    ``JμᵀJμ + JσᵀJσ``. One network with a shared tanh trunk 10→512→512 and two linear heads:
+    ``μ = W_μ h + b_μ`` and ``σ = softplus(W_σ h + b_σ) + 1e-3`` (σ floored at 1e-3). Compared
+    with the naive loop (on a subset, extrapolated linearly) and the floor (11 forward passes +
+    bmm).
+
+Every method's tensors are compared with latentgeo's (max abs diff, and relative to max|M|):
+a fast wrong answer does not count.
+
+Prototypes of faster implementations (candidates to port into ``latentgeo/_jacobian.py`` /
+``latentgeo/metric.py``) are measured next to the library code:
+
+* ``proto: lean checks`` — the same vmap-over-tangents ``jvp`` as the library, ``JᵀJ`` formed
+  from the ``(d, N, K)`` columns without the permute, and the NaN/inf check done on ``diag M``
+  (``M_ii = Σ_k J_ki²`` is non-finite iff column ``i`` of ``J`` is) instead of the full ``J``;
+* ``proto: layerwise`` — for ``nn.Sequential`` decoders: the tangents ``(d, N, width)`` are
+  pushed layer by layer; ``nn.Linear`` layers by one matmul, any other layer by
+  ``vmap(jvp(layer))`` (generic), elementwise activations by ``t * σ'(x)`` where ``σ'(x)`` is
+  one ``jvp`` with a tangent of ones (no hand-written derivatives).
+
+Run: ``python benchmarks/bench_metric.py`` (``--quick`` for a fast smoke run). Needs stochman
+0.3.0 and geomstats 2.8.0 (``pip install -e .[bench]``); missing peers are reported and
+skipped. Timings are best-of-N after warm-up, wall clock, on whatever machine runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+
+os.environ.setdefault("GEOMSTATS_BACKEND", "pytorch")
+
+import torch
+from torch import nn
+from torch.func import jvp, vmap
+
+import latentgeo
+from latentgeo.decoders import DeterministicDecoder, GaussianDecoder
+from latentgeo.metric import PullbackMetric
+
+
+# ----------------------------------------------------------------------------- timing
+def best_time(fn, *, repeat=7, warmup=2, budget_s=20.0):
+    """Best wall time (s) of ``fn()`` over up to ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times) >= 2:
+            break
+    return min(times), len(times)
+
+
+def round_robin(fns: dict, *, rounds=15, warmup=2, budget_s=60.0):
+    """Best wall time (s) of each ``fns[name]()``, timed in interleaved rounds.
+
+    Every round runs each function once, so a burst of load from other processes on a shared
+    machine hits all methods alike instead of whichever happened to be timed then.
+    Returns ``{name: (best_seconds, n_rounds)}``.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {k: math.inf for k in fns}
+    start = time.perf_counter()
+    done = 0
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+        done += 1
+        if time.perf_counter() - start > budget_s and done >= 3:
+            break
+    return {k: (v, done) for k, v in best.items()}
+
+
+def machine_info() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except Exception:
+        pass
+    return (
+        f"CPU: {model}; logical cores: {os.cpu_count()}; torch {torch.__version__}; "
+        f"python {platform.python_version()}; latentgeo {getattr(latentgeo, '__version__', '?')}"
+    )
+
+
+# ----------------------------------------------------------------------------- references
+def naive_metric(f, z):
+    """Per-point ``torch.autograd.functional.jacobian`` loop (what a user would write first)."""
+    out = []
+    for zi in z:
+        j = torch.autograd.functional.jacobian(lambda x: f(x[None])[0], zi)  # (K, d)
+        out.append(j.T @ j)
+    return torch.stack(out)
+
+
+def floor_fn(f, z, jac):
+    """The floor: ``1 + d`` forward passes of the network on the batch, plus ``JᵀJ`` (bmm)."""
+    d = z.shape[1]
+
+    def run():
+        with torch.no_grad():
+            for _ in range(1 + d):
+                f(z)
+            return torch.bmm(jac.transpose(1, 2), jac)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- prototypes
+def proto_lean_metric(f, z, chunk_size=2048):
+    """vmap-over-tangents jvp (as the library), JᵀJ from the (d, N, K) columns, check on diag M."""
+    n, d = z.shape
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    outs = []
+    for s in range(0, n, chunk_size):
+        zc = z[s : s + chunk_size]
+        tangents = eye[:, None, :].expand(d, zc.shape[0], d)
+        out, cols = vmap(lambda t: jvp(f, (zc,), (t,)), out_dims=(None, 0))(tangents)  # (d, n, K)
+        a = cols.permute(1, 0, 2)  # (n, d, K), a view
+        g = torch.bmm(a, a.transpose(1, 2))  # (n, d, d)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError("decoder returned NaN/inf")
+        if not bool(torch.isfinite(g.diagonal(dim1=1, dim2=2)).all()):
+            raise ValueError("decoder Jacobian contains NaN/inf")
+        outs.append(g)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+
+_ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.Softplus, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Softsign)
+
+
+def proto_layerwise_metric(seq: nn.Sequential, z):
+    """Forward-mode through an ``nn.Sequential`` layer by layer, tangents batched ``(d, N, w)``.
+
+    Linear layers: ``t @ Wᵀ``; elementwise activations: ``t * σ'(x)`` with ``σ'(x)`` from one
+    ``jvp`` with a tangent of ones; any other layer: ``vmap(jvp(layer))`` (generic).
+    """
+    n, d = z.shape
+    x = z
+    t = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, n, d)
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            t = torch.matmul(t, layer.weight.T)
+            x = layer(x)
+        elif isinstance(layer, _ELEMENTWISE):
+            x, dx = jvp(layer, (x,), (torch.ones_like(x),))
+            t = t * dx
+        else:
+            x_in = x
+            x, t = vmap(lambda tt: jvp(layer, (x_in,), (tt,)), out_dims=(None, 0))(t)
+    a = t.permute(1, 0, 2)  # (N, d, K)
+    g = torch.bmm(a, a.transpose(1, 2))
+    if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(g.diagonal(dim1=1, dim2=2)).all()):
+        raise ValueError("decoder returned NaN/inf")
+    return g
+
+
+# ----------------------------------------------------------------------------- networks
+def net_a(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 50))
+    return net.to(dtype).eval().requires_grad_(False)
+
+
+class GaussHeads(nn.Module):
+    """Shared tanh trunk 10→512→512, μ head and σ head (softplus + 1e-3)."""
+
+    def __init__(self, d=10, h=512, k=784, min_std=1e-3):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh())
+        self.mu = nn.Linear(h, k)
+        self.sd = nn.Linear(h, k)
+        self.min_std = min_std
+
+    def forward(self, z):
+        h = self.trunk(z)
+        return self.mu(h), nn.functional.softplus(self.sd(h)) + self.min_std
+
+    def coordinates(self, z):
+        mu, sd = self(z)
+        return torch.cat([mu, sd], 1)
+
+
+# ----------------------------------------------------------------------------- table
+class Table:
+    def __init__(self, title, n_points, ref_name):
+        self.title, self.n, self.ref_name = title, n_points, ref_name
+        self.rows = []
+
+    def add(self, method, seconds, n_timed, reps, diff=None, scale=None, note=""):
+        per_full = seconds * self.n / n_timed
+        self.rows.append((method, n_timed, reps, per_full, diff, scale, note))
+        print(f"  ... {method}: {per_full * 1e3:.2f} ms", flush=True)
+
+    def value(self, method):
+        for r in self.rows:
+            if r[0] == method:
+                return r[3]
+        return math.nan
+
+    def render(self, ratios_to):
+        lines = [f"### {self.title}", ""]
+        head = "| method | points timed | reps | time for all points (ms) | " + " | ".join(
+            f"÷ {name}" for name in ratios_to
+        ) + " | max abs diff vs latentgeo | rel. diff | note |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for method, n_timed, reps, t, diff, scale, note in self.rows:
+            rs = " | ".join(f"{t / self.value(name):.2f}" for name in ratios_to)
+            ds = "—" if diff is None else f"{diff:.1e}"
+            rel = "—" if diff is None else f"{diff / scale:.1e}"
+            extra = f"extrapolated from {n_timed} points" if n_timed != self.n else ""
+            note = "; ".join(x for x in (note, extra) if x)
+            lines.append(f"| {method} | {n_timed} | {reps} | {t * 1e3:.2f} | {rs} | {ds} | {rel} | {note} |")
+        return "\n".join(lines)
+
+
+def maxdiff(a, b):
+    return float((a.double() - b.double()).abs().max())
+
+
+# ----------------------------------------------------------------------------- case (a)
+def case_a(args):
+    torch.set_num_threads(1)
+    n = 1000
+    net = net_a(0)
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(n, 2, generator=gen) * 1.5
+    tab = Table(f"(a) decoder 2→64→64→50 tanh, {n} points, float32, 1 thread", n, "latentgeo forward")
+
+    dec = DeterministicDecoder(net)
+    m_fwd = PullbackMetric(dec, mode="forward")
+    m_rev = PullbackMetric(dec, mode="reverse")
+    m_auto = PullbackMetric(dec)
+    ref = m_fwd.tensor(z)
+    scale = float(ref.abs().max())
+    jac = torch.randn(n, 50, 2, generator=gen)
+
+    # (name, fn, note) timed round-robin on all n points
+    fast = [
+        ("latentgeo forward", lambda: m_fwd.tensor(z), "mode='forward', default chunk_size=2048 (one chunk)"),
+        ("latentgeo auto", lambda: m_auto.tensor(z), "default mode='auto' (picks forward: d ≤ K)"),
+        ("latentgeo reverse", lambda: m_rev.tensor(z), "mode='reverse' (K=50 vjps)"),
+        ("latentgeo forward, no input checks", lambda: m_fwd._raw_tensor(z), "`_raw_tensor` (skips validation of z)"),
+        ("proto: lean checks", lambda: proto_lean_metric(net, z), "vmap-jvp as library, check on diag M"),
+        ("proto: layerwise", lambda: proto_layerwise_metric(net, z), "nn.Sequential only"),
+        ("FLOOR: (1+d) forward passes + bmm", floor_fn(net, z, jac), "no_grad forward passes, d=2"),
+    ]
+    try:
+        import stochman
+        from stochman import nnj
+        from stochman.manifold import EmbeddedManifold
+
+        snet = nnj.Sequential(nnj.Linear(2, 64), nnj.Tanh(), nnj.Linear(64, 64), nnj.Tanh(), nnj.Linear(64, 50))
+        snet.load_state_dict(net.state_dict())
+        snet = snet.float().eval().requires_grad_(False)
+
+        class StochmanDecoderManifold(EmbeddedManifold):
+            def embed(self, points, jacobian=False):
+                return snet(points, jacobian=jacobian)
+
+        man = StochmanDecoderManifold()
+        stoch_name = f"stochman {stochman.__version__} EmbeddedManifold.metric"
+        fast.append((stoch_name, lambda: man.metric(z), "hand-derived nnj Jacobians"))
+    except ImportError as exc:
+        print(f"  stochman not available ({exc}); skipped")
+
+    timings = round_robin({k: f for k, f, _ in fast}, rounds=args.repeat)
+    for name, fn, note in fast:
+        t, r = timings[name]
+        diff = None if name.startswith("FLOOR") else maxdiff(fn(), ref)
+        tab.add(name, t, n, r, diff, None if diff is None else scale, note)
+
+    n_naive = n if not args.quick else 100
+    g = naive_metric(net, z[:n_naive])
+    t, r = best_time(lambda: naive_metric(net, z[:n_naive]), repeat=3, warmup=1)
+    tab.add("naive autograd loop", t, n_naive, r, maxdiff(g, ref[:n_naive]), scale, "torch.autograd.functional.jacobian per point")
+
+    try:
+        dtype_before = torch.get_default_dtype()
+        import geomstats
+        from geomstats.geometry.base import ImmersedSet
+        from geomstats.geometry.euclidean import Euclidean
+
+        # geomstats' pytorch backend sets torch's default dtype to float64 at import; restore it
+        torch.set_default_dtype(dtype_before)
+
+        class Immersed(ImmersedSet):
+            def __init__(self):
+                super().__init__(dim=2)
+
+            def _define_embedding_space(self):
+                return Euclidean(50)
+
+            def immersion(self, point):
+                return net(point)
+
+        space = Immersed()
+        n_gs = args.geomstats_points
+        g = space.metric.metric_matrix(z[:n_gs])
+        t, r = best_time(lambda: space.metric.metric_matrix(z[:n_gs]), repeat=2, warmup=1)
+        tab.add(f"geomstats {geomstats.__version__} PullbackMetric.metric_matrix", t, n_gs, r, maxdiff(g, ref[:n_gs]), scale, "ImmersedSet(immersion=net); per-point jacobian loop inside")
+    except ImportError as exc:
+        print(f"  geomstats not available ({exc}); skipped")
+    return tab
+
+
+# ----------------------------------------------------------------------------- case (b)
+def proto_split_blocks(model, z, chunk_size=2048):
+    """Expected metric without concatenating [μ; σ]: ``JμᵀJμ + JσᵀJσ`` from one vmap-jvp of the
+    tuple-valued decoder, each block's ``AᵀA`` formed from the ``(d, n, D)`` columns, checks on
+    the outputs and on ``diag M``."""
+    n, d = z.shape
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    res = []
+    for s in range(0, n, chunk_size):
+        zc = z[s : s + chunk_size]
+        tangents = eye[:, None, :].expand(d, zc.shape[0], d)
+        (mu, sd), (cmu, csd) = vmap(lambda t: jvp(model, (zc,), (t,)), out_dims=(None, 0))(tangents)
+        a, b = cmu.permute(1, 0, 2), csd.permute(1, 0, 2)  # (n, d, D) views
+        g = torch.baddbmm(torch.bmm(a, a.transpose(1, 2)), b, b.transpose(1, 2))
+        if not (bool(torch.isfinite(mu).all()) and bool((sd > 0).all()) and bool(torch.isfinite(sd).all())):
+            raise ValueError("decoder returned NaN/inf or σ <= 0")
+        if not bool(torch.isfinite(g.diagonal(dim1=1, dim2=2)).all()):
+            raise ValueError("decoder Jacobian contains NaN/inf")
+        res.append(g)
+    return res[0] if len(res) == 1 else torch.cat(res, 0)
+
+
+def case_b(args):
+    torch.set_num_threads(args.threads_b)
+    n = 4096 if not args.quick else 1024
+    torch.manual_seed(0)
+    model = GaussHeads().float().eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(n, 10, generator=gen)
+    tab = Table(
+        f"(b) Gaussian decoder 10→512→512→784 (μ, σ heads), {n} points, float32, expected metric, "
+        f"{args.threads_b} thread(s)",
+        n,
+        "latentgeo forward",
+    )
+    dec = GaussianDecoder(model=model)
+    m_fwd = PullbackMetric(dec, kind="expected", mode="forward")
+    m_auto = PullbackMetric(dec, kind="expected")
+    m_nochunk = PullbackMetric(dec, kind="expected", mode="forward", chunk_size=None)
+    ref = m_fwd.tensor(z)
+    scale = float(ref.abs().max())
+    jac = torch.randn(n, 2 * 784, 10, generator=gen)
+    fast = [
+        ("latentgeo forward", lambda: m_fwd.tensor(z), "mode='forward', default chunk_size=2048 (2 chunks)"),
+        ("latentgeo auto", lambda: m_auto.tensor(z), "default mode='auto' (picks forward)"),
+        ("latentgeo forward, chunk_size=None", lambda: m_nochunk.tensor(z), "one chunk"),
+        ("proto: lean checks", lambda: proto_lean_metric(model.coordinates, z), "vmap-jvp of [μ; σ], check on diag M"),
+        ("proto: split μ/σ blocks", lambda: proto_split_blocks(model, z), "no [μ; σ] concatenation, check on diag M"),
+        ("FLOOR: (1+d) forward passes + bmm", floor_fn(model, z, jac), "no_grad forward passes of both heads, d=10"),
+    ]
+    timings = round_robin({k: f for k, f, _ in fast}, rounds=max(3, args.repeat // 2), warmup=1)
+    for name, fn, note in fast:
+        t, r = timings[name]
+        diff = None if name.startswith("FLOOR") else maxdiff(fn(), ref)
+        tab.add(name, t, n, r, diff, None if diff is None else scale, note)
+
+    n_rev = 256 if not args.quick else 64
+    m_rev = PullbackMetric(dec, kind="expected", mode="reverse", chunk_size=64)
+    g = m_rev.tensor(z[:n_rev])
+    t, r = best_time(lambda: m_rev.tensor(z[:n_rev]), repeat=2, warmup=1)
+    tab.add("latentgeo reverse", t, n_rev, r, maxdiff(g, ref[:n_rev]), scale, "mode='reverse', chunk_size=64 (K=1568 vjps)")
+
+    n_naive = args.naive_points_b
+    g = naive_metric(model.coordinates, z[:n_naive])
+    t, r = best_time(lambda: naive_metric(model.coordinates, z[:n_naive]), repeat=2, warmup=1)
+    tab.add("naive autograd loop", t, n_naive, r, maxdiff(g, ref[:n_naive]), scale, "torch.autograd.functional.jacobian per point")
+    return tab
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke test)")
+    p.add_argument("--repeat", type=int, default=15, help="timed repetitions per method (best is kept)")
+    p.add_argument("--threads-b", type=int, default=1, help="torch threads for case (b) (case (a) uses 1)")
+    p.add_argument("--geomstats-points", type=int, default=200, help="subset size for geomstats (extrapolated)")
+    p.add_argument("--naive-points-b", type=int, default=16, help="subset size for the naive loop in (b)")
+    p.add_argument("--only", choices=["a", "b"], help="run only one case")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeat, args.geomstats_points, args.naive_points_b = 3, 20, 4
+    warnings.simplefilter("ignore", UserWarning)
+
+    print(machine_info())
+    print(time.strftime("run at %Y-%m-%d %H:%M UTC", time.gmtime()), flush=True)
+    out = []
+    if args.only in (None, "a"):
+        ta = case_a(args)
+        names = ["latentgeo forward", "FLOOR: (1+d) forward passes + bmm"]
+        st = [r[0] for r in ta.rows if r[0].startswith("stochman")]
+        out.append(ta.render(names + st))
+        lg_t = ta.value("latentgeo auto")
+        if st:
+            ratio = lg_t / ta.value(st[0])
+            protos = min(ta.value("proto: lean checks"), ta.value("proto: layerwise"))
+            out.append(
+                f"Target (a): latentgeo (default mode) ÷ stochman = {ratio:.2f} → "
+                f"{'MET' if ratio <= 1.0 else 'MISSED'} (target ≤ 1.00); "
+                f"best prototype ÷ stochman = {protos / ta.value(st[0]):.2f}"
+            )
+    if args.only in (None, "b"):
+        tb = case_b(args)
+        out.append(tb.render(["latentgeo forward", "FLOOR: (1+d) forward passes + bmm"]))
+        ratio = tb.value("latentgeo auto") / tb.value("FLOOR: (1+d) forward passes + bmm")
+        best_proto = min(tb.value("proto: lean checks"), tb.value("proto: split μ/σ blocks"))
+        floor_b = tb.value("FLOOR: (1+d) forward passes + bmm")
+        out.append(
+            f"Target (b): latentgeo (default mode) ÷ floor = {ratio:.2f} → "
+            f"{'MET' if ratio <= 1.5 else 'MISSED'} (target ≤ 1.50); best prototype ÷ floor = {best_proto / floor_b:.2f}"
+        )
+    print()
+    print("\n\n".join(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
