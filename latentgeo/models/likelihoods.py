@@ -165,6 +165,7 @@ class BernoulliLikelihood(nn.Module):
 
     name = "bernoulli"
     variance = None
+    rbf = None
 
     def __init__(self, code_dim: int, data_dim: int, hidden=(64, 64), activation="tanh", min_std: float = 1e-3):
         super().__init__()
