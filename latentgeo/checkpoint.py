@@ -157,6 +157,12 @@ def save_checkpoint(path: PathLike, state_dict: Mapping[str, torch.Tensor], conf
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         try:
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; keep the old mode or use 0644
+                try:
+                    mode = target.stat().st_mode & 0o777
+                except FileNotFoundError:
+                    mode = 0o644
+                os.fchmod(fd, mode)
             _write_bytes(fd, payload)
         finally:
             os.close(fd)
