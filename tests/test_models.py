@@ -108,6 +108,8 @@ def test_decoder_for_analysis_metric_matches_autograd(variance):
         torch.testing.assert_close(G.detach(), jm, rtol=1e-8, atol=1e-10)
     if variance == "rbf":
         torch.testing.assert_close(sd, vae.likelihood.rbf(z))
+        const = vae.decoder_for_analysis(variance="constant").mean_std(z)[1]
+        assert torch.equal(const, vae.likelihood.const_std().expand(4, 12)) and vae.variance == "rbf"
 
 
 def test_rbf_requires_fit_and_gaussian():

@@ -325,13 +325,14 @@ class VAE(nn.Module):
         recon, kl = self._terms(self._check_x(x), n_samples)
         return recon - beta * kl
 
-    def decoder_for_analysis(self, variance: Optional[str] = None, *, kind: Optional[str] = None):
+    def decoder_for_analysis(self, kind: Optional[str] = None, *, variance: Optional[str] = None):
         """The trained decoder as a :class:`latentgeo.GaussianDecoder` (or ``BernoulliDecoder``).
 
         Args:
-            variance: Gaussian only: which std to use (default: the model's current one, i.e.
-                the RBF std after :meth:`fit_rbf_variance`).
-            kind: optional metric kind to check the decoder supports (e.g. ``"expected"``).
+            kind: optional metric kind the caller will use (``"expected"``, ``"fisher"``, ...);
+                checked against the returned decoder's supported kinds (``ValueError`` if not).
+            variance: Gaussian only: which std to use, ``"constant"``, ``"learned"`` or ``"rbf"``
+                (default: the model's current one, i.e. the RBF std after :meth:`fit_rbf_variance`).
 
         The wrapper shares the model's networks (puts the model in eval mode); use it with
         ``latentgeo.PullbackMetric(decoder, kind=...)``.
