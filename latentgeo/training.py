@@ -202,6 +202,17 @@ class History:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def __repr__(self) -> str:
+        phases = {}
+        for r in self.epochs():
+            phases[r["phase"]] = phases.get(r["phase"], 0) + 1
+        last = self.records[-1] if self.records else {}
+        return (
+            f"History(epochs={phases}, best_epoch={self.best_epoch}, stopped_early={self.stopped_early}, "
+            f"last_train_loss={last.get('train_loss')}, last_val_loss={last.get('val_loss')}, "
+            f"rbf={'fitted' if self.rbf else None}, resumed_at_epoch={self.resumed_at_epoch})"
+        )
+
     @classmethod
     def from_dict(cls, d: dict) -> "History":
         return cls(**d)
@@ -461,8 +472,13 @@ class Trainer:
             self.history.n_train, self.history.n_val = int(xtr.shape[0]), int(0 if xva is None else xva.shape[0])
             try:
                 if cfg.log_path is not None:
+                    # a resumed run rewrites the log from the checkpoint's history, so epochs logged
+                    # after the last checkpoint (and then redone) never appear twice
                     Path(cfg.log_path).parent.mkdir(parents=True, exist_ok=True)
-                    log_file = open(cfg.log_path, "a" if resume_from is not None else "w")
+                    log_file = open(cfg.log_path, "w")
+                    for rec in self.history.records + ([self.history.rbf] if self.history.rbf else []):
+                        log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
                 self._run(xtr, xva, log_file)
             finally:
                 if log_file is not None:

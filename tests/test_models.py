@@ -173,6 +173,8 @@ def test_bad_inputs():
         vae.decode(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="n_samples"):
         vae.elbo(torch.rand(2, 12), n_samples=0)
+    with pytest.raises(ValueError, match="beta"):
+        vae.elbo(torch.rand(2, 12), beta=float("nan"))
 
 
 class _MCLatent(EuclideanLatent):

@@ -173,7 +173,10 @@ def test_resume_is_bitwise_identical(digits, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         tr.fit(x)
     fresh = VAE(64, 2, hidden=(8,), seed=99)  # different init: everything comes from the checkpoint
-    hres = Trainer(fresh, TrainConfig(checkpoint_path=str(ck), **cfg)).fit(x, resume_from=ck)
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 99, "phase": "stale"}\n')
+    hres = Trainer(fresh, TrainConfig(checkpoint_path=str(ck), log_path=str(log), **cfg)).fit(x, resume_from=ck)
+    assert [json.loads(s) for s in log.read_text().splitlines()] == hres.records  # no stale/duplicate lines
     assert hres.resumed_at_epoch == 5
     for k, v in ref.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k

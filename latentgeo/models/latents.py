@@ -128,7 +128,11 @@ class Latent(nn.Module):
         raise NotImplementedError
 
     def mean(self, q: Distribution) -> torch.Tensor:
-        """The code that represents ``x``: the posterior's location, ``(N, code_dim)``."""
+        """The code that represents ``x``: the posterior's location, ``(N, code_dim)``.
+
+        The default is ``q.mean``; manifold latents override it (a vMF's mean lies inside the
+        ball, its location ``μ`` on the sphere is the right code).
+        """
         return q.mean
 
     def extra_repr(self) -> str:

@@ -322,6 +322,8 @@ class VAE(nn.Module):
         the training loss is ``-elbo(x).mean()``.
         """
         _posint(n_samples, "n_samples")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         recon, kl = self._terms(self._check_x(x), n_samples)
         return recon - beta * kl
 
