@@ -1,0 +1,35 @@
+"""Geodesics: ODE right-hand side, exp map (IVP), connecting geodesics (energy + BVP), distances.
+
+Modules: :mod:`.ode` (geodesic acceleration, Christoffel symbols), :mod:`.ivp` (batched
+Dormand–Prince, exp map), :mod:`.energy` (discrete energy minimisation), :mod:`.bvp`
+(Newton shooting), :mod:`.connecting` (connecting geodesics, log map, distance matrices).
+"""
+
+from .connecting import (
+    DistanceMatrix,
+    GeodesicConvergenceError,
+    GeodesicResult,
+    connecting_geodesic,
+    distance_matrix,
+    log_map,
+)
+from .energy import EnergyResult, minimize_discrete_energy
+from .ivp import ExpMapResult, exp_map
+from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
+
+__all__ = [
+    "geodesic_acceleration",
+    "christoffel",
+    "acceleration_fn",
+    "metric_tensor_fn",
+    "exp_map",
+    "ExpMapResult",
+    "minimize_discrete_energy",
+    "EnergyResult",
+    "connecting_geodesic",
+    "GeodesicResult",
+    "log_map",
+    "distance_matrix",
+    "DistanceMatrix",
+    "GeodesicConvergenceError",
+]
