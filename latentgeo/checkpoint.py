@@ -26,8 +26,8 @@ buffers). ``torch.save`` archives (zip) and raw pickles are recognised and refus
 message, truncated or corrupt files raise :class:`CheckpointError` naming the file and the
 problem, and the digest catches flipped bytes in the tensor data.
 
-Paths: a path ending in ``.safetensors`` is the file itself; any other path is a
-directory holding ``model.safetensors``.
+Paths: a path ending in ``.safetensors`` (or naming an existing file) is the file itself;
+any other path is a directory holding ``model.safetensors``.
 
 Example:
     >>> import tempfile, torch
@@ -74,10 +74,10 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_file(path: PathLike) -> Path:
-    """The checkpoint file for ``path`` (``path`` itself if it ends in ``.safetensors``,
-    else ``path / "model.safetensors"``)."""
+    """The checkpoint file for ``path``: ``path`` itself if it ends in ``.safetensors`` or is
+    an existing file, else ``path / "model.safetensors"``."""
     p = Path(path)
-    return p if p.suffix == ".safetensors" else p / DEFAULT_FILENAME
+    return p if (p.suffix == ".safetensors" or p.is_file()) else p / DEFAULT_FILENAME
 
 
 def _digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -88,6 +88,10 @@ def test_pickle_payloads_refused_without_running_them(model, tmp_path):
     f.write_bytes(pickle.dumps({"evil": _Evil(str(marker))}, protocol=0))  # text pickle, no magic
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_checkpoint(f)
+    pt = tmp_path / "weights.pt"  # any existing file name is read as the checkpoint itself
+    torch.save({"evil": _Evil(str(marker))}, pt)
+    with pytest.raises(CheckpointError, match=r"weights\.pt.*zip"):
+        VAE.load(pt)
     assert not marker.exists()
 
 
