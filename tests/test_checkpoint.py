@@ -1,7 +1,5 @@
 """Checkpoints: exact round trips, no unpickling, truncation/corruption, atomic writes, mismatches."""
 
-import json
-import os
 import pickle
 import struct
 

@@ -1,6 +1,5 @@
 """Data sets: shapes, ranges, seeds, closed-form geometry of the generators, clear errors."""
 
-import math
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """VAE model: shapes, closed-form terms, analysis decoder vs autograd Jacobians, pluggable latents, errors."""
 
-import math
 
 import pytest
 import torch
