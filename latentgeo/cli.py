@@ -10,7 +10,7 @@ Subcommands::
 
     latentgeo train --data {digits,moons,circles,tree} --out DIR [--latent euclidean]
                     [--latent-dim 2] [--likelihood gaussian|bernoulli] [--epochs N]
-                    [--batch-size B] [--seed S] [--hidden 64,64] [--variance rbf|neural|constant]
+                    [--batch-size B] [--seed S] [--hidden 64,64] [--variance rbf|learned|constant]
                     [--report] [--quiet]
         Train a VAE; writes DIR/model.safetensors and the per-epoch log DIR/train_log.jsonl
         (and the report with --report).
@@ -40,8 +40,9 @@ __all__ = ["main", "build_parser"]
 PROG = "latentgeo"
 DATASETS = ("digits", "moons", "circles", "tree")
 LIKELIHOODS = ("gaussian", "bernoulli")
-VARIANCES = ("rbf", "neural", "constant")
-DEMO_EPOCHS = 60
+VARIANCES = ("rbf", "learned", "constant")
+VAL_FRACTION = 0.1
+DEMO_EPOCHS = 300
 
 
 class CLIError(ValueError):
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=_seed, default=0, help="random seed (data split, initialisation, sampling); default 0")
     common.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
+    common.add_argument("--threads", type=_int_at_least(1, "threads"), default=1,
+                        help="torch CPU threads (default 1: these small networks gain nothing from more, "
+                        "and extra threads slow down badly on a busy machine)")
 
     # hidden knobs for tests and quick looks (not part of the documented interface)
     def hidden(sp):
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=_int_at_least(1, "epochs"), default=DEMO_EPOCHS,
                    help=f"training epochs (default {DEMO_EPOCHS})")
     hidden(d)
+    d.add_argument("--batch-size", type=_int_at_least(1, "batch-size"), default=None, help=argparse.SUPPRESS)
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser(
@@ -144,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-dim", type=_int_at_least(1, "latent-dim"), default=2, help="latent dimension (default 2)")
     t.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS, help="decoder likelihood (default gaussian)")
     t.add_argument("--epochs", type=_int_at_least(1, "epochs"), default=100, help="training epochs (default 100)")
-    t.add_argument("--batch-size", type=_int_at_least(1, "batch-size"), default=64, help="mini-batch size (default 64)")
+    t.add_argument("--batch-size", type=_int_at_least(1, "batch-size"), default=128, help="mini-batch size (default 128)")
     t.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden layer widths, e.g. 64,64 (default)")
     t.add_argument("--variance", default=None, choices=VARIANCES,
                    help="Gaussian decoder variance after the mean phase (default rbf, Latent Space Oddity §4)")
@@ -186,49 +191,49 @@ def _subset(dataset, max_items: Optional[int], seed: int):
     """A seeded random subset of a Dataset (same class, same metadata)."""
     if max_items is None or max_items >= len(dataset.data):
         return dataset
-    import dataclasses
-
     import torch
 
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset.data), generator=g)[:max_items].sort().values
-    labels = None if dataset.labels is None else dataset.labels[idx]
-    params = dict(getattr(dataset, "params", {}) or {})
-    params["max_items"] = int(max_items)
-    return dataclasses.replace(dataset, data=dataset.data[idx], labels=labels, params=params)
+    sub = dataset.subset(idx)
+    sub.params["max_items"] = int(max_items)
+    return sub
 
 
 def _train(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden, variance: str, out: Path):
     """Build and train a VAE; returns ``(model, history, seconds)``."""
-    import torch
-
     from .models import VAE
     from .training import train_vae
 
-    torch.manual_seed(args.seed)
-    data = dataset.data
     model = VAE(
-        data_dim=int(data.reshape(data.shape[0], -1).shape[1]),
-        latent_dim=latent_dim,
+        dataset.dim,
+        latent_dim,
         latent=latent,
         likelihood=likelihood,
         hidden=tuple(hidden),
-        item_shape=tuple(dataset.item_shape) if dataset.item_shape else None,
+        item_shape=tuple(dataset.item_shape),
+        seed=args.seed,
     )
-    log_path = out / "train_log.jsonl"
     t0 = time.perf_counter()
-    kwargs = dict(epochs=args.epochs, seed=args.seed, quiet=_progress_quiet(args), log_path=log_path)
+    kwargs = dict(
+        epochs=args.epochs,
+        seed=args.seed,
+        quiet=_progress_quiet(args),
+        log_path=out / "train_log.jsonl",
+        val_fraction=VAL_FRACTION,
+        variance=variance if likelihood == "gaussian" else None,
+    )
     if getattr(args, "batch_size", None) is not None:
         kwargs["batch_size"] = args.batch_size
-    if likelihood == "gaussian":
-        kwargs["variance"] = variance
-    history = train_vae(model, data, **kwargs)
+    history = train_vae(model, dataset, **kwargs)
     return model, history, time.perf_counter() - t0
 
 
 def _report(args, model, dataset, history, out: Path, train_s: float, command: list[str]) -> dict:
     from .report import write_report
+    from .training import split_indices
 
+    _, val_idx = split_indices(len(dataset), VAL_FRACTION, args.seed)  # the trainer's held-out items
     return write_report(
         model,
         dataset,
@@ -240,6 +245,7 @@ def _report(args, model, dataset, history, out: Path, train_s: float, command: l
         resolution=args.resolution,
         iwae_points=args.iwae_points,
         iwae_samples=args.iwae_samples,
+        eval_index=val_idx,
     )
 
 
@@ -258,10 +264,11 @@ def _print_summary(summary: dict, out: Path, total_s: float) -> None:
     ]
     if "log_likelihood" in iw:
         lines.append(f"  IWAE log-likelihood (K={iw['n_samples']}, {iw['n_points']} items): {iw['log_likelihood']:.4g} nats/item")
-    if mag.get("off_on_median_ratio") is not None:
+    if mag.get("on_data"):
+        near, far = mag.get("near_data") or {}, mag.get("far_from_data") or {}
         lines.append(
-            f"  magnification median on data {mag['on_data']['median']:.3g}, off data {mag['off_data']['median']:.3g} "
-            f"(ratio {mag['off_on_median_ratio']:.3g})"
+            f"  magnification √det M, median: on the data {mag['on_data']['median']:.3g}, "
+            f"near it {_fmt(near.get('median'), '.3g')}, far from it {_fmt(far.get('median'), '.3g')}"
         )
     lines.append("  files: " + ", ".join(summary.get("files", [])))
     print("\n".join(lines), flush=True)
@@ -350,6 +357,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: a command is required (demo, train or info)", file=sys.stderr)
         return 2
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        import torch
+
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args, argv))
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
@@ -359,6 +372,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threads is not None:
+            torch.set_num_threads(prev_threads)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -177,9 +177,11 @@ def _label_colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, label_names=None, **kw):
-    size = size if size is not None else max(2.0, min(12.0, 3000.0 / len(codes)))
-    style = dict(s=size, linewidths=0.25, edgecolors="white", alpha=0.9, zorder=3)
+def _scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, label_names=None,
+                   legend_title="label", **kw):
+    size = size if size is not None else max(5.0, min(14.0, 4000.0 / len(codes)))
+    many = len(codes) > 500
+    style = dict(s=size, linewidths=0.0 if many else 0.3, edgecolors="none" if many else "white", alpha=0.85, zorder=3)
     style.update(kw)
     if labels is None:
         style.setdefault("color", "tab:red")
@@ -195,11 +197,11 @@ def _scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, l
         ax.scatter(codes[sel, 0], codes[sel, 1], color=color, label=name, **style)
     if legend:
         ax.legend(
-            title="label",
+            title=legend_title,
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
             fontsize="small",
-            markerscale=max(1.0, 20.0 / size) ** 0.5,
+            markerscale=max(1.0, (30.0 / size) ** 0.5),
             frameon=False,
         )
 
@@ -220,6 +222,7 @@ def plot_magnification(
     cmap: str = "magma",
     colorbar: bool = True,
     legend: bool = True,
+    legend_title: str = "label",
     scatter_kw: Optional[dict] = None,
     title: Optional[str] = "Magnification factor √det M(z)",
     chunk_size: int = 16384,
@@ -239,7 +242,7 @@ def plot_magnification(
         log: logarithmic colour scale (:class:`~matplotlib.colors.LogNorm`). The image data
             is ``√det M`` itself in both cases (``ax.images[0].get_array()``, with
             non-positive values masked when ``log``).
-        cmap, colorbar, legend, scatter_kw, title: styling.
+        cmap, colorbar, legend, legend_title, scatter_kw, title: styling.
         chunk_size: grid points per metric call.
         dtype: dtype of the grid points; default: the codes' dtype if they are a tensor,
             else the decoder parameters' dtype, else torch's default.
@@ -276,7 +279,7 @@ def plot_magnification(
         cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.set_label("√det M(z)" + (" (log scale)" if log else ""))
     if codes_np is not None:
-        _scatter_codes(ax, codes_np, labels, legend=legend, **(scatter_kw or {}))
+        _scatter_codes(ax, codes_np, labels, legend=legend, legend_title=legend_title, **(scatter_kw or {}))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel("$z_1$")
@@ -435,7 +438,8 @@ def plot_training_curves(
 
     Epochs are numbered consecutively across phases (a phase that restarts its epoch
     counter is appended after the previous one); phase changes get a dashed line and the
-    phase name.
+    phase name. A history with an ``rbf`` record (the post-hoc RBF variance, fitted after
+    the last epoch) gets a dotted line at the end.
 
     Returns:
         the Axes.
@@ -443,6 +447,10 @@ def plot_training_curves(
     recs = _history_records(history)
     if not recs:
         raise ValueError("history is empty: nothing to plot")
+    # keep epoch records (a log may hold other events, e.g. the RBF-variance fit)
+    recs = [r for r in recs if any(isinstance(r.get(k), (int, float)) for k in keys)]
+    if not recs:
+        raise ValueError(f"history has none of the keys {list(keys)} with finite values")
     ax = _new_ax(ax, figsize=(7.0, 4.0))
     # a global x axis: running index over the records, but use 'epoch' when monotone
     ep = [r.get("epoch") for r in recs]
@@ -482,6 +490,9 @@ def plot_training_curves(
                 ax.axvline(0.5 * (x[i - 1] + x[i]), color="0.5", ls="--", lw=1)
             ax.annotate(str(phases[i]), xy=(x[i], 1.0), xycoords=("data", "axes fraction"),
                         xytext=(3, -12), textcoords="offset points", fontsize="small", color="0.3")
+    rbf = getattr(history, "rbf", None)
+    if isinstance(rbf, dict):
+        ax.axvline(x[-1], color="tab:green", ls=":", lw=1.5, label="RBF variance fitted")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (negative ELBO per item)" if "train_loss" in keys else "value")
     ax.grid(True, alpha=0.3)

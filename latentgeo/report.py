@@ -351,7 +351,8 @@ class ReportContext:
                        norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10)), aspect="auto")
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.set_label("√det M(z) (log scale)")
-        _scatter_codes(ax, self.codes.cpu().numpy(), self.labels)
+        name = getattr(self.dataset, "name", None)
+        _scatter_codes(ax, self.codes.cpu().numpy(), self.labels, legend_title="digit" if name == "digits" else "label")
         ax.set_xlim(self.extent[0], self.extent[1])
         ax.set_ylim(self.extent[2], self.extent[3])
         ax.set_xlabel("$z_1$")
@@ -409,7 +410,7 @@ def _section_model(ctx: ReportContext) -> dict:
 def _section_training(ctx: ReportContext) -> dict:
     if ctx.history is None:
         return {"skipped": "no training history given"}
-    recs = _history_records(ctx.history)
+    recs = [r for r in _history_records(ctx.history) if r.get("phase") != "rbf"]
     if not recs:
         return {"epochs_run": 0}
 
@@ -432,10 +433,14 @@ def _section_training(ctx: ReportContext) -> dict:
         "final_train_loss": last("train_loss"),
         "final_val_loss": last("val_loss"),
         "best_val_loss": min(vals) if vals else None,
+        "train_seconds": sum(float(r.get("time", 0.0)) for r in recs),
     }
-    for attr in ("stopped_early", "best_epoch", "restored_best"):
-        if hasattr(ctx.history, attr):
-            out[attr] = getattr(ctx.history, attr)
+    h = ctx.history
+    for attr in ("n_train", "n_val", "best_epoch", "stopped_early", "rbf", "resumed_at_epoch"):
+        if hasattr(h, attr):
+            out[attr] = getattr(h, attr)
+    if isinstance(getattr(h, "best_val_loss", None), dict):
+        out["best_val_loss_per_phase"] = h.best_val_loss
     return out
 
 
@@ -474,8 +479,22 @@ def _stats(x: np.ndarray) -> dict:
     }
 
 
+#: distance bands (fractions of the codes' bounding-box diagonal, distance to the nearest code)
+#: for the magnification profile; "near" is where a post-hoc RBF variance rises, "far" beyond
+MAGNIFICATION_BANDS = {"on": (0.0, 0.02), "near": (0.02, 0.15), "far": (0.15, math.inf)}
+
+
 @register_section("magnification", order=30, description="magnification.png: √det M heat map, on/off-data statistics")
 def _section_magnification(ctx: ReportContext) -> dict:
+    """Heat map, and √det M at the codes vs on grid points at growing distance from them.
+
+    ``on_data``: at the codes themselves. ``near_data`` / ``far_from_data``: at grid points
+    whose distance to the nearest code is in the ``"near"`` / ``"far"`` band of
+    :data:`MAGNIFICATION_BANDS` (fractions of the codes' bounding-box diagonal), and
+    ``profile``: the median in finer bands. With the RBF variance the expected metric is
+    large in a halo around the data (where σ rises) and small again far away, where σ has
+    saturated at its far value and the decoder is nearly constant (``J → 0``).
+    """
     if ctx.latent_dim != 2:
         return {"skipped": f"the heat map needs a 2-D latent space; this model's is {ctx.latent_dim}-D"}
     fig, ax = ctx.magnification_figure(
@@ -488,27 +507,38 @@ def _section_magnification(ctx: ReportContext) -> dict:
     mag, xs, ys = ctx.magnification_grid
     gx, gy = np.meshgrid(xs, ys)
     grid = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=codes.dtype)
-    dist = _nearest_distance(grid, codes.cpu()).numpy()
-    lo, hi = codes.amin(0), codes.amax(0)
-    diag = float((hi - lo).norm())
-    far_frac = float(ctx.options.get("far_fraction", 0.1))
-    far_r = far_frac * diag
-    far = dist >= far_r
-    out = {
+    diag = float((codes.amax(0) - codes.amin(0)).norm())
+    rel = _nearest_distance(grid, codes.cpu()).numpy() / max(diag, 1e-300)
+    flat = mag.ravel()
+
+    def band(lo, hi):
+        sel = (rel >= lo) & (rel < hi)
+        return _stats(flat[sel]) if sel.any() else None
+
+    near = band(*MAGNIFICATION_BANDS["near"])
+    far = band(*MAGNIFICATION_BANDS["far"])
+    edges = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, math.inf]
+    profile = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        b = band(lo, hi)
+        if b is not None:
+            profile.append({"from": lo, "to": hi if math.isfinite(hi) else None, "n": b["n"], "median": b["median"]})
+    med = float(np.median(on))
+    return {
         "metric": repr(ctx.metric),
         "extent": list(ctx.extent),
         "resolution": int(len(xs)),
+        "distance_unit": diag,
+        "bands": {k: [lo, hi if math.isfinite(hi) else None] for k, (lo, hi) in MAGNIFICATION_BANDS.items()},
         "on_data": _stats(on),
-        "far_definition": f"grid points at distance >= {far_frac:g} x the codes' bounding-box diagonal "
-        f"({far_r:.4g}) from every code",
+        "near_data": near,
+        "far_from_data": far,
+        "near_on_median_ratio": None if near is None else near["median"] / med,
+        "far_on_median_ratio": None if far is None else far["median"] / med,
+        "profile": profile,
+        "definition": "√det M at the codes (on_data) and at grid points whose distance to the nearest code, "
+        "in units of the codes' bounding-box diagonal (distance_unit), lies in the near/far bands",
     }
-    if far.any():
-        out["off_data"] = _stats(mag.ravel()[far])
-        out["off_on_median_ratio"] = out["off_data"]["median"] / out["on_data"]["median"]
-    else:
-        out["off_data"] = None
-        out["off_on_median_ratio"] = None
-    return out
 
 
 @register_section("decoded_grid", order=40, description="decoded_grid.png: decoder means over the latent plane")
@@ -525,7 +555,7 @@ def _section_decoded_grid(ctx: ReportContext) -> dict:
     data = ctx.data
     clip = (float(data.min()), float(data.max()))
     plot_image_grid(ctx.decoder, ctx.extent, n=n, item_shape=tuple(item_shape), ax=ax, clip=clip,
-                    title="Decoder mean over the latent plane", dtype=ctx.codes.dtype)
+                    title="Decoder mean μ(z) over the latent plane", dtype=ctx.codes.dtype)
     ctx.save_figure(fig, "decoded_grid.png")
     return {"n": n, "extent": list(ctx.extent)}
 
@@ -542,25 +572,35 @@ def _section_training_curves(ctx: ReportContext) -> dict:
     return {}
 
 
-@register_section("iwae", order=60, description="IWAE log-likelihood estimate on a data subset")
+@register_section("iwae", order=60, description="IWAE log-likelihood and ELBO on held-out items")
 def _section_iwae(ctx: ReportContext) -> dict:
-    from .training import iwae_log_likelihood
+    from .training import elbo_estimate, iwae_log_likelihood
 
     n_pts = int(ctx.options.get("iwae_points", 256))
     k = int(ctx.options.get("iwae_samples", 64))
-    x = ctx.data
+    x = ctx.dataset.data
+    x = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).reshape(len(x), -1)
     g = torch.Generator().manual_seed(ctx.seed)
-    idx = torch.randperm(x.shape[0], generator=g)[: min(n_pts, x.shape[0])]
+    idx = ctx.options.get("eval_index")
+    if idx is not None and len(idx) > 0:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        items = "validation"
+    else:
+        idx = torch.arange(x.shape[0])
+        items = "all (no validation indices given)"
+    idx = idx[torch.randperm(len(idx), generator=g)[:n_pts]].sort().values
     xs = x[idx].to(ctx.param_dtype)
-    torch.manual_seed(ctx.seed)
-    with torch.no_grad():
-        ll = iwae_log_likelihood(ctx.model, xs, k)
-        elbo = ctx.model.elbo(xs) if hasattr(ctx.model, "elbo") else None
-    ll = torch.as_tensor(ll, dtype=torch.float64)
-    out = {"n_points": int(xs.shape[0]), "n_samples": k, "log_likelihood": float(ll.mean())}
-    if elbo is not None:
-        out["elbo"] = float(torch.as_tensor(elbo, dtype=torch.float64).mean())
-    return out
+    ll = iwae_log_likelihood(ctx.model, xs, k=k, seed=ctx.seed).double()
+    elbo = elbo_estimate(ctx.model, xs, n_samples=k, seed=ctx.seed).double()
+    return {
+        "items": items,
+        "n_points": int(xs.shape[0]),
+        "n_samples": k,
+        "log_likelihood": float(ll.mean()),
+        "log_likelihood_sem": float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else None,
+        "elbo": float(elbo.mean()),
+        "units": "nats per item (log density for Gaussian likelihoods)",
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -604,6 +644,8 @@ def write_report(
         margin: padding of the plotted extent around the codes (fraction of their span).
         max_points: analyse a seeded subset of this many items (``None``: all).
         iwae_points, iwae_samples: subset size and importance samples of the IWAE estimate.
+        eval_index: (option) indices of held-out items; the IWAE/ELBO estimates use up to
+            ``iwae_points`` of them (default: a seeded subset of all items).
         checkpoint_name: file name of the saved model (``None``: do not save).
         dpi: figure resolution. Further ``options`` are passed to sections (``ctx.options``).
 

@@ -7,11 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from latentgeo.checkpoint import save_checkpoint
 from latentgeo.cli import main
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one thread is as fast, and far faster on a busy machine (restored after)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
 
 SCRIPT = Path(sys.executable).parent / "latentgeo"
 
@@ -110,3 +120,102 @@ def test_console_script_bad_arguments_no_traceback(tmp_path, checkpoint):
     assert "Traceback" not in r.stderr and "truncated" in r.stderr and r.stdout == ""
     r = _run_script("train", "--data", "nope", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "invalid choice" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# demo and train, with tiny budgets
+# ------------------------------------------------------------------------------------------
+PROMISED = ["model.safetensors", "train_log.jsonl", "magnification.png", "decoded_grid.png", "training_curves.png",
+            "summary.json"]
+TINY = ["--max-items", "400", "--batch-size", "32", "--resolution", "30", "--iwae-points", "50", "--iwae-samples", "8"]
+
+
+def test_demo_in_process_writes_the_report(tmp_path, capsys):
+    import math
+
+    from latentgeo.models import VAE
+
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--epochs", "100", "--seed", "1", "--quiet", *TINY]) == 0
+    stdout = capsys.readouterr().out
+    assert f"report written to {out}" in stdout
+    for f in PROMISED:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("latentgeo_version", "seed", "dataset", "model", "training", "checkpoint", "magnification",
+                "iwae", "timings", "files", "sections", "command"):
+        assert key in s, key
+    assert s["seed"] == 1 and s["dataset"]["name"] == "digits" and s["dataset"]["n_items"] == 400
+    assert s["model"]["latent_dim"] == 2 and s["model"]["config"]["likelihood"] == "gaussian"
+    assert s["model"]["config"]["variance"] == "rbf"
+    tr = s["training"]
+    assert tr["epochs_run"] + sum(tr["stopped_early"].values()) >= 1 and tr["epochs_run"] <= 100
+    assert all(math.isfinite(tr[k]) for k in ("final_train_loss", "final_val_loss", "best_val_loss"))
+    assert tr["n_train"] == 360 and tr["n_val"] == 40 and tr["rbf"]["n_centers"] == 32
+    iw = s["iwae"]
+    assert iw["items"] == "validation" and iw["n_points"] == 40 and math.isfinite(iw["log_likelihood"])
+    assert math.isfinite(iw["elbo"])
+    mag = s["magnification"]
+    assert mag["near_data"]["median"] > mag["on_data"]["median"]
+    assert s["timings"]["train_s"] > 0
+    assert set(PROMISED) - {"train_log.jsonl"} <= set(s["files"])
+    # the log has one record per epoch plus the RBF fit
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == tr["epochs_run"] + 1 and log[-1]["phase"] == "rbf"
+    # the checkpoint is the trained model: its magnification at the codes is the summary's
+    import latentgeo as lg
+    from latentgeo.datasets import load_dataset
+
+    model = VAE.load(out / "model.safetensors")
+    assert model.variance == "rbf"
+    ds = load_dataset("digits")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1))[:400].sort().values
+    codes = model.encode_mean(ds.data[idx])
+    with torch.no_grad():
+        on = lg.PullbackMetric(model.decoder_for_analysis()).magnification(codes).numpy()
+    assert float(np.median(on)) == pytest.approx(mag["on_data"]["median"], rel=1e-5)
+    # info reads it back
+    assert main(["info", "--json", str(out / "model.safetensors")]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["latent_dim"] == 2 and cfg["variance"] == "rbf"
+
+
+def test_demo_console_script(tmp_path):
+    out = tmp_path / "rep"
+    r = _run_script("demo", "--out", str(out), "--epochs", "2", "--quiet", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr == ""  # --quiet: nothing on stderr
+    for f in PROMISED:
+        assert (out / f).is_file(), f
+    s = json.loads((out / "summary.json").read_text())
+    assert s["training"]["epochs_run"] == 2 and s["command"][:2] == ["latentgeo", "demo"]
+
+
+def test_train_command_and_report(tmp_path, capsys):
+    from latentgeo.models import VAE
+
+    out = tmp_path / "moons"
+    base = ["train", "--data", "moons", "--epochs", "3", "--hidden", "16,16", "--latent-dim", "3", "--seed", "2"]
+    tail = ["--quiet", "--max-items", "200", "--variance", "constant"]
+    assert main([*base, "--out", str(out), *tail]) == 0
+    assert "checkpoint:" in capsys.readouterr().out
+    model = VAE.load(out / "model.safetensors")
+    assert model.latent_dim == 3 and model.hidden == (16, 16) and model.variance == "constant"
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 3
+    # same seed, same weights
+    out2 = tmp_path / "moons2"
+    assert main([*base, "--out", str(out2), *tail]) == 0
+    m2 = VAE.load(out2 / "model.safetensors")
+    for (k, a), (_, b) in zip(model.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    # --report on a 3-D latent: the 2-D maps say why they are skipped
+    out3 = tmp_path / "rep3"
+    assert main([*base, "--out", str(out3), *tail, "--report", "--resolution", "10", "--iwae-samples", "4"]) == 0
+    s = json.loads((out3 / "summary.json").read_text())
+    assert "2-D" in s["magnification"]["skipped"] and (out3 / "model.safetensors").is_file()
+    # Bernoulli on real-valued data: a one-line error, exit 2
+    capsys.readouterr()
+    assert main(["train", "--data", "moons", "--likelihood", "bernoulli", "--epochs", "1", "--out",
+                 str(tmp_path / "b"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Bernoulli" in err
