@@ -11,6 +11,10 @@ Entry points::
 from .decoders import BernoulliDecoder, CategoricalDecoder, Decoder, DeterministicDecoder, GaussianDecoder
 from .metric import Metric, MetricField, PullbackMetric
 from .variance import RBFPrecision, fit_rbf_variance
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .datasets import Dataset, load_dataset
+from .models import VAE
+from .training import History, TrainConfig, Trainer, iwae_log_likelihood, train_vae
 
 __version__ = "0.1.0"
 
@@ -25,4 +29,15 @@ __all__ = [
     "MetricField",
     "RBFPrecision",
     "fit_rbf_variance",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+    "Dataset",
+    "load_dataset",
+    "VAE",
+    "History",
+    "TrainConfig",
+    "Trainer",
+    "iwae_log_likelihood",
+    "train_vae",
 ]
