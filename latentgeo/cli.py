@@ -246,6 +246,7 @@ def _report(args, model, dataset, history, out: Path, train_s: float, command: l
         iwae_points=args.iwae_points,
         iwae_samples=args.iwae_samples,
         eval_index=val_idx,
+        files=["train_log.jsonl"],
     )
 
 

@@ -171,9 +171,14 @@ def magnification_grid(
 
 
 def _label_colors(n: int):
+    """Qualitative colours: tab10 with its grey replaced by black (grey vanishes on grey maps)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    if n <= 10:
+        cols = list(matplotlib.colormaps["tab10"].colors)
+        cols[7] = (0.0, 0.0, 0.0)
+        return cols[:n]
+    cmap = matplotlib.colormaps["tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -181,7 +186,7 @@ def _scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, l
                    legend_title="label", **kw):
     size = size if size is not None else max(5.0, min(14.0, 4000.0 / len(codes)))
     many = len(codes) > 500
-    style = dict(s=size, linewidths=0.0 if many else 0.3, edgecolors="none" if many else "white", alpha=0.85, zorder=3)
+    style = dict(s=size, linewidths=0.15 if many else 0.3, edgecolors="white", alpha=0.9, zorder=3)
     style.update(kw)
     if labels is None:
         style.setdefault("color", "tab:red")
@@ -219,7 +224,7 @@ def plot_magnification(
     log: bool = True,
     *,
     margin: float = 0.1,
-    cmap: str = "magma",
+    cmap: str = "bone",
     colorbar: bool = True,
     legend: bool = True,
     legend_title: str = "label",

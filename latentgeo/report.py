@@ -347,7 +347,7 @@ class ReportContext:
         if pos.size == 0:
             raise ReportError("the metric is singular (√det M = 0) everywhere on the plotted grid")
         vmin, vmax = float(pos.min()), float(pos.max())
-        im = ax.imshow(data, origin="lower", extent=self.extent, cmap="magma", interpolation="nearest",
+        im = ax.imshow(data, origin="lower", extent=self.extent, cmap=self.options.get("cmap", "bone"), interpolation="nearest",
                        norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10)), aspect="auto")
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.set_label("√det M(z) (log scale)")
@@ -623,6 +623,7 @@ def write_report(
     iwae_samples: int = 64,
     checkpoint_name: Optional[str] = "model.safetensors",
     dpi: int = 120,
+    files: Sequence[str] = (),
     **options,
 ) -> dict:
     """Write the analysis report of a trained model into ``out_dir``; returns the summary.
@@ -647,7 +648,10 @@ def write_report(
         eval_index: (option) indices of held-out items; the IWAE/ELBO estimates use up to
             ``iwae_points`` of them (default: a seeded subset of all items).
         checkpoint_name: file name of the saved model (``None``: do not save).
-        dpi: figure resolution. Further ``options`` are passed to sections (``ctx.options``).
+        dpi: figure resolution.
+        files: files the caller already wrote into ``out_dir`` (e.g. the training log), to be
+            listed in ``summary["files"]``. Further ``options`` are passed to sections
+            (``ctx.options``).
 
     Returns:
         the summary dict, also written to ``out_dir/summary.json``: ``latentgeo_version``,
@@ -693,6 +697,10 @@ def write_report(
     )
     opts.update(options)
     ctx = ReportContext(model=model, dataset=dataset, history=history, out_dir=out, seed=int(seed), options=opts)
+    for f in files:
+        if not (out / f).is_file():
+            raise ReportError(f"file {f!r} listed in files= does not exist in {out}")
+        ctx.path(f)
     summary = ctx.summary
     summary["latentgeo_version"] = __version__
     summary["created_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
