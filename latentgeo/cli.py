@@ -11,9 +11,10 @@ Subcommands::
     latentgeo train --data {digits,moons,circles,tree} --out DIR [--latent euclidean]
                     [--latent-dim 2] [--likelihood gaussian|bernoulli] [--epochs N]
                     [--batch-size B] [--seed S] [--hidden 64,64] [--variance rbf|learned|constant]
-                    [--report] [--quiet]
-        Train a VAE; writes DIR/model.safetensors and the per-epoch log DIR/train_log.jsonl
-        (and the report with --report).
+                    [--report] [--resume] [--quiet]
+        Train a VAE; writes DIR/model.safetensors, the per-epoch log DIR/train_log.jsonl and
+        the resumable trainer state DIR/train_state.safetensors (and the report with
+        --report). --resume continues an interrupted run from that state.
 
     latentgeo info CHECKPOINT [--json]
         Verify a checkpoint (format, digest) and print its configuration.
@@ -42,6 +43,7 @@ DATASETS = ("digits", "moons", "circles", "tree")
 LIKELIHOODS = ("gaussian", "bernoulli")
 VARIANCES = ("rbf", "learned", "constant")
 VAL_FRACTION = 0.1
+TRAIN_STATE = "train_state.safetensors"
 DEMO_EPOCHS = 300
 
 
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variance", default=None, choices=VARIANCES,
                    help="Gaussian decoder variance after the mean phase (default rbf, Latent Space Oddity §4)")
     t.add_argument("--report", action="store_true", help="also write the analysis report into OUT")
+    t.add_argument("--resume", action="store_true",
+                   help=f"continue an interrupted run from OUT/{TRAIN_STATE} (give the same arguments)")
     hidden(t)
     t.set_defaults(func=_cmd_train)
 
@@ -200,8 +204,13 @@ def _subset(dataset, max_items: Optional[int], seed: int):
     return sub
 
 
-def _train(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden, variance: str, out: Path):
-    """Build and train a VAE; returns ``(model, history, seconds)``."""
+def _train(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden, variance: str, out: Path,
+           resumable: bool = False):
+    """Build and train a VAE; returns ``(model, history, seconds)``.
+
+    ``resumable``: write the trainer state to ``out/train_state.safetensors`` after every
+    epoch, and resume from it when ``args.resume`` is set.
+    """
     from .models import VAE
     from .training import train_vae
 
@@ -225,6 +234,13 @@ def _train(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden,
     )
     if getattr(args, "batch_size", None) is not None:
         kwargs["batch_size"] = args.batch_size
+    if resumable:
+        state = out / TRAIN_STATE
+        kwargs["checkpoint_path"] = state
+        if getattr(args, "resume", False):
+            if not state.is_file():
+                raise CLIError(f"--resume: no trainer state {state} to resume from")
+            kwargs["resume_from"] = state
     history = train_vae(model, dataset, **kwargs)
     return model, history, time.perf_counter() - t0
 
@@ -304,7 +320,7 @@ def _cmd_train(args, argv: list[str]) -> int:
     _say(args, f"latentgeo train: {args.likelihood} VAE, {args.latent} latent of dimension {args.latent_dim}, "
                f"on {args.data} ({len(dataset.data)} items), {args.epochs} epochs ...")
     model, history, train_s = _train(
-        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, variance, out
+        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, variance, out, resumable=True
     )
     if args.report:
         summary = _report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])

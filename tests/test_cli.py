@@ -208,6 +208,17 @@ def test_train_command_and_report(tmp_path, capsys):
     m2 = VAE.load(out2 / "model.safetensors")
     for (k, a), (_, b) in zip(model.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
+    # --resume: from the trainer state of the finished run, the same model again
+    assert (out / "train_state.safetensors").is_file()
+    assert main([*base, "--out", str(out), *tail, "--resume"]) == 0
+    m3 = VAE.load(out / "model.safetensors")
+    for (k, a), (_, b) in zip(model.state_dict().items(), m3.state_dict().items()):
+        assert torch.equal(a, b), k
+    capsys.readouterr()
+    assert main([*base[:-1], "5", "--out", str(out), *tail, "--resume"]) == 2  # another seed
+    assert "seed" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "fresh"), *tail, "--resume"]) == 2
+    assert "no trainer state" in capsys.readouterr().err
     # --report on a 3-D latent: the 2-D maps say why they are skipped
     out3 = tmp_path / "rep3"
     assert main([*base, "--out", str(out3), *tail, "--report", "--resolution", "10", "--iwae-samples", "4"]) == 0
