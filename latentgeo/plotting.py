@@ -41,6 +41,7 @@ __all__ = [
     "plot_image_grid",
     "plot_training_curves",
     "plot_curves",
+    "plot_decoded_strip",
 ]
 
 
@@ -360,21 +361,7 @@ def plot_image_grid(
         raise ValueError(f"decode_fn returned {x.shape[0]} items for {n * n} latent points")
     if not np.isfinite(x).all():
         raise ValueError("decode_fn returned NaN/inf")
-    if item_shape is None:
-        if x.ndim == 3:
-            item_shape = x.shape[1:]
-        elif x.ndim == 4 and x.shape[1] == 1:
-            item_shape = x.shape[2:]
-        else:
-            size = int(np.prod(x.shape[1:]))
-            side = int(round(math.sqrt(size)))
-            if side * side != size:
-                raise ValueError(f"cannot infer an image shape for items of shape {x.shape[1:]}; pass item_shape=(H, W)")
-            item_shape = (side, side)
-    item_shape = tuple(int(s) for s in item_shape)
-    if len(item_shape) != 2 or int(np.prod(item_shape)) != int(np.prod(x.shape[1:])):
-        raise ValueError(f"item_shape {item_shape} does not match decoded items of shape {x.shape[1:]} (need (H, W))")
-    h, w = item_shape
+    h, w = _image_shape(x, item_shape)
     imgs = x.reshape(n, n, h, w)  # [row i (y index), col j (x index)]
     if clip is not None:
         imgs = np.clip(imgs, clip[0], clip[1])
@@ -399,6 +386,25 @@ def plot_image_grid(
     if title:
         ax.set_title(title)
     return ax
+
+
+def _image_shape(x: np.ndarray, item_shape) -> tuple[int, int]:
+    """``(H, W)`` of decoded items ``x (N, ...)``: given, the trailing 2-D shape, or a square."""
+    if item_shape is None:
+        if x.ndim == 3:
+            item_shape = x.shape[1:]
+        elif x.ndim == 4 and x.shape[1] == 1:
+            item_shape = x.shape[2:]
+        else:
+            size = int(np.prod(x.shape[1:]))
+            side = int(round(math.sqrt(size)))
+            if side * side != size:
+                raise ValueError(f"cannot infer an image shape for items of shape {x.shape[1:]}; pass item_shape=(H, W)")
+            item_shape = (side, side)
+    item_shape = tuple(int(s) for s in item_shape)
+    if len(item_shape) != 2 or int(np.prod(item_shape)) != int(np.prod(x.shape[1:])):
+        raise ValueError(f"item_shape {item_shape} does not match decoded items of shape {x.shape[1:]} (need (H, W))")
+    return item_shape[0], item_shape[1]
 
 
 def _history_records(history) -> list[dict]:
@@ -565,4 +571,84 @@ def plot_curves(
     if keep:
         ax.set_xlim(xlim)
         ax.set_ylim(ylim)
+    return ax
+
+
+def plot_decoded_strip(
+    decode_fn,
+    points,
+    item_shape: Optional[Sequence[int]] = None,
+    ax=None,
+    *,
+    cmap: str = "gray",
+    clip: Optional[tuple[float, float]] = (0.0, 1.0),
+    gap: int = 1,
+    label: Optional[str] = None,
+    dtype=None,
+    device=None,
+):
+    """Decoded images at points ``(T, d)`` along a latent curve, left to right in one row.
+
+    Args:
+        decode_fn: ``z (T, d) -> x (T, ...)`` or a latentgeo Decoder (its mean is shown);
+            called once on all points.
+        points: ``(T, d)`` latent points (e.g. a geodesic's ``curve(t)`` at a few ``t``).
+        item_shape: ``(H, W)`` of one image (inferred as in :func:`plot_image_grid`).
+        label: text on the y axis (e.g. ``"geodesic"``); the x ticks mark the point index.
+
+    Returns:
+        the Axes (the strip is ``ax.images[0]``, image ``k`` in columns
+        ``[gap + k(W+gap), gap + k(W+gap) + W)``).
+    """
+    from .decoders import Decoder
+
+    pts = _to_numpy(points, "points")
+    if pts.ndim != 2 or pts.shape[0] < 1:
+        raise ValueError(f"points must have shape (T, d) with T >= 1, got {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError("points contain NaN/inf")
+    if isinstance(decode_fn, Decoder):
+        dec = decode_fn
+
+        def decode_fn(z):
+            return dec.distribution(z).mean
+
+        if dtype is None or device is None:
+            d0, dev0 = _decoder_dtype_device(dec)
+            dtype, device = dtype or d0, device or dev0
+    elif not callable(decode_fn):
+        raise ValueError(f"decode_fn must be callable or a latentgeo Decoder, got {type(decode_fn).__name__}")
+    if isinstance(points, torch.Tensor) and dtype is None:
+        dtype, device = points.dtype, points.device
+    z = torch.as_tensor(pts, dtype=dtype or torch.get_default_dtype(), device=device)
+    with torch.no_grad():
+        out = decode_fn(z)
+    if isinstance(out, torch.distributions.Distribution):
+        out = out.mean
+    x = _to_numpy(out, "decoded items")
+    t = pts.shape[0]
+    if x.shape[0] != t:
+        raise ValueError(f"decode_fn returned {x.shape[0]} items for {t} points")
+    if not np.isfinite(x).all():
+        raise ValueError("decode_fn returned NaN/inf")
+    h, w = _image_shape(x, item_shape)
+    imgs = x.reshape(t, h, w)
+    if clip is not None:
+        imgs = np.clip(imgs, clip[0], clip[1])
+        lo, hi = clip
+    else:
+        lo, hi = float(imgs.min()), float(imgs.max())
+    strip = np.full((h + 2 * gap, t * (w + gap) + gap), np.nan)
+    for k in range(t):
+        c0 = gap + k * (w + gap)
+        strip[gap : gap + h, c0 : c0 + w] = imgs[k]
+    ax = _new_ax(ax, figsize=(max(3.0, 0.5 * t), 1.2))
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
+    ax.imshow(np.ma.masked_invalid(strip), cmap=cm, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_xticks([gap + k * (w + gap) + (w - 1) / 2 for k in range(t)], [str(k) for k in range(t)], fontsize="x-small")
+    ax.set_yticks([])
+    if label:
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
     return ax

@@ -22,10 +22,14 @@ Adding a section (the hook for the geodesics, clustering and random-walk analyse
     def _geodesics_section(ctx):
         if ctx.latent_dim != 2:
             return {"skipped": f"needs a 2-D latent space, got {ctx.latent_dim}"}
-        fig, ax = ctx.magnification_figure()          # the heat map + codes, ready to draw on
+        classes, centres = ctx.class_means()          # (C,), (C, 2) mean code per label
         ...                                           # compute with ctx.metric, ctx.codes, ctx.labels
-        plot_curves(curves, ax=ax, color="white")
+        fig, ax = ctx.magnification_figure()          # the heat map + codes, ready to draw on
+        plot_curves(curves, ax=ax, color="white")     # latentgeo.plotting
         ctx.save_figure(fig, "geodesics.png")
+        fig, axes = ctx.new_figure(figsize=(8, 2), nrows=2)
+        plot_decoded_strip(ctx.decoder, curve_points, ax=axes[0], label="geodesic")
+        ctx.save_figure(fig, "geodesic_strips.png")
         return {"n_pairs": 10, "converged": 10, "mean_length_ratio": 0.8}
 
 Put the decorated function in a module that ``latentgeo/__init__.py`` imports (importing
@@ -47,6 +51,7 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -210,7 +215,7 @@ class ReportContext:
         return p
 
     def save_figure(self, fig, name: str, dpi: Optional[int] = None) -> Path:
-        """Save a matplotlib figure atomically as ``out_dir/name`` and close it."""
+        """Save a matplotlib figure atomically as ``out_dir/name`` (closed if pyplot made it)."""
         p = self.path(name)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=p.suffix)
         os.close(fd)
@@ -220,17 +225,29 @@ class ReportContext:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+            plt = sys.modules.get("matplotlib.pyplot")  # only pyplot-made figures need closing
+            num = getattr(fig, "number", None)
+            if plt is not None and num is not None and plt.fignum_exists(num):
+                plt.close(fig)
         return p
 
-    def new_figure(self, figsize=(6.4, 5.0)):
-        """A ``(fig, ax)`` pair (pyplot-managed; :meth:`save_figure` closes it)."""
-        import matplotlib.pyplot as plt
+    def new_figure(self, figsize=(6.4, 5.0), nrows: int = 1, ncols: int = 1, **kw):
+        """``(fig, ax)`` (``ax`` an array when ``nrows·ncols > 1``) on a plain
+        :class:`~matplotlib.figure.Figure`: no pyplot state, no GUI backend, nothing to close."""
+        from matplotlib.figure import Figure
 
-        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        fig = Figure(figsize=figsize, layout="constrained")
+        ax = fig.subplots(nrows, ncols, **kw)
         return fig, ax
+
+    def class_means(self) -> tuple[np.ndarray, torch.Tensor]:
+        """``(classes (C,), means (C, d))``: the mean code of each label (``ValueError`` without labels)."""
+        if self.labels is None:
+            raise ValueError(f"data set {getattr(self.dataset, 'name', '?')!r} has no labels")
+        classes = np.unique(self.labels)
+        lab = torch.as_tensor(self.labels)
+        means = torch.stack([self.codes[lab == c].mean(0) for c in classes])
+        return classes, means
 
     # -- shared quantities ----------------------------------------------------------------
     def _cached(self, key, make):

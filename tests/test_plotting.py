@@ -260,3 +260,25 @@ def test_quickstart_notebook_runs_against_the_api():
     between = metric.magnification(torch.tensor([[0.0, 0.8]]))
     assert float(between) > 5 * float(metric.magnification(ns["codes"]).median())
     assert float(metric.length(ns["line"])) > 2 * float(lg.PullbackMetric(ns["decoder"], kind="mean").length(ns["line"]))
+
+
+def test_decoded_strip_shows_each_point_in_order():
+    from latentgeo.plotting import plot_decoded_strip
+
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.5], [2.0, 1.0], [3.0, 1.5]])
+
+    def decode(z):  # 2x3 images filled with z1/10, top-left pixel = z2/10
+        img = (z[:, 0] / 10)[:, None, None].expand(-1, 2, 3).clone()
+        img[:, 0, 0] = z[:, 1] / 10
+        return img
+
+    ax = plot_decoded_strip(decode, pts, label="geodesic")
+    strip = np.ma.getdata(ax.images[0].get_array())
+    assert strip.shape == (2 + 2, 4 * 4 + 1)
+    for k in range(4):
+        tile = strip[1:3, 1 + 4 * k : 4 + 4 * k]
+        np.testing.assert_allclose(tile[0, 0], pts[k, 1].item() / 10, rtol=1e-6)
+        np.testing.assert_allclose(tile.ravel()[1:], pts[k, 0].item() / 10, rtol=1e-6)
+    assert ax.get_ylabel() == "geodesic" and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match="items for"):
+        plot_decoded_strip(lambda z: torch.zeros(2, 4), pts)

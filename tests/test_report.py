@@ -160,7 +160,12 @@ def test_custom_section_hook(tmp_path, digits, model):
 
         plot_curves(ctx.codes[:2][None], ax=ax, color="white")
         ctx.save_figure(fig, "custom.png")
-        return {"n_codes": int(ctx.codes.shape[0]), "grid_shape": list(ctx.magnification_grid[0].shape)}
+        classes, means = ctx.class_means()
+        lab = torch.as_tensor(ctx.labels)
+        for c, m in zip(classes, means):
+            torch.testing.assert_close(m, ctx.codes[lab == c].mean(0))
+        return {"n_codes": int(ctx.codes.shape[0]), "grid_shape": list(ctx.magnification_grid[0].shape),
+                "n_classes": len(classes)}
 
     try:
         names = [s.name for s in report_sections()]
@@ -171,7 +176,7 @@ def test_custom_section_hook(tmp_path, digits, model):
                          sections=["magnification", "custom_test", "training"])
         # it ran after magnification and reused its cached grid
         assert calls == [["magnification"]]
-        assert s["custom_test"] == {"n_codes": 300, "grid_shape": [24, 24]}
+        assert s["custom_test"] == {"n_codes": 300, "grid_shape": [24, 24], "n_classes": 10}
         assert "custom.png" in s["files"] and (tmp_path / "custom.png").is_file()
         assert s["training"] == {"skipped": "no training history given"}
     finally:
