@@ -36,6 +36,16 @@ def per_point_jacobian(f, z):
     return torch.stack([torch.autograd.functional.jacobian(lambda x: f(x[None]).reshape(-1), zi) for zi in z])
 
 
+_CACHE: dict = {}
+
+
+def cached(key, make):
+    """Reference values shared by the parametrisations of one test (networks are rebuilt from seeds)."""
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
 def gram(j, w=None):
     """``Jᵀ diag(w) J`` per row, ``j`` (N, K, d), ``w`` (N, K)."""
     return j.transpose(1, 2) @ (j if w is None else w[..., None] * j)
@@ -75,8 +85,7 @@ def test_expected_metric_mu_and_sigma_terms_match_per_point_autograd(mode, chunk
     dec = GaussianDecoder(mean=mean, std=std)
     g_exp = PullbackMetric(dec, kind="expected", mode=mode, chunk_size=chunk_size).tensor(z)
     g_mu = PullbackMetric(dec, kind="mean", mode=mode, chunk_size=chunk_size).tensor(z)
-    jm, js = per_point_jacobian(mean, z), per_point_jacobian(std, z)
-    ref_mu, ref_sigma = gram(jm), gram(js)
+    ref_mu, ref_sigma = cached("expected", lambda: (gram(per_point_jacobian(mean, z)), gram(per_point_jacobian(std, z))))
     assert float(ref_sigma.abs().max()) > 1e-3  # the σ term is not negligible here
     assert_close(g_mu, ref_mu)
     assert_close(g_exp - g_mu, ref_sigma)
@@ -90,7 +99,7 @@ def test_wide_latent_narrow_output_all_modes(mode, chunk_size):
     f = mlp(6, 2, seed=3)
     z = torch.randn(10, 6, dtype=F64, generator=torch.Generator().manual_seed(6))
     g = PullbackMetric(DeterministicDecoder(f), mode=mode, chunk_size=chunk_size).tensor(z)
-    assert_close(g, gram(per_point_jacobian(f, z)))
+    assert_close(g, cached("wide", lambda: gram(per_point_jacobian(f, z))))
     # rank ≤ K = 2 < d: the determinant vanishes
     assert torch.linalg.matrix_rank(g[0]).item() == 2
 
@@ -111,7 +120,7 @@ def test_bernoulli_fisher_equals_formula_on_p(mode, chunk_size):
     z = torch.randn(10, 2, dtype=F64, generator=torch.Generator().manual_seed(8))
     g = PullbackMetric(BernoulliDecoder(logits=logits), mode=mode, chunk_size=chunk_size).tensor(z)
     p = torch.sigmoid(logits(z))
-    jp = per_point_jacobian(lambda x: torch.sigmoid(logits(x)), z)
+    jp = cached("bernoulli", lambda: per_point_jacobian(lambda x: torch.sigmoid(logits(x)), z))
     assert_close(g, gram(jp, 1.0 / (p * (1 - p))))
     # the probs= parametrisation gives the same metric
     g_probs = PullbackMetric(BernoulliDecoder(probs=lambda x: torch.sigmoid(logits(x))), mode=mode).tensor(z)
@@ -154,12 +163,12 @@ def test_categorical_fisher_equals_formula_on_pi(mode, chunk_size):
     def pi(x):
         return torch.softmax(logits(x), dim=-1).reshape(x.shape[0], -1)
 
-    jpi = per_point_jacobian(pi, z)  # (N, 12, 2), softmax over the LAST axis of (N, 4, 3)
+    jpi = cached("categorical", lambda: per_point_jacobian(pi, z))  # (N, 12, 2), softmax over the LAST axis
     assert_close(g, gram(jpi, 1.0 / pi(z)))
     # a softmax over the wrong axis gives a different metric (the test can tell)
     pi_wrong = lambda x: torch.softmax(logits(x), dim=1).reshape(x.shape[0], -1)  # noqa: E731
-    wrong = gram(per_point_jacobian(pi_wrong, z), 1.0 / pi_wrong(z))
-    assert float((wrong - g).abs().max()) > 1e-3
+    wrong = cached("categorical-wrong", lambda: gram(per_point_jacobian(pi_wrong, z), 1.0 / pi_wrong(z)))
+    assert float((wrong - g).detach().abs().max()) > 1e-3
 
 
 @pytest.mark.parametrize("scale", [30.0, 1000.0])
@@ -194,7 +203,7 @@ def test_gaussian_fisher_equals_formula(mode, chunk_size):
     mean, std = gaussian_parts(seed=13)
     z = torch.randn(10, 3, dtype=F64, generator=torch.Generator().manual_seed(14))
     g = PullbackMetric(GaussianDecoder(mean=mean, std=std), kind="fisher", mode=mode, chunk_size=chunk_size).tensor(z)
-    jm, js = per_point_jacobian(mean, z), per_point_jacobian(std, z)
+    jm, js = cached("fisher", lambda: (per_point_jacobian(mean, z), per_point_jacobian(std, z)))
     prec = std(z).pow(-2)
     assert_close(g, gram(jm, prec) + 2.0 * gram(js, prec))
 
@@ -337,3 +346,18 @@ def test_requires_grad_parameters_and_gradient_through_metric():
         with torch.no_grad():
             fd[:, i] = (m.log_volume(z + dz) - m.log_volume(z - dz)) / (2 * eps)
     assert_close(grad, fd, atol=1e-6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reported to the lead: codes created under torch.inference_mode() make jvp/vjp fail "
+    "('Inference tensors cannot be saved for backward') after a misleading 'could not be vectorised' "
+    "warning; fix: clone inference tensors in as_latent_batch / PullbackMetric._check_z",
+)
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_codes_created_under_inference_mode(mode):
+    f = mlp(2, 5, seed=24)
+    with torch.inference_mode():  # e.g. codes from encoder(x) evaluated in inference mode
+        z = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(25))
+    g = PullbackMetric(DeterministicDecoder(f), mode=mode).tensor(z)
+    assert_close(g, gram(per_point_jacobian(f, z.clone())))
