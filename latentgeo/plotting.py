@@ -89,19 +89,27 @@ def _check_extent(extent) -> tuple[float, float, float, float]:
     return vals
 
 
-def default_extent(codes, margin: float = 0.1) -> tuple[float, float, float, float]:
+def default_extent(codes, margin: float = 0.1, min_aspect: float = 0.0) -> tuple[float, float, float, float]:
     """The bounding box of ``codes`` ``(N, 2)`` padded by ``margin`` × its span on each side.
 
     A degenerate span (all codes on a line or one point) is padded by ``max(margin, 0.5)``
-    in absolute units so the box has positive area.
+    in absolute units so the box has positive area. ``min_aspect`` in ``[0, 1]``: widen the
+    shorter side (about its centre) to at least ``min_aspect`` × the longer one (``1``: a
+    square, good for equal-aspect maps of elongated code clouds).
     """
     if not (margin >= 0 and math.isfinite(margin)):
         raise ValueError(f"margin must be a finite non-negative number, got {margin!r}")
+    if not (0.0 <= min_aspect <= 1.0):
+        raise ValueError(f"min_aspect must be in [0, 1], got {min_aspect!r}")
     arr = _codes_2d(codes)
     lo, hi = arr.min(0), arr.max(0)
     span = hi - lo
     pad = np.where(span > 0, margin * span, max(margin, 0.5))
     lo, hi = lo - pad, hi + pad
+    side = hi - lo
+    need = min_aspect * side.max()
+    grow = np.maximum(need - side, 0.0) / 2
+    lo, hi = lo - grow, hi + grow
     return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
 
 
@@ -206,7 +214,10 @@ def _scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, l
             title=legend_title,
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
-            fontsize="small",
+            ncols=max(1, math.ceil(len(classes) / 12)),
+            columnspacing=0.5,
+            handletextpad=0.1,
+            fontsize="small" if len(classes) <= 12 else "x-small",
             markerscale=max(1.0, (30.0 / size) ** 0.5),
             frameon=False,
         )
@@ -229,6 +240,7 @@ def plot_magnification(
     colorbar: bool = True,
     legend: bool = True,
     legend_title: str = "label",
+    aspect: str = "equal",
     scatter_kw: Optional[dict] = None,
     title: Optional[str] = "Magnification factor √det M(z)",
     chunk_size: int = 16384,
@@ -248,6 +260,8 @@ def plot_magnification(
         log: logarithmic colour scale (:class:`~matplotlib.colors.LogNorm`). The image data
             is ``√det M`` itself in both cases (``ax.images[0].get_array()``, with
             non-positive values masked when ``log``).
+        aspect: ``"equal"`` (default: lengths and angles look as the Euclidean latent
+            coordinates measure them) or ``"auto"`` (fill the axes).
         cmap, colorbar, legend, legend_title, scatter_kw, title: styling.
         chunk_size: grid points per metric call.
         dtype: dtype of the grid points; default: the codes' dtype if they are a tensor,
@@ -280,7 +294,7 @@ def plot_magnification(
         norm = LogNorm(vmin=vmin, vmax=vmax if vmax > vmin else vmin * 10)
     else:
         norm = Normalize(vmin=float(mag.min()), vmax=float(mag.max()))
-    im = ax.imshow(data, origin="lower", extent=extent, cmap=cmap, norm=norm, interpolation="nearest", aspect="auto")
+    im = ax.imshow(data, origin="lower", extent=extent, cmap=cmap, norm=norm, interpolation="nearest", aspect=aspect)
     if colorbar:
         cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.set_label("√det M(z)" + (" (log scale)" if log else ""))

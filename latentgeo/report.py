@@ -330,10 +330,13 @@ class ReportContext:
 
     @property
     def extent(self) -> tuple:
-        """Plot extent: the codes' bounding box padded by ``options["margin"]``."""
+        """Plot extent: the codes' bounding box padded by ``options["margin"]``, its shorter
+        side widened to at least 3/4 of the longer one (maps are drawn with equal aspect)."""
         from .plotting import default_extent
 
-        return self._cached("extent", lambda: default_extent(self.codes, self.options.get("margin", 0.25)))
+        return self._cached(
+            "extent", lambda: default_extent(self.codes, self.options.get("margin", 0.25), min_aspect=0.75)
+        )
 
     @property
     def magnification_grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -365,7 +368,7 @@ class ReportContext:
             raise ReportError("the metric is singular (√det M = 0) everywhere on the plotted grid")
         vmin, vmax = float(pos.min()), float(pos.max())
         im = ax.imshow(data, origin="lower", extent=self.extent, cmap=self.options.get("cmap", "bone"), interpolation="nearest",
-                       norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10)), aspect="auto")
+                       norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10)), aspect="equal")
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.set_label("√det M(z) (log scale)")
         name = getattr(self.dataset, "name", None)

@@ -111,9 +111,14 @@ def test_default_extent_contains_codes_and_labels_legend():
     np.testing.assert_allclose(np.sort(offsets[:, 0]), np.sort(c[:, 0]), rtol=1e-6)
 
 
-def test_default_extent_degenerate_codes():
+def test_default_extent_degenerate_codes_and_min_aspect():
     ext = default_extent(np.array([[1.0, 2.0], [1.0, 2.0]]))
     assert ext[0] < 1.0 < ext[1] and ext[2] < 2.0 < ext[3]
+    codes = np.array([[0.0, 0.0], [10.0, 1.0]])
+    x0, x1, y0, y1 = default_extent(codes, margin=0.0, min_aspect=0.5)
+    assert (x0, x1) == (0.0, 10.0) and (y0, y1) == pytest.approx((-2.0, 3.0))  # widened about the centre
+    with pytest.raises(ValueError, match="min_aspect"):
+        default_extent(codes, min_aspect=2.0)
 
 
 def test_magnification_bad_inputs():
