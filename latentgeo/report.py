@@ -350,17 +350,22 @@ class ReportContext:
             ),
         )
 
-    def magnification_figure(self, title: Optional[str] = "Magnification factor √det M(z)", figsize=(7.2, 5.6)):
+    def magnification_figure(self, title: Optional[str] = "Magnification factor √det M(z)", figsize=(7.2, None)):
         """``(fig, ax)``: the magnification heat map with the codes coloured by label.
 
         Reuses the cached grid (no new metric evaluations); draw curves on ``ax`` with
-        :func:`latentgeo.plotting.plot_curves` and save with :meth:`save_figure`.
+        :func:`latentgeo.plotting.plot_curves` and save with :meth:`save_figure`. The height
+        of ``figsize`` is chosen to fit the equal-aspect map to its width.
         """
         from matplotlib.colors import LogNorm
 
         from .plotting import _scatter_codes
 
         mag, xs, ys = self.magnification_grid
+        x0, x1, y0, y1 = self.extent
+        # height to fit the equal-aspect map (the legend and colour bar take ~40 % of the width)
+        w = float(figsize[0])
+        figsize = (w, min(max(0.6 * w * (y1 - y0) / (x1 - x0) + 1.1, 3.5), 2 * w))
         fig, ax = self.new_figure(figsize=figsize)
         data = np.ma.masked_less_equal(mag, 0.0)
         pos = data.compressed()
@@ -517,8 +522,12 @@ def _section_magnification(ctx: ReportContext) -> dict:
     """
     if ctx.latent_dim != 2:
         return {"skipped": f"the heat map needs a 2-D latent space; this model's is {ctx.latent_dim}-D"}
+    kind = getattr(ctx.metric, "kind", None)
+    kind_name = {"expected": "expected metric", "fisher": "Fisher–Rao metric", "mean": "mean-only metric"}.get(
+        kind, f"{kind} metric" if kind else "metric"
+    )
     fig, ax = ctx.magnification_figure(
-        title=f"Magnification factor √det M(z) — {getattr(ctx.dataset, 'name', 'data')}, expected metric"
+        title=f"Magnification factor √det M(z) — {getattr(ctx.dataset, 'name', 'data')}, {kind_name}"
     )
     ctx.save_figure(fig, "magnification.png")
     codes = ctx.codes
