@@ -42,6 +42,10 @@ def as_latent_batch(
             z = z.to(torch.get_default_dtype())
         else:
             raise ValueError(f"{name} must have a real floating dtype, got {z.dtype}")
+    if z.is_inference() and not torch.is_inference_mode_enabled():
+        # codes made under torch.inference_mode() (e.g. by an encoder) cannot enter autodiff;
+        # a normal copy can
+        z = z.clone()
     single = False
     if z.dim() == 1 and allow_single:
         z = z.unsqueeze(0)

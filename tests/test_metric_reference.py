@@ -348,12 +348,6 @@ def test_requires_grad_parameters_and_gradient_through_metric():
     assert_close(grad, fd, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported to the lead: codes created under torch.inference_mode() make jvp/vjp fail "
-    "('Inference tensors cannot be saved for backward') after a misleading 'could not be vectorised' "
-    "warning; fix: clone inference tensors in as_latent_batch / PullbackMetric._check_z",
-)
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 def test_codes_created_under_inference_mode(mode):
     f = mlp(2, 5, seed=24)
