@@ -435,7 +435,7 @@ def case_b(args):
         diff = None if name.startswith("FLOOR") else maxdiff(fn(), ref)
         tab.add(name, t, n, r, diff, None if diff is None else scale, note)
 
-    n_rev = 256 if not args.quick else 64
+    n_rev = 64 if not args.quick else 32
     m_rev = PullbackMetric(dec, kind="expected", mode="reverse", chunk_size=64)
     g = m_rev.tensor(z[:n_rev])
     t, r = best_time(lambda: m_rev.tensor(z[:n_rev]), repeat=2, warmup=1)
