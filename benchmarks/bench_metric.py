@@ -31,6 +31,11 @@ Prototypes of faster implementations (candidates to port into ``latentgeo/_jacob
   ``vmap(jvp(layer))`` (generic), elementwise activations by ``t * σ'(x)`` where ``σ'(x)`` is
   one ``jvp`` with a tangent of ones (no hand-written derivatives).
 
+* ``proto: fx-traced forward mode`` — the layerwise idea for any ``torch.fx``-traceable module
+  (e.g. a trunk with two heads): the traced graph is interpreted node by node with batched
+  tangents; ``nn.Linear`` by a matmul, elementwise activations (modules or functions) by
+  ``t·σ'(x)``, sums of tangents directly, every other node by ``vmap(jvp(node))``.
+
 Run: ``python benchmarks/bench_metric.py`` (``--quick`` for a fast smoke run). Needs stochman
 0.3.0 and geomstats 2.8.0 (``pip install -e .[bench]``); missing peers are reported and
 skipped. Timings are best-of-N after warm-up, wall clock, on whatever machine runs this.
@@ -39,6 +44,7 @@ skipped. Timings are best-of-N after warm-up, wall clock, on whatever machine ru
 from __future__ import annotations
 
 import argparse
+import operator
 import math
 import os
 import platform
@@ -221,6 +227,116 @@ def proto_layerwise_metric(seq: nn.Sequential, z):
     return g
 
 
+# fx-traced forward mode (generic over traceable modules)
+_ELEMENTWISE_MODULES = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.Softplus, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Softsign)
+_ELEMENTWISE_FUNCTIONS = (torch.tanh, torch.sigmoid, torch.relu, torch.exp, nn.functional.softplus, torch._C._nn.softplus, nn.functional.relu,
+                          nn.functional.elu, nn.functional.gelu, nn.functional.silu, nn.functional.leaky_relu, torch.nn.functional.sigmoid, torch.nn.functional.tanh)
+
+
+_TRACES = {}
+
+
+def _generic(fn, vals, tans):
+    """(fn(*vals), batched jvp) where tans[i] is None for constant args."""
+    idx = [i for i, t in enumerate(tans) if t is not None]
+
+    def f_sub(*xs):
+        args = list(vals)
+        for i, x in zip(idx, xs):
+            args[i] = x
+        return fn(*args)
+
+    prim = tuple(vals[i] for i in idx)
+    return vmap(lambda *ts: jvp(f_sub, prim, ts), out_dims=(None, 0))(*(tans[i] for i in idx))
+
+
+def proto_fx_jacobian(module, z):
+    """Forward mode through a torch.fx trace of ``module``: tangents ``(d, N, ...)`` pushed node by node.
+
+    ``nn.Linear`` by a matmul, elementwise activations by ``t·σ'(x)`` (σ' from one jvp with a
+    tangent of ones), sums/differences of tangents directly, anything else by ``vmap(jvp(node))``.
+    Returns ``(outputs, tangents)`` with the module's output structure (tensors or tuples).
+    """
+    gm = _TRACES.get(id(module))
+    if gm is None:
+        gm = _TRACES[id(module)] = torch.fx.symbolic_trace(module)
+    n, d = z.shape
+    env = {}
+    modules = dict(gm.named_modules())
+
+    def load(a):
+        vals = torch.fx.node.map_arg(a, lambda nd: env[nd][0])
+        tans = torch.fx.node.map_aggregate(a, lambda x: env[x][1] if isinstance(x, torch.fx.Node) else None)
+        return vals, tans
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = (z, torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, n, d))
+            continue
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            env[node] = (obj, None)
+            continue
+        if node.op == "output":
+            vals, tans = load(node.args[0])
+            return vals, tans
+        vals, tans = load(node.args)
+        kwargs, ktans = load(node.kwargs)
+        has_t = [isinstance(t, torch.Tensor) for t in tans]
+        if node.op == "call_module":
+            mod = modules[node.target]
+            fn = lambda *a, _m=mod, _k=kwargs: _m(*a, **_k)  # noqa: E731
+        elif node.op == "call_function":
+            fn = lambda *a, _f=node.target, _k=kwargs: _f(*a, **_k)  # noqa: E731
+        else:  # call_method
+            fn = lambda *a, _m=node.target, _k=kwargs: getattr(a[0], _m)(*a[1:], **_k)  # noqa: E731
+        if not any(has_t):
+            env[node] = (fn(*vals), None)
+            continue
+        if node.op == "call_module" and isinstance(mod, nn.Linear) and has_t == [True]:
+            env[node] = (mod(vals[0]), torch.matmul(tans[0], mod.weight.T))
+        elif ((node.op == "call_module" and isinstance(mod, _ELEMENTWISE_MODULES)) or
+              (node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS)) and has_t[0] and not any(has_t[1:]):
+            y, dy = jvp(lambda x: fn(x, *vals[1:]), (vals[0],), (torch.ones_like(vals[0]),))
+            env[node] = (y, tans[0] * dy)
+        elif node.op == "call_function" and node.target in (operator.add, torch.add, operator.sub) and not kwargs:
+            y = fn(*vals)
+            ta, tb = tans
+            if ta is None:
+                t = tb if node.target is not operator.sub else -tb
+            elif tb is None:
+                t = ta
+            else:
+                t = ta + tb if node.target is not operator.sub else ta - tb
+            env[node] = (y, t.expand((d,) + y.shape) if t.dim() == y.dim() + 1 else t)
+        elif node.op == "call_function" and node.target is getattr or (
+            node.op == "call_method" and node.target in ("size", "dim")
+        ):
+            env[node] = (fn(*vals), None)  # shapes: no tangent
+        else:
+            tt = [t if isinstance(t, torch.Tensor) else None for t in tans]
+            env[node] = _generic(fn, vals, tt)
+    raise RuntimeError("no output node")
+
+
+def proto_fx_metric(module, z, chunk_size=1024):
+    outs = []
+    for s in range(0, z.shape[0], chunk_size):
+        vals, tans = proto_fx_jacobian(module, z[s:s + chunk_size])
+        if isinstance(tans, torch.Tensor):
+            tans = (tans,)
+        g = None
+        for t in tans:
+            a = t.reshape(t.shape[0], t.shape[1], -1).permute(1, 0, 2)
+            g = torch.bmm(a, a.transpose(1, 2)) if g is None else torch.baddbmm(g, a, a.transpose(1, 2))
+        if not bool(torch.isfinite(g.diagonal(dim1=1, dim2=2)).all()):
+            raise ValueError("decoder Jacobian contains NaN/inf")
+        outs.append(g)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 # ----------------------------------------------------------------------------- networks
 def net_a(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
@@ -315,6 +431,7 @@ def case_a(args):
         ("latentgeo forward, no input checks", lambda: m_fwd._raw_tensor(z), "`_raw_tensor` (skips validation of z)"),
         ("proto: lean checks", lambda: proto_lean_metric(net, z), "vmap-jvp as library, check on diag M"),
         ("proto: layerwise", lambda: proto_layerwise_metric(net, z), "nn.Sequential only"),
+        ("proto: fx-traced forward mode", lambda: proto_fx_metric(net, z), "any fx-traceable module; see docstring"),
         ("proto: replicated-batch jvp", lambda: proto_replicated_metric(net, z), "one jvp on d·N rows, no vmap"),
         ("proto: vmap(jacfwd)", lambda: proto_jacfwd_vmap_metric(net, z), "torch.func.jacfwd per point, vmapped"),
         ("FLOOR: (1+d) forward passes + bmm", floor_fn(net, z, jac), "no_grad forward passes, d=2"),
@@ -427,6 +544,7 @@ def case_b(args):
         ("proto: lean checks", lambda: proto_lean_metric(model.coordinates, z, 1024), "vmap-jvp of [μ; σ], check on diag M, chunk 1024"),
         ("proto: split μ/σ blocks", lambda: proto_split_blocks(model, z, 2048), "no [μ; σ] concatenation, check on diag M, chunk 2048"),
         ("proto: split μ/σ blocks, chunk 1024", lambda: proto_split_blocks(model, z, 1024), "as above, chunk 1024"),
+        ("proto: fx-traced forward mode", lambda: proto_fx_metric(model, z, 1024), "traced GaussHeads, μ/σ blocks, chunk 1024"),
         ("FLOOR: (1+d) forward passes + bmm", floor_fn(model, z, jac), "no_grad forward passes of both heads, d=10"),
     ]
     timings = round_robin({k: f for k, f, _ in fast}, rounds=max(3, args.repeat // 2), warmup=1, budget_s=args.budget_b)
@@ -484,6 +602,8 @@ def main(argv=None):
                 + ratio_line(ta, "proto: lean checks", st[0], 1.0, "Prototype (a)")
                 + "\n\n"
                 + ratio_line(ta, "proto: layerwise", st[0], 1.0, "Prototype (a)")
+                + "\n\n"
+                + ratio_line(ta, "proto: fx-traced forward mode", st[0], 1.0, "Prototype (a)")
             )
     if args.only in (None, "b"):
         tb = case_b(args)
@@ -496,6 +616,8 @@ def main(argv=None):
             + ratio_line(tb, "latentgeo forward, chunk_size=1024", floor, 1.5, "Default chunk 1024 (b)")
             + "\n\n"
             + ratio_line(tb, "proto: split μ/σ blocks, chunk 1024", floor, 1.5, "Prototype (b)")
+            + "\n\n"
+            + ratio_line(tb, "proto: fx-traced forward mode", floor, 1.5, "Prototype (b)")
         )
     print()
     print("\n\n".join(out))
