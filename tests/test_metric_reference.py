@@ -228,8 +228,8 @@ def test_gaussian_fisher_length_of_short_curve_matches_tensor_midpoint_rule():
     errs = []
     for T in (41, 81):
         c = curve(T)
-        lf = metric.length(c)
-        lm = _midpoint_length(metric, c)
+        lf = metric.length(c).detach()
+        lm = _midpoint_length(metric, c).detach()
         assert lf.shape == () and lf > 0
         errs.append(abs(float(lf - lm)) / float(lm))
     assert errs[1] < 1e-4
@@ -237,7 +237,7 @@ def test_gaussian_fisher_length_of_short_curve_matches_tensor_midpoint_rule():
     assert errs[1] < 0.4 * errs[0]
     # the energy follows the (T−1)·Σ dist² convention: length² ≤ energy, near equality for a smooth curve
     c = curve(81)
-    assert float(metric.length(c)) ** 2 <= float(metric.energy(c)) * (1 + 1e-12)
+    assert float(metric.length(c).detach()) ** 2 <= float(metric.energy(c).detach()) * (1 + 1e-12)
 
 
 # ------------------------------------------------------------------------- images, dtype
