@@ -403,7 +403,7 @@ class Table:
 
 
 def maxdiff(a, b):
-    return float((a.double() - b.double()).abs().max())
+    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 # ----------------------------------------------------------------------------- case (a)

@@ -232,7 +232,7 @@ def test_gaussian_fisher_length_of_short_curve_matches_tensor_midpoint_rule():
         lm = _midpoint_length(metric, c).detach()
         assert lf.shape == () and lf > 0
         errs.append(abs(float(lf - lm)) / float(lm))
-    assert errs[1] < 1e-4
+    assert errs[1] < 1e-5
     # both are consistent discretisations of the same integral: their gap shrinks ~4x per halving
     assert errs[1] < 0.4 * errs[0]
     # the energy follows the (T−1)·Σ dist² convention: length² ≤ energy, near equality for a smooth curve
