@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # hidden knobs for tests and quick looks (not part of the documented interface)
     def hidden(sp):
+        sp.add_argument("--skip", action="append", default=[], metavar="SECTION",
+                        help="leave out a report section (repeatable), e.g. a slow analysis; "
+                        "names: see latentgeo.report.report_sections()")
         sp.add_argument("--max-items", type=_int_at_least(10, "max-items"), default=None, help=argparse.SUPPRESS)
         sp.add_argument("--resolution", type=_int_at_least(2, "resolution"), default=150, help=argparse.SUPPRESS)
         sp.add_argument("--iwae-points", type=_int_at_least(1, "iwae-points"), default=256, help=argparse.SUPPRESS)
@@ -245,6 +248,17 @@ def _train(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden,
     return model, history, time.perf_counter() - t0
 
 
+def _sections(args) -> list[str]:
+    """Registered report sections minus ``--skip`` (unknown names are a usage error)."""
+    from .report import report_sections
+
+    names = [s.name for s in report_sections()]
+    unknown = sorted(set(args.skip) - set(names))
+    if unknown:
+        raise CLIError(f"--skip: unknown report section(s) {', '.join(unknown)}; sections: {', '.join(names)}")
+    return [n for n in names if n not in set(args.skip)]
+
+
 def _report(args, model, dataset, history, out: Path, train_s: float, command: list[str]) -> dict:
     from .report import write_report
     from .training import split_indices
@@ -263,6 +277,7 @@ def _report(args, model, dataset, history, out: Path, train_s: float, command: l
         iwae_samples=args.iwae_samples,
         eval_index=val_idx,
         files=["train_log.jsonl"],
+        sections=_sections(args),
     )
 
 
@@ -296,6 +311,7 @@ def _print_summary(summary: dict, out: Path, total_s: float) -> None:
 # ------------------------------------------------------------------------------------------
 def _cmd_demo(args, argv: list[str]) -> int:
     t0 = time.perf_counter()
+    _sections(args)  # check --skip before training
     out = _prepare_out(args.out)
     from .datasets import load_dataset
 
@@ -313,6 +329,8 @@ def _cmd_train(args, argv: list[str]) -> int:
     if args.likelihood != "gaussian" and args.variance is not None:
         raise CLIError(f"--variance applies to the gaussian likelihood only (got --likelihood {args.likelihood})")
     variance = args.variance or "rbf"
+    if args.report:
+        _sections(args)  # check --skip before training
     out = _prepare_out(args.out)
     from .datasets import load_dataset
 

@@ -58,6 +58,7 @@ def checkpoint(tmp_path):
         (["info", "{tmp}/missing.safetensors"], "no checkpoint file"),
         (["info", "{tmp}"], "no checkpoint in directory"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["demo", "--out", "{tmp}/o", "--skip", "nosuchsection"], "unknown report section(s) nosuchsection"),
         ([], "a command is required"),
     ],
 )
@@ -127,7 +128,16 @@ def test_console_script_bad_arguments_no_traceback(tmp_path, checkpoint):
 # ------------------------------------------------------------------------------------------
 PROMISED = ["model.safetensors", "train_log.jsonl", "magnification.png", "decoded_grid.png", "training_curves.png",
             "summary.json"]
-TINY = ["--max-items", "400", "--batch-size", "32", "--resolution", "30", "--iwae-points", "50", "--iwae-samples", "8"]
+MINE = {"dataset", "model", "training", "checkpoint", "magnification", "decoded_grid", "training_curves", "iwae"}
+
+
+def _tiny():
+    """A small budget; sections other issues registered are tested by their own tests."""
+    from latentgeo.report import report_sections
+
+    skip = [a for s in report_sections() if s.name not in MINE for a in ("--skip", s.name)]
+    return ["--max-items", "400", "--batch-size", "32", "--resolution", "30", "--iwae-points", "50",
+            "--iwae-samples", "8", *skip]
 
 
 def test_demo_in_process_writes_the_report(tmp_path, capsys):
@@ -136,7 +146,7 @@ def test_demo_in_process_writes_the_report(tmp_path, capsys):
     from latentgeo.models import VAE
 
     out = tmp_path / "report"
-    assert main(["demo", "--out", str(out), "--epochs", "100", "--seed", "1", "--quiet", *TINY]) == 0
+    assert main(["demo", "--out", str(out), "--epochs", "100", "--seed", "1", "--quiet", *_tiny()]) == 0
     stdout = capsys.readouterr().out
     assert f"report written to {out}" in stdout
     for f in PROMISED:
@@ -158,7 +168,7 @@ def test_demo_in_process_writes_the_report(tmp_path, capsys):
     mag = s["magnification"]
     assert mag["near_data"]["median"] > mag["on_data"]["median"]
     assert s["timings"]["train_s"] > 0
-    assert set(PROMISED) == set(s["files"])
+    assert set(PROMISED) <= set(s["files"])  # other issues add their sections' files
     # the log has one record per epoch plus the RBF fit
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == tr["epochs_run"] + 1 and log[-1]["phase"] == "rbf"
@@ -182,7 +192,7 @@ def test_demo_in_process_writes_the_report(tmp_path, capsys):
 
 def test_demo_console_script(tmp_path):
     out = tmp_path / "rep"
-    r = _run_script("demo", "--out", str(out), "--epochs", "2", "--quiet", *TINY)
+    r = _run_script("demo", "--out", str(out), "--epochs", "2", "--quiet", *_tiny())
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and r.stderr == ""  # --quiet: nothing on stderr
     for f in PROMISED:
