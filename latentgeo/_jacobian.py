@@ -22,7 +22,19 @@ from typing import Callable, Optional
 import torch
 from torch.func import jvp, vjp, vmap
 
-__all__ = ["rowwise_jacobian", "choose_mode"]
+__all__ = ["rowwise_jacobian", "rowwise_gram", "choose_mode", "auto_chunk_rows"]
+
+#: numbers per Jacobian block when chunking automatically (2**24 ≈ 64 MB of float32)
+CHUNK_BUDGET = 2**24
+
+
+def auto_chunk_rows(d: int, k: int, budget: int = CHUNK_BUDGET) -> int:
+    """Rows per chunk so that a ``(rows, K, d)`` Jacobian holds about ``budget`` numbers.
+
+    Measured on 10→512→512→784 (``benchmarks/RESULTS.md``): chunks of ~1000 rows beat both
+    smaller ones (per-call overhead) and larger ones (cache/page-fault cost of 100+ MB temporaries).
+    """
+    return max(64, budget // max(1, d * k))
 
 
 def choose_mode(mode: str, d: int, k: int) -> str:
@@ -120,3 +132,93 @@ def rowwise_jacobian(
     if len(outs) == 1:
         return outs[0], jacs[0]
     return torch.cat(outs, 0), torch.cat(jacs, 0)
+
+
+def _forward_blocks(f, z):
+    """Forward mode for a map returning a tuple of blocks: ``(outs, cols)`` with ``cols[b]`` ``(d, n, K_b)``."""
+    n, d = z.shape
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    tangents = eye[:, None, :].expand(d, n, d)
+
+    def one(t):
+        return jvp(f, (z,), (t,))
+
+    try:
+        outs, cols = vmap(one, out_dims=(None, 0))(tangents)
+    except ValueError:
+        raise
+    except Exception as exc:
+        warnings.warn(
+            f"decoder could not be vectorised over tangent directions with torch.func.vmap ({exc}); "
+            f"computing the {d} Jacobian columns one jvp at a time (still batched over points)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        per_dir = [jvp(f, (z,), (tangents[i],)) for i in range(d)]
+        outs = per_dir[0][0]
+        cols = tuple(torch.stack([p[1][b] for p in per_dir], 0) for b in range(len(outs)))
+    return tuple(outs), tuple(cols)
+
+
+def rowwise_gram(
+    f: Callable[[torch.Tensor], tuple],
+    z: torch.Tensor,
+    weights: Optional[Callable[[tuple], Optional[tuple]]] = None,
+    mode: str = "auto",
+    chunk_size: Optional[int] | str = "auto",
+    out_dim: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``M = Σ_b J_bᵀ diag(w_b) J_b`` for a row-wise map with block outputs, without forming ``J``.
+
+    Args:
+        f: map ``(n, d) -> (η_1 (n, K_1), …, η_B (n, K_B))`` acting on rows independently.
+        z: ``(N, d)`` points.
+        weights: ``blocks -> (w_1, …, w_B)`` diagonal weights (same shapes as the blocks), or
+            ``None`` / returning ``None`` for the Euclidean pullback ``JᵀJ``.
+        mode: ``"forward"``, ``"reverse"`` or ``"auto"`` (forward when ``d ≤ K``).
+        chunk_size: rows per chunk, ``None`` for all, ``"auto"`` for :func:`auto_chunk_rows`.
+        out_dim: ``K = Σ K_b`` if known (saves a probe evaluation for ``"auto"``).
+
+    Returns:
+        ``(η, M, K)``: the concatenated values ``(N, K)``, the metric ``(N, d, d)``, and ``K``.
+
+    Forward mode contracts the ``(d, n, K_b)`` tangent columns block by block with a batched
+    matmul; reverse mode (``K < d``) goes through :func:`rowwise_jacobian` on the concatenation.
+    """
+    n, d = z.shape
+    k = out_dim
+    if k is None and (chunk_size == "auto" or mode != "forward"):
+        with torch.no_grad():
+            k = sum(b.shape[-1] for b in f(z[:1]))
+    if chunk_size == "auto":
+        step = auto_chunk_rows(d, k)
+    elif chunk_size is None:
+        step = n
+    else:
+        step = max(1, int(chunk_size))
+    m = choose_mode(mode, d, k if k is not None else d)
+    etas, grams = [], []
+    for s in range(0, n, step):
+        zc = z[s : s + step]
+        if m == "reverse":
+            cat = lambda x: torch.cat(tuple(f(x)), 1)  # noqa: E731
+            eta, jac = rowwise_jacobian(cat, zc, "reverse", None, k)
+            blocks = tuple(torch.split(eta, [b.shape[1] for b in f(zc[:1])], 1)) if weights else (eta,)
+            w = weights(blocks) if weights else None
+            jt = jac.transpose(1, 2)
+            g = jt @ jac if w is None else jt @ (torch.cat(w, 1).unsqueeze(-1) * jac)
+        else:
+            outs, cols = _forward_blocks(f, zc)
+            w = weights(outs) if weights else None
+            g = None
+            for b, c in enumerate(cols):
+                cb = c.permute(1, 0, 2)  # (n, d, K_b), a view
+                rhs = cb if w is None else cb * w[b].unsqueeze(1)
+                g = cb @ rhs.transpose(1, 2) if g is None else g.baddbmm_(cb, rhs.transpose(1, 2))
+            eta = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        etas.append(eta)
+        grams.append(g)
+        k = eta.shape[1]
+    if len(etas) == 1:
+        return etas[0], grams[0], k
+    return torch.cat(etas, 0), torch.cat(grams, 0), k

@@ -96,6 +96,21 @@ class Decoder:
         """Pure map ``z (N, d) -> η (N, K)`` for ``kind`` (no input checks; transformable)."""
         raise NotImplementedError
 
+    def coordinate_blocks(self, z: torch.Tensor, kind: Optional[str] = None) -> tuple[torch.Tensor, ...]:
+        """Pure map ``z -> (η_1, …, η_B)``: :meth:`coordinates` split into blocks (e.g. ``(μ, σ)``).
+
+        ``torch.cat(blocks, 1) == coordinates(z, kind)``; the metric sums ``J_bᵀ W_b J_b`` over
+        blocks, which avoids concatenating the (large) batched tangents.
+        """
+        return (self.coordinates(z, kind),)
+
+    def block_weights(self, blocks: tuple, kind: Optional[str] = None) -> Optional[tuple]:
+        """Per-block diagonal weights matching :meth:`coordinate_blocks`; ``None`` when embedded."""
+        w = self.fisher_weights(torch.cat(blocks, 1), kind)
+        if w is None:
+            return None
+        return tuple(torch.split(w, [b.shape[1] for b in blocks], 1))
+
     def check_coordinates(self, eta: torch.Tensor, kind: Optional[str] = None) -> None:
         """Raise ``ValueError`` if decoder outputs ``η`` are unusable (NaN, σ ≤ 0, ...)."""
         bad = ~torch.isfinite(eta).all(dim=1)
@@ -213,6 +228,17 @@ class GaussianDecoder(Decoder):
         if kind == "mean":
             return mu
         return torch.cat([mu, sd], dim=1)
+
+    def coordinate_blocks(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        mu, sd = self.mean_std(z)
+        return (mu,) if kind == "mean" else (mu, sd)
+
+    def block_weights(self, blocks, kind=None):
+        if self.resolve_kind(kind) != "fisher":
+            return None
+        prec = blocks[1].pow(-2)
+        return (prec, 2.0 * prec)
 
     def check_coordinates(self, eta, kind=None):
         super().check_coordinates(eta, kind)

@@ -38,13 +38,13 @@ from typing import Callable, Optional
 
 import torch
 
-from ._jacobian import rowwise_jacobian
+from ._jacobian import auto_chunk_rows, rowwise_gram, rowwise_jacobian
 from ._validation import as_latent_batch, check_finite, describe_bad_rows
 from .decoders import Decoder
 
 __all__ = ["Metric", "PullbackMetric", "MetricField"]
 
-_DEFAULT_CHUNK = 2048
+_DEFAULT_CHUNK = "auto"
 
 
 def _as_curves(curve, latent_dim, name="curve") -> tuple[torch.Tensor, bool]:
@@ -183,7 +183,8 @@ class PullbackMetric(Metric):
         mode: Jacobian mode — ``"forward"`` (``d`` jvps, best when ``d ≤ K``), ``"reverse"``
             (``K`` vjps) or ``"auto"``.
         chunk_size: points per batch in Jacobian computations, to bound memory
-            (``None``: everything at once). Jacobians take ``chunk_size·K·d`` numbers.
+            (``None``: everything at once). Jacobians take ``chunk_size·K·d`` numbers; the
+            default ``"auto"`` picks about ``2**24 / (K·d)`` points (≈ 64 MB in float32).
         ridge: add ``ridge·I`` to every metric tensor (for numerically singular metrics); a
             warning names the points where the metric was singular.
 
@@ -198,7 +199,7 @@ class PullbackMetric(Metric):
         kind: Optional[str] = None,
         *,
         mode: str = "auto",
-        chunk_size: Optional[int] = _DEFAULT_CHUNK,
+        chunk_size: Optional[int] | str = _DEFAULT_CHUNK,
         ridge: float = 0.0,
         rcond: Optional[float] = None,
     ):
@@ -210,8 +211,10 @@ class PullbackMetric(Metric):
             )
         if mode not in ("auto", "forward", "reverse"):
             raise ValueError(f"unknown Jacobian mode {mode!r}; expected 'auto', 'forward' or 'reverse'")
-        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        if chunk_size is not None and chunk_size != "auto" and (
+            isinstance(chunk_size, str) or int(chunk_size) != chunk_size or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer, 'auto' or None, got {chunk_size!r}")
         self.decoder = decoder
         self.kind = decoder.resolve_kind(kind)
         self.mode = mode
@@ -251,8 +254,18 @@ class PullbackMetric(Metric):
         eta = self._coords_checked(z)
         return eta[0] if single else eta
 
+    def _rows_per_chunk(self, z) -> int:
+        if self.chunk_size is None:
+            return z.shape[0]
+        if self.chunk_size == "auto":
+            if self._out_dim is None:
+                with torch.no_grad():
+                    self._out_dim = self.coordinates(z[:1]).shape[1]
+            return auto_chunk_rows(z.shape[1], self._out_dim)
+        return int(self.chunk_size)
+
     def _coords_checked(self, z):
-        step = z.shape[0] if self.chunk_size is None else self.chunk_size * 8
+        step = self._rows_per_chunk(z) * 8
         eta = torch.cat([self.coordinates(z[s : s + step]) for s in range(0, z.shape[0], step)], 0)
         self.decoder.check_coordinates(eta, self.kind)
         return eta
@@ -265,7 +278,7 @@ class PullbackMetric(Metric):
         return (eta[0], jac[0]) if single else (eta, jac)
 
     def _jacobian(self, z):
-        eta, jac = rowwise_jacobian(self.coordinates, z, self.mode, self.chunk_size, self._out_dim)
+        eta, jac = rowwise_jacobian(self.coordinates, z, self.mode, self._rows_per_chunk(z), self._out_dim)
         if eta.shape[0] != z.shape[0]:
             raise ValueError(f"decoder returned {eta.shape[0]} outputs for {z.shape[0]} latent codes")
         self._out_dim = eta.shape[1]
@@ -276,12 +289,24 @@ class PullbackMetric(Metric):
         return eta, jac
 
     def _raw_tensor(self, z):
-        eta, jac = self._jacobian(z)
-        w = self.decoder.fisher_weights(eta, self.kind)
-        jt = jac.transpose(1, 2)
-        if w is None:
-            return jt @ jac
-        return jt @ (w.unsqueeze(-1) * jac)
+        kind = self.kind
+        eta, g, self._out_dim = rowwise_gram(
+            lambda x: self.decoder.coordinate_blocks(x, kind),
+            z,
+            None if self.is_embedded else (lambda blocks: self.decoder.block_weights(blocks, kind)),
+            self.mode,
+            self.chunk_size,
+            self._out_dim,
+        )
+        if eta.shape[0] != z.shape[0]:
+            raise ValueError(f"decoder returned {eta.shape[0]} outputs for {z.shape[0]} latent codes")
+        self.decoder.check_coordinates(eta, kind)
+        # M_ii = Σ_k w_k J_ki² with finite w > 0 is finite iff column i of J is: checking the
+        # (N, d) diagonal replaces a pass over the whole (N, K, d) Jacobian
+        bad = ~torch.isfinite(torch.diagonal(g, dim1=1, dim2=2)).all(1)
+        if bool(bad.any()):
+            raise ValueError(f"decoder Jacobian (or the metric built from it) contains NaN/inf at {describe_bad_rows(bad)}")
+        return g
 
     # -- curves ------------------------------------------------------------------------
     def segment_sq_lengths(self, curve: torch.Tensor) -> torch.Tensor:
