@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    latentgeo demo  --out DIR [--epochs N] [--seed S] [--quiet]
+    latentgeo demo  --out DIR [--epochs N] [--seed S] [--skip SECTION] [--threads T] [--quiet]
         The main job: train a 2-D Gaussian VAE on the bundled 8×8 digits (mean first, then
         the post-hoc RBF variance of Latent Space Oddity §4), save the checkpoint and write
         the analysis report (magnification map, decoded grid, training curves,
@@ -11,7 +11,7 @@ Subcommands::
     latentgeo train --data {digits,moons,circles,tree} --out DIR [--latent euclidean]
                     [--latent-dim 2] [--likelihood gaussian|bernoulli] [--epochs N]
                     [--batch-size B] [--seed S] [--hidden 64,64] [--variance rbf|learned|constant]
-                    [--report] [--resume] [--quiet]
+                    [--report] [--resume] [--skip SECTION] [--threads T] [--quiet]
         Train a VAE; writes DIR/model.safetensors, the per-epoch log DIR/train_log.jsonl and
         the resumable trainer state DIR/train_state.safetensors (and the report with
         --report). --resume continues an interrupted run from that state.

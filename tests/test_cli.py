@@ -119,8 +119,7 @@ def test_console_script_bad_arguments_no_traceback(tmp_path, checkpoint):
     r = _run_script("info", str(bad))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "truncated" in r.stderr and r.stdout == ""
-    r = _run_script("train", "--data", "nope", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "invalid choice" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------
