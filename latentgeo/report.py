@@ -466,6 +466,12 @@ def _section_training(ctx: ReportContext) -> dict:
             out[attr] = getattr(h, attr)
     if isinstance(getattr(h, "best_val_loss", None), dict):
         out["best_val_loss_per_phase"] = h.best_val_loss
+    out["loss_note"] = "losses are negative ELBOs per item during the trained phases"
+    if out.get("rbf"):
+        out["loss_note"] += (
+            "; the RBF variance was fitted after them, so the final model's ELBO and IWAE bound "
+            "are in the 'iwae' section"
+        )
     return out
 
 
