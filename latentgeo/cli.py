@@ -16,6 +16,10 @@ Subcommands::
         the resumable trainer state DIR/train_state.safetensors (and the report with
         --report). --resume continues an interrupted run from that state.
 
+    latentgeo report CHECKPOINT --out DIR [--data NAME] [--log LOG] [--skip SECTION]
+        Write the analysis report of a saved model (no training); the data set is the one
+        recorded in the checkpoint unless --data is given.
+
     latentgeo info CHECKPOINT [--json]
         Verify a checkpoint (format, digest) and print its configuration.
 
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Riemannian geometry of VAE latent spaces: train, analyse, report.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{demo,train,info}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,train,report,info}")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=_seed, default=0, help="random seed (data split, initialisation, sampling); default 0")
@@ -164,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     hidden(t)
     t.set_defaults(func=_cmd_train)
 
+    r = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write the analysis report of a saved model (no training)",
+        description="Write the analysis report of a saved VAE checkpoint into OUT (no training). The data set "
+        "is the one recorded in the checkpoint unless --data is given; the training curves come from --log or "
+        "train_log.jsonl beside the checkpoint when there is one.",
+    )
+    r.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint, or a folder holding model.safetensors")
+    r.add_argument("--out", required=True, type=Path, help="report folder (created; files in it are overwritten)")
+    r.add_argument("--data", choices=DATASETS, default=None, help="data set to analyse (default: the checkpoint's)")
+    r.add_argument("--log", type=Path, default=None, help="JSON-lines training log for the training curves")
+    hidden(r)
+    r.set_defaults(func=_cmd_report)
+
     i = sub.add_parser("info", help="verify a checkpoint and print its configuration",
                        description="Verify a checkpoint (format and digest) and print its configuration.")
     i.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint, or a folder holding model.safetensors")
@@ -203,7 +222,7 @@ def _subset(dataset, max_items: Optional[int], seed: int):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset.data), generator=g)[:max_items].sort().values
     sub = dataset.subset(idx)
-    sub.params["max_items"] = int(max_items)
+    sub.params["subset"] = {"max_items": int(max_items), "seed": int(seed)}  # `latentgeo report` re-applies it
     return sub
 
 
@@ -356,6 +375,47 @@ def _cmd_train(args, argv: list[str]) -> int:
     return 0
 
 
+def _cmd_report(args, argv: list[str]) -> int:
+    from .checkpoint import checkpoint_file
+    from .datasets import load_dataset
+    from .models import VAE
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    sections = _sections(args)
+    model = VAE.load(args.checkpoint)  # CheckpointError (a ValueError) names the file and the problem
+    ckpt = checkpoint_file(args.checkpoint)
+    subset = None
+    if args.data is not None:
+        dataset = load_dataset(args.data)
+    else:
+        info = (model.metadata or {}).get("dataset")
+        if not info or "name" not in info:
+            raise CLIError(f"checkpoint {ckpt} does not record its data set; pass --data")
+        params = dict(info.get("params") or {})
+        subset = params.pop("subset", None)  # the model was trained on a subset (latentgeo ... --max-items)
+        dataset = load_dataset(info["name"], **params)
+    if dataset.dim != model.data_dim:
+        raise CLIError(f"data set {dataset.name!r} has items of width {dataset.dim} but the model expects {model.data_dim}")
+    if args.max_items is not None:
+        dataset = _subset(dataset, args.max_items, args.seed)
+    elif subset is not None:
+        dataset = _subset(dataset, int(subset["max_items"]), int(subset["seed"]))
+    log = args.log if args.log is not None else ckpt.parent / "train_log.jsonl"
+    if args.log is not None and not log.is_file():
+        raise CLIError(f"--log: no training log at {log}")
+    history = log if log.is_file() else None
+    out = _prepare_out(args.out)
+    _say(args, f"latentgeo report: analysing {ckpt} on {dataset.name} ({len(dataset)} items) ...")
+    summary = write_report(
+        model, dataset, history, out, seed=args.seed, extra={"command": ["latentgeo", *argv], "source": str(ckpt)},
+        resolution=args.resolution, iwae_points=args.iwae_points, iwae_samples=args.iwae_samples,
+        sections=sections,
+    )
+    _print_summary(summary, out, time.perf_counter() - t0)
+    return 0
+
+
 def _cmd_info(args, argv: list[str]) -> int:
     from .checkpoint import checkpoint_file, load_checkpoint
 
@@ -390,7 +450,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (demo, train or info)", file=sys.stderr)
+        print(f"{PROG}: error: a command is required (demo, train, report or info)", file=sys.stderr)
         return 2
     threads = getattr(args, "threads", None)
     if threads is not None:

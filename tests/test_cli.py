@@ -56,6 +56,7 @@ def checkpoint(tmp_path):
         (["demo", "--out", "{tmp}/o", "--seed", "abc"], "seed must be an integer"),
         (["demo"], "the following arguments are required: --out"),
         (["info", "{tmp}/missing.safetensors"], "no checkpoint file"),
+        (["report", "{tmp}/missing.safetensors", "--out", "{tmp}/o"], "no checkpoint file"),
         (["info", "{tmp}"], "no checkpoint in directory"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["demo", "--out", "{tmp}/o", "--skip", "nosuchsection"], "unknown report section(s) nosuchsection"),
@@ -130,13 +131,13 @@ PROMISED = ["model.safetensors", "train_log.jsonl", "magnification.png", "decode
 MINE = {"dataset", "model", "training", "checkpoint", "magnification", "decoded_grid", "training_curves", "iwae"}
 
 
-def _tiny():
+def _tiny(train=True):
     """A small budget; sections other issues registered are tested by their own tests."""
     from latentgeo.report import report_sections
 
     skip = [a for s in report_sections() if s.name not in MINE for a in ("--skip", s.name)]
-    return ["--max-items", "400", "--batch-size", "32", "--resolution", "30", "--iwae-points", "50",
-            "--iwae-samples", "8", *skip]
+    return ["--max-items", "400", *(["--batch-size", "32"] if train else []), "--resolution", "30",
+            "--iwae-points", "50", "--iwae-samples", "8", *skip]
 
 
 def test_demo_in_process_writes_the_report(tmp_path, capsys):
@@ -187,6 +188,18 @@ def test_demo_in_process_writes_the_report(tmp_path, capsys):
     assert main(["info", "--json", str(out / "model.safetensors")]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["latent_dim"] == 2 and cfg["variance"] == "rbf"
+    # `latentgeo report` re-analyses the saved model (data set from the checkpoint, log beside it)
+    again = tmp_path / "again"
+    tiny = _tiny(False)
+    tiny = tiny[:tiny.index("--max-items")] + tiny[tiny.index("--max-items") + 2:]  # the subset is in the checkpoint
+    assert main(["report", str(out), "--out", str(again), "--seed", "1", "--quiet", *tiny]) == 0
+    s2 = json.loads((again / "summary.json").read_text())
+    assert s2["magnification"]["on_data"] == mag["on_data"]
+    assert s2["training"]["epochs_run"] == tr["epochs_run"] and s2["source"] == str(out / "model.safetensors")
+    assert (again / "training_curves.png").is_file()
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(again), "--data", "moons"]) == 2
+    assert "width 10" in capsys.readouterr().err
 
 
 def test_demo_console_script(tmp_path):
