@@ -245,7 +245,7 @@ class ReportContext:
         if self.labels is None:
             raise ValueError(f"data set {getattr(self.dataset, 'name', '?')!r} has no labels")
         classes = np.unique(self.labels)
-        lab = torch.as_tensor(self.labels)
+        lab = torch.as_tensor(self.labels, device=self.codes.device)
         means = torch.stack([self.codes[lab == c].mean(0) for c in classes])
         return classes, means
 
@@ -298,8 +298,15 @@ class ReportContext:
 
     @property
     def param_dtype(self) -> torch.dtype:
+        """dtype of the model's parameters (data are converted to it)."""
         p = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
         return p.dtype if p is not None else torch.get_default_dtype()
+
+    @property
+    def param_device(self) -> torch.device:
+        """device of the model's parameters (data are moved to it)."""
+        p = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
+        return p.device if p is not None else torch.device("cpu")
 
     @property
     def codes(self) -> torch.Tensor:
@@ -307,7 +314,7 @@ class ReportContext:
 
         def make():
             with torch.no_grad():
-                z = self.model.encode_mean(self.data.to(self.param_dtype))
+                z = self.model.encode_mean(self.data.to(device=self.param_device, dtype=self.param_dtype))
             return z.detach()
 
         return self._cached("codes", make)
@@ -346,7 +353,8 @@ class ReportContext:
         return self._cached(
             "mag_grid",
             lambda: magnification_grid(
-                self.metric, self.extent, self.options.get("resolution", 150), dtype=self.codes.dtype
+                self.metric, self.extent, self.options.get("resolution", 150), dtype=self.codes.dtype,
+                device=self.codes.device,
             ),
         )
 
@@ -624,7 +632,7 @@ def _section_iwae(ctx: ReportContext) -> dict:
         idx = torch.arange(x.shape[0])
         items = "all (no validation indices given)"
     idx = idx[torch.randperm(len(idx), generator=g)[:n_pts]].sort().values
-    xs = x[idx].to(ctx.param_dtype)
+    xs = x[idx].to(device=ctx.param_device, dtype=ctx.param_dtype)
     ll = iwae_log_likelihood(ctx.model, xs, k=k, seed=ctx.seed).double()
     elbo = elbo_estimate(ctx.model, xs, n_samples=k, seed=ctx.seed).double()
     return {
