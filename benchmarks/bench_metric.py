@@ -604,6 +604,8 @@ def main(argv=None):
         ta = case_a(args)
         st = [r[0] for r in ta.rows if r[0].startswith("stochman")]
         out.append(ta.render(["latentgeo forward", floor] + st))
+        if not st:
+            out.append("Target (a) not evaluated: stochman is not installed (pip install -e .[bench]).")
         if st:
             out.append(
                 ratio_line(ta, "latentgeo forward", st[0], 1.0, "Target (a)")
