@@ -441,7 +441,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``latentgeo`` command; returns the exit status (0 ok, 2 bad arguments)."""
+    """Run the ``latentgeo`` command; returns the exit status.
+
+    0: done; 2: bad arguments or unusable files (one line on stderr, no traceback);
+    1: a known failure while running (e.g. training diverged; one line); 130: interrupted.
+    Anything else is a bug and propagates with its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -464,6 +469,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # CLIError, CheckpointError and the library's input errors are ValueErrors
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return 2
+    except FloatingPointError as exc:  # e.g. training diverged: a known failure, not a bug
+        print(f"{PROG} {args.command}: failed: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -252,3 +252,15 @@ def test_train_command_and_report(tmp_path, capsys):
                  str(tmp_path / "b"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Bernoulli" in err
+
+
+def test_training_divergence_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    import latentgeo.training as training
+
+    def diverge(*a, **k):
+        raise FloatingPointError("training diverged in phase 'mean' (loss nan); lower the learning rate")
+
+    monkeypatch.setattr(training, "train_vae", diverge)
+    assert main(["train", "--data", "moons", "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == "latentgeo train: failed: training diverged in phase 'mean' (loss nan); lower the learning rate\n"
