@@ -14,7 +14,7 @@ What is measured
   (a) discrete curve energy minimisation by Newton's method with the exact block-tridiagonal
   Hessian at ``T = 65, 129, 257`` points, Richardson-extrapolated in ``h = 1/(T−1)``
   (chord sums converge as ``h²``): ``L ≈ L₂₅₇ + (L₂₅₇ − L₁₂₉)/3``;
-  (b) for the first ``--bvp-pairs`` pairs (default 5; about 25 s each),
+  (b) for the first ``--bvp-pairs`` pairs (default 2; 25–100 s each),
   ``scipy.integrate.solve_bvp`` on the geodesic ODE with Christoffel symbols from autodiff
   of ``M(z)`` (tol 1e-10, started from (a)), length by 2001-point Gauss–Legendre quadrature of
   ``√(γ̇ᵀMγ̇)`` on the dense solution. The script reports their largest disagreement.
@@ -65,12 +65,17 @@ def our_metric(net):
 
 
 def best_of(fn, repeats=3):
-    times, out = [], None
+    """Best wall time and best process CPU time of ``repeats`` runs, and the last output.
+
+    The machine may be shared: wall time then includes waiting for a core, process CPU time
+    (all threads of this process) does not, so both are reported."""
+    walls, cpus, out = [], [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return (min(walls), min(cpus)), out
 
 
 @torch.no_grad()
@@ -241,7 +246,7 @@ def stochman_manifold():
 def run_stochman(z0, z1, converge=False):
     """stochman's batched ``connecting_geodesic`` (cubic spline, Adam lr 0.1, 150 iterations,
     one global gradient test); ``converge=True`` runs its optimiser until its own criterion
-    holds (max 20,000 iterations) on a finer spline (20 nodes, 100 evaluation points)."""
+    holds (max 5,000 iterations) on a finer spline (20 nodes, 100 evaluation points)."""
     from stochman.curves import CubicSpline
     from stochman.geodesic import geodesic_minimizing_energy
 
@@ -252,10 +257,10 @@ def run_stochman(z0, z1, converge=False):
             curve, ok = manifold.connecting_geodesic(z0.clone(), z1.clone())
         else:
             curve = CubicSpline(z0.clone(), z1.clone(), num_nodes=20)
-            ok = geodesic_minimizing_energy(curve, manifold, max_iter=20000, eval_grid=100)
+            ok = geodesic_minimizing_energy(curve, manifold, max_iter=5000, eval_grid=100)
         return curve, bool(ok)
 
-    seconds, (curve, ok) = best_of(solve)
+    seconds, (curve, ok) = best_of(solve, 1 if converge else 3)
     with torch.no_grad():
         pts = curve(torch.linspace(0, 1, 2001, dtype=torch.float64))
     return seconds, curve_length(make_net(), pts), ok
@@ -288,19 +293,19 @@ def geomstats_worker(n_pairs, timeout_pair):
     space = MLPImmersion()
     z0, z1 = make_pairs(100)
     rows = []
-    for tol in (1e-3, 1e-8):
+    for tol, count in ((1e-3, n_pairs), (1e-8, 1)):
         space.metric.log_solver = LogODESolver(space, n_nodes=10, integrator=ScipySolveBVP(tol=tol, max_nodes=10000))
-        for i in range(n_pairs):
-            t = time.perf_counter()
+        for i in range(count):
+            t, c = time.perf_counter(), time.process_time()
             try:
                 path = space.metric.geodesic(initial_point=z0[i], end_point=z1[i])
                 pts = path(torch.linspace(0, 1, 2001, dtype=torch.float64)).reshape(1, -1, 2)
                 err = None
             except Exception as exc:  # noqa: BLE001 - report whatever geomstats raises
                 pts, err = None, f"{type(exc).__name__}: {exc}"[:200]
-            sec = time.perf_counter() - t
+            sec, cpu = time.perf_counter() - t, time.process_time() - c
             length = None if pts is None else float(curve_length(net, pts.to(torch.float64))[0])
-            rows.append({"pair": i, "tol": tol, "seconds": sec, "length": length, "error": err})
+            rows.append({"pair": i, "tol": tol, "seconds": sec, "cpu": cpu, "length": length, "error": err})
     print(json.dumps(rows))
 
 
@@ -341,10 +346,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: fewer pairs, no scaling to 10,000")
     ap.add_argument("--geomstats-worker", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--geomstats-pairs", type=int, default=3)
+    ap.add_argument("--geomstats-pairs", type=int, default=2)
     ap.add_argument("--no-geomstats", action="store_true")
-    ap.add_argument("--bvp-pairs", type=int, default=5, help="pairs cross-checked with solve_bvp (about 25 s each)")
+    ap.add_argument("--bvp-pairs", type=int, default=2, help="pairs cross-checked with solve_bvp (25-100 s each)")
     ap.add_argument("--json", default=None, help="write all numbers to this JSON file")
+    ap.add_argument("--reference-only", action="store_true", help="compute (and cache) the reference, then stop")
+    ap.add_argument("--reference-cache", default=None, help="load/store the reference lengths here (JSON)")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="skip a scaling run whose predicted time (from the previous size) exceeds this")
     args = ap.parse_args()
     if args.geomstats_worker is not None:
         geomstats_worker(args.geomstats_worker, None)
@@ -358,31 +367,53 @@ def main():
     z0, z1 = z0[:n_ref], z1[:n_ref]
 
     # reference
-    t = time.perf_counter()
-    ref, rich_diff, ref_curves, info = reference_newton(net, z0, z1)
-    t_newton = time.perf_counter() - t
-    t = time.perf_counter()
-    nb = min(args.bvp_pairs, n_ref)
-    ref_bvp, bvp_ok = reference_bvp(net, ref_curves[:nb])
-    t_bvp = time.perf_counter() - t
-    agree = float(((ref[:nb] - ref_bvp).abs() / ref[:nb]).max())
+    cached = None
+    if args.reference_cache and os.path.exists(args.reference_cache):
+        with open(args.reference_cache) as fh:
+            cached = json.load(fh)
+        if cached.get("n_ref") != n_ref or cached.get("seed") != SEED:
+            cached = None
+    if cached is None:
+        t = time.perf_counter()
+        ref, rich_diff, ref_curves, info = reference_newton(net, z0, z1)
+        t_newton = time.perf_counter() - t
+        t = time.perf_counter()
+        nb = min(args.bvp_pairs, n_ref)
+        ref_bvp, bvp_ok = reference_bvp(net, ref_curves[:nb])
+        t_bvp = time.perf_counter() - t
+        cached = {
+            "n_ref": n_ref, "seed": SEED, "lengths": ref.tolist(), "richardson_change": float(rich_diff.max()),
+            "levels": [list(map(float, x)) for x in info], "newton_s": t_newton, "bvp_s": t_bvp, "bvp_pairs": nb,
+            "bvp_converged": bool(bvp_ok.all()), "agreement": float(((ref[:nb] - ref_bvp).abs() / ref[:nb]).max()),
+            "computed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        if args.reference_cache:
+            with open(args.reference_cache, "w") as fh:
+                json.dump(cached, fh)
+    ref = torch.tensor(cached["lengths"], dtype=torch.float64)
     print(
-        f"reference: Newton+Richardson {t_newton:.1f} s (levels {[(t, f'{s:.0e}', i) for t, s, i in info]}, "
-        f"Richardson change max {float(rich_diff.max()):.1e}); solve_bvp tol 1e-10 on the first {nb} pairs "
-        f"{t_bvp:.1f} s (all converged: {bool(bvp_ok.all())}); max relative disagreement {agree:.1e}"
+        f"reference ({cached['computed']}): Newton+Richardson {cached['newton_s']:.1f} s (levels T, last step, iterations: "
+        f"{[(int(a), f'{b:.0e}', int(c)) for a, b, c in cached['levels']]}, change between the last two Richardson "
+        f"estimates {cached['richardson_change']:.1e}); solve_bvp tol 1e-10 on the first {cached['bvp_pairs']} pairs "
+        f"{cached['bvp_s']:.1f} s (converged: {cached['bvp_converged']}); max relative disagreement {cached['agreement']:.1e}"
     )
-    results["reference"] = {"newton_s": t_newton, "bvp_s": t_bvp, "agreement": agree, "richardson_change": float(rich_diff.max())}
+    results["reference"] = cached
+    if args.reference_only:
+        return
     straight = curve_length(net, z0[:, None] + torch.linspace(0, 1, 2001, dtype=torch.float64)[:, None] * (z1 - z0)[:, None])
     print(f"straight line vs geodesic: median excess {float(((straight - ref) / ref).median()):.2%}, max {float(((straight - ref) / ref).max()):.2%}")
 
     rows = []
 
     def add(name, n, seconds, err, conv, note=""):
+        wall, cpu = seconds
         row = {
             "method": name,
             "pairs": n,
-            "total_s": seconds,
-            "ms_per_pair": 1e3 * seconds / n,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "ms_per_pair": 1e3 * wall / n,
+            "cpu_ms_per_pair": 1e3 * cpu / n,
             "max_rel_err": None if err is None else float(err.max()),
             "median_rel_err": None if err is None else float(err.median()),
             "converged": conv,
@@ -390,9 +421,10 @@ def main():
         }
         rows.append(row)
         e = "" if err is None else f"{row['max_rel_err']:9.1e} {row['median_rel_err']:9.1e}"
-        print(f"{name:42s} {n:6d} {row['ms_per_pair']:10.3f} {e:20s} {str(conv):>8s} {note}", flush=True)
+        print(f"{name:46s} {n:6d} {row['ms_per_pair']:10.2f} {row['cpu_ms_per_pair']:10.2f} {e:20s} {str(conv):>9s}  {note}",
+              flush=True)
 
-    print(f"\n{'method':42s} {'pairs':>6s} {'ms/pair':>10s} {'max err':>9s} {'med err':>9s} {'conv':>8s}")
+    print(f"\n{'method':46s} {'pairs':>6s} {'wall ms/p':>10s} {'CPU ms/p':>10s} {'max err':>9s} {'med err':>9s} {'converged':>9s}")
 
     # latentgeo
     try:
@@ -401,10 +433,17 @@ def main():
         L = curve_length(net, res.curve(torch.linspace(0, 1, 2001, dtype=torch.float64)))
         add("latentgeo connecting_geodesic tol=1e-6", n_ref, secs, rel_err(L, ref), f"{int(res.converged.sum())}/{n_ref}")
         add("  (its reported .length)", n_ref, secs, rel_err(res.length, ref), "")
+        prev = (n_ref, secs[0])
         for n in ([] if args.quick else [1000, 10000]):
+            predicted = prev[1] * n / prev[0]
+            if predicted > args.budget_s:
+                print(f"latentgeo {n} pairs: skipped, predicted {predicted:.0f} s from {prev[0]} pairs > --budget-s {args.budget_s:g}")
+                results.setdefault("skipped", []).append({"pairs": n, "predicted_s": predicted})
+                continue
             a, b = make_pairs(n, seed=2)
             secs, res = run_ours(metric, a, b, repeats=3 if n <= 1000 else 1)
             add("latentgeo connecting_geodesic tol=1e-6", n, secs, None, f"{int(res.converged.sum())}/{n}")
+            prev = (n, secs[0])
     except ImportError as exc:
         print(f"latentgeo connecting_geodesic not available: {exc}")
 
@@ -412,7 +451,7 @@ def main():
     try:
         secs, L, ok = run_stochman(z0, z1)
         add("stochman 0.3.0 connecting_geodesic (defaults)", n_ref, secs, rel_err(L, ref), str(ok), "5-node spline, 150 Adam steps")
-        results["stochman_defaults_s"] = secs
+        results["stochman_defaults_s"] = secs[0]
         secs, L, ok = run_stochman(z0, z1, converge=True)
         add("stochman 0.3.0 run to its convergence", n_ref, secs, rel_err(L, ref), str(ok), "20 nodes, 100 eval pts")
     except ImportError as exc:
@@ -429,10 +468,16 @@ def main():
             if not rs:
                 continue
             good = [r for r in rs if r["length"] is not None]
-            secs = sum(r["seconds"] for r in rs)
+            secs = (sum(r["seconds"] for r in rs), sum(r["cpu"] for r in rs))
             e = rel_err([r["length"] for r in good], ref[[r["pair"] for r in good]]) if good else None
             add(f"geomstats 2.8.0 LogODESolver (bvp tol {tol:g})", len(rs), secs, e, f"{len(good)}/{len(rs)}", "per-pair loop")
     results["rows"] = rows
+    ours = next((r for r in rows if r["method"].startswith("latentgeo") and r["pairs"] == n_ref), None)
+    st = next((r for r in rows if r["method"].startswith("stochman 0.3.0 connecting")), None)
+    if ours and st:
+        print(f"\nstochman defaults / latentgeo time per pair: wall {st['ms_per_pair'] / ours['ms_per_pair']:.2f}x, "
+              f"CPU {st['cpu_ms_per_pair'] / ours['cpu_ms_per_pair']:.2f}x; max error {st['max_rel_err']:.1e} vs {ours['max_rel_err']:.1e}")
+        results["ratio_stochman_over_ours"] = {"wall": st["ms_per_pair"] / ours["ms_per_pair"], "cpu": st["cpu_ms_per_pair"] / ours["cpu_ms_per_pair"]}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -246,3 +246,45 @@ def test_bad_input():
         LatentGraph.grid(metric, extent=[(0, 1)] * 2, resolution=1)
     with pytest.raises(ValueError, match="latent_dim"):
         LatentGraph.grid(metric, extent=(0, 1), resolution=5)
+
+
+# -- plotting helpers and the report section's pair selection (cheap, no solver) -------------
+def test_plot_geodesics_and_strips():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentgeo.geodesics.plotting import plot_decoded_strips, plot_geodesics
+
+    metric = bump_metric()
+    t = torch.linspace(0, 1, 30, dtype=F64)[:, None]
+    curves = torch.stack([t * torch.tensor([2.0, 0.0], dtype=F64) - 1, t * torch.tensor([0.0, 2.0], dtype=F64) - 1])
+    ax = plot_geodesics(metric, curves, extent=(-1.5, 1.5, -1.5, 1.5), resolution=12, names=["a", "b"],
+                        converged=[True, False])
+    assert len(ax.images) == 1 and len(ax.lines) == 4  # two curves + two dashed straight lines
+    assert ax.lines[0].get_linestyle() == "-" and ax.lines[2].get_linestyle() == ":"  # not converged: dotted
+    np.testing.assert_allclose(ax.lines[1].get_xydata(), curves[0, [0, -1]].numpy())
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b (not converged)"]
+    plt.close(ax.figure)
+    fig = plot_decoded_strips(lambda z: torch.sigmoid(z @ torch.ones(2, 16, dtype=F64)), curves, n_images=5,
+                              row_labels=["x", "y"])
+    assert len(fig.axes) == 2 and fig.axes[0].images[0].get_array().shape == (4, 5 * 5 - 1)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2-D"):
+        plot_geodesics(metric, torch.zeros(1, 5, 3))
+    with pytest.raises(ValueError, match="square"):
+        plot_decoded_strips(lambda z: torch.zeros(z.shape[0], 15), curves)
+
+
+def test_class_centre_pairs():
+    from latentgeo.report_geodesics import class_centre_pairs
+
+    codes = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0], [9.0, 9.0]], dtype=F64)
+    labels = np.array([3, 3, 7, 7, 1])
+    z0, z1, names = class_centre_pairs(codes, labels, n_classes=3)
+    assert names == [(1, 3), (1, 7), (3, 7)]
+    torch.testing.assert_close(z0, torch.tensor([[9.0, 9.0], [9.0, 9.0], [1.0, 0.0]], dtype=F64))
+    torch.testing.assert_close(z1, torch.tensor([[1.0, 0.0], [0.0, 5.0], [0.0, 5.0]], dtype=F64))
+    with pytest.raises(ValueError, match="2 classes"):
+        class_centre_pairs(codes, np.zeros(5), n_classes=3)

@@ -220,8 +220,7 @@ def plot_decoded_strips(
         fig = plt.figure(figsize=(max(4.0, 0.55 * n_images + 1.2), 0.62 * rows + (0.5 if title else 0.2)), layout="constrained")
     axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
     vmin, vmax = (clip if clip is not None else (np.nanmin(strip), np.nanmax(strip)))
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("white")
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")
     for r, ax in enumerate(axes):
         ax.imshow(strip[r], cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])

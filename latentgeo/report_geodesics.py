@@ -1,0 +1,127 @@
+"""Report section ``geodesics``: shortest paths between class centres of the latent codes.
+
+For a model with a 2-D latent space and labelled data, the section
+
+1. takes the class centres (mean code of each class) of up to ``options["geodesic_classes"]``
+   classes (default 4: the first classes in sorted order) and all pairs among them;
+2. solves the connecting geodesics under the report's metric (``ctx.metric``: the expected
+   pullback metric of the decoder) with :func:`latentgeo.geodesics.connecting_geodesic` at
+   ``tol = options["geodesic_tol"]`` (default ``1e-6``), initialised from shortest paths in a
+   grid graph over the plot extent (:class:`~latentgeo.geodesics.graph.LatentGraph`, which
+   falls back to the straight line only where that is shorter);
+3. writes ``geodesics.png`` (geodesics over the magnification map, straight lines dashed) and
+   ``geodesic_strips.png`` (decoded images along the geodesic and the straight line of each
+   pair, on consecutive rows);
+4. returns geodesic and straight-line lengths, their ratio, per-pair convergence and timings
+   for ``summary.json``.
+
+Importing this module registers the section (``order=70``) with :mod:`latentgeo.report`.
+
+Example:
+    >>> from latentgeo.report import report_sections
+    >>> import latentgeo.report_geodesics
+    >>> "geodesics" in [s.name for s in report_sections()]
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from .report import ReportContext, register_section
+
+__all__ = ["geodesics_section", "class_centre_pairs"]
+
+
+def class_centre_pairs(codes: torch.Tensor, labels, n_classes: int = 4):
+    """Class centres of the first ``n_classes`` classes and all pairs among them.
+
+    Returns ``(z0 (P, d), z1 (P, d), names [(class_a, class_b), ...])``.
+    """
+    labels = np.asarray(labels)
+    if labels.shape[0] != codes.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {codes.shape[0]} codes")
+    classes = np.unique(labels)[: int(n_classes)]
+    if len(classes) < 2:
+        raise ValueError(f"need at least 2 classes for class-centre geodesics, got {len(classes)}")
+    centres = torch.stack([codes[torch.as_tensor(labels == c)].mean(0) for c in classes])
+    pairs = list(itertools.combinations(range(len(classes)), 2))
+    i = torch.tensor([p[0] for p in pairs])
+    j = torch.tensor([p[1] for p in pairs])
+    names = [(classes[a].item(), classes[b].item()) for a, b in pairs]
+    return centres[i], centres[j], names
+
+
+@register_section("geodesics", order=70, description="geodesics.png, geodesic_strips.png: geodesics between class centres vs straight lines")
+def geodesics_section(ctx: ReportContext) -> dict:
+    from .geodesics import connecting_geodesic
+    from .geodesics.graph import LatentGraph
+    from .geodesics.plotting import plot_decoded_strips, plot_geodesics
+
+    if ctx.latent_dim != 2:
+        return {"skipped": f"geodesic figures need a 2-D latent space, the model has {ctx.latent_dim}"}
+    if ctx.labels is None:
+        return {"skipped": "the data set has no labels, so there are no class centres"}
+    n_classes = int(ctx.options.get("geodesic_classes", 4))
+    tol = float(ctx.options.get("geodesic_tol", 1e-6))
+    grid_res = int(ctx.options.get("geodesic_grid", 41))
+    metric, codes = ctx.metric, ctx.codes
+    z0, z1, names = class_centre_pairs(codes, ctx.labels, n_classes)
+
+    t = time.perf_counter()
+    x0, x1, y0, y1 = ctx.extent
+    graph = LatentGraph.grid(metric, [(x0, x1), (y0, y1)], grid_res, dtype=codes.dtype, device=codes.device)
+    graph_s = time.perf_counter() - t
+    t = time.perf_counter()
+    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph)
+    solve_s = time.perf_counter() - t
+    s = torch.linspace(0, 1, 513, dtype=z0.dtype, device=z0.device)[None, :, None]
+    lines = z0[:, None] + s * (z1 - z0)[:, None]
+    with torch.no_grad():
+        straight = metric.length(lines)
+    geo = res.length.detach()
+
+    fig, ax = ctx.magnification_figure(title="Geodesics (solid) vs straight lines (dashed) between class centres")
+    labels = [f"{a} → {b}" for a, b in names]
+    plot_geodesics(metric, res, ax=ax, names=labels)
+    ctx.save_figure(fig, "geodesics.png")
+
+    n = len(names)
+    tt = torch.linspace(0, 1, 10, dtype=z0.dtype, device=z0.device)
+    geo_pts = res.curve(tt).detach()
+    line_pts = z0[:, None] + tt[None, :, None] * (z1 - z0)[:, None]
+    rows = torch.stack([geo_pts, line_pts], 1).reshape(2 * n, len(tt), 2)
+    row_labels = [f"{lab} {kind}" for lab in labels for kind in ("geodesic", "straight")]
+    item_shape = getattr(ctx.dataset, "item_shape", None)
+    item_shape = tuple(item_shape) if item_shape is not None and len(item_shape) == 2 else None
+    if item_shape is not None or int(np.sqrt(ctx.data.shape[1])) ** 2 == ctx.data.shape[1]:
+        fig = plot_decoded_strips(ctx.decoder, rows, n_images=len(tt), item_shape=item_shape, row_labels=row_labels,
+                                  title="Decoded along geodesics and straight lines")
+        ctx.save_figure(fig, "geodesic_strips.png")
+        strips = True
+    else:
+        strips = False
+
+    conv = res.converged.cpu().numpy().astype(bool)
+    ratio = (geo / straight).cpu().numpy()
+    return {
+        "pairs": [list(p) for p in names],
+        "geodesic_length": geo.cpu().numpy().tolist(),
+        "straight_length": straight.cpu().numpy().tolist(),
+        "length_ratio": ratio.tolist(),
+        "mean_length_ratio": float(ratio.mean()),
+        "converged": conv.tolist(),
+        "n_converged": int(conv.sum()),
+        "n_pairs": n,
+        "init_used": list(getattr(res, "init", ["graph"] * n)),
+        "tol": tol,
+        "graph_nodes": int(graph.nodes.shape[0]),
+        "graph_s": graph_s,
+        "solve_s": solve_s,
+        "strips": strips if strips else "skipped: items are not square images",
+        "message": getattr(res, "message", ""),
+    }
