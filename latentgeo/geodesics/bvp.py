@@ -2,13 +2,14 @@
 
 For each pair ``(z0, z1)`` find the initial velocity ``v`` with ``Exp_{z0}(v) = z1``. The
 residual ``F(v) = γ_v(1) − z1`` and its Jacobian ``∂γ_v(1)/∂v`` come from one adaptive
-Dormand–Prince integration of the geodesic ODE augmented with its variational equations
+Dormand–Prince integration per Newton iteration: the Jacobian by internal numerical
+differentiation (perturbed copies in the same batch, on the nominal step sequence), or
+optionally from the variational equations
 
     d/dτ [δz; δv] = [δv; ∂a/∂z·δz + ∂a/∂v·δv],   δz(0) = 0, δv(0) = I,
 
-where the directional derivatives of the acceleration ``a`` are forward-mode ``jvp``s
-(``d`` of them, vectorised) — no finite differences. Newton steps are damped by halving
-until the endpoint mismatch decreases (per pair); each pair stops on its own criterion
+with forward-mode ``jvp``s of the acceleration. Newton steps are damped by halving until
+the endpoint mismatch decreases (per pair); each pair stops on its own criterion
 
     ‖F‖_{M(z1)} ≤ ftol · ‖v‖_{M(z0)},
 
@@ -17,7 +18,9 @@ bounds the relative length error to first order). The reported residual is the O
 endpoint mismatch of the integrated geodesic, not a discretisation surrogate.
 
 References: Stoer, Bulirsch, *Introduction to Numerical Analysis*, §7.3 (shooting);
-Hairer, Nørsett, Wanner, *Solving ODEs I*, §I.14 (variational equations).
+Hairer, Nørsett, Wanner, *Solving ODEs I*, §I.14 (variational equations). Bock,
+*Numerical treatment of inverse problems in chemical reaction kinetics* (1981) (internal
+numerical differentiation).
 """
 
 from __future__ import annotations
@@ -64,6 +67,18 @@ def _merge_knots(store, idx, knots):
     return skt, sY, sF
 
 
+def _ind_rhs(acc, d):
+    """Nominal trajectory plus ``d`` perturbed copies, stacked into one batch (row-wise RHS)."""
+
+    def f(y):
+        n = y.shape[0]
+        zz = y.reshape(n * (d + 1), 2 * d)
+        z, v = zz[:, :d], zz[:, d:]
+        return torch.cat([v, acc(z, v)], 1).reshape(n, -1)
+
+    return f
+
+
 def shoot(
     acc,
     mfn,
@@ -77,14 +92,18 @@ def shoot(
     max_iter: int = 20,
     max_steps: int = 10_000,
     record: bool = True,
+    jacobian: str = "ind",
 ):
-    """Damped Newton–Broyden shooting for a batch of pairs.
+    """Damped Newton shooting for a batch of pairs.
 
-    The first iteration of a pair (and any iteration after a rejected step) integrates the
-    variational equations for the exact Jacobian ``Φ = ∂γ(1)/∂v``; accepted steps update it by
-    Broyden's rank-one formula and integrate the plain geodesic ODE only (about 2.5× cheaper).
-    A trial that does not lower ``‖F‖_{M(z1)}`` is rejected: the exact Jacobian is recomputed
-    and the step halved.
+    Every iteration integrates the geodesic ODE from the current velocity together with the
+    shooting Jacobian ``Φ = ∂γ(1)/∂v``: by default by *internal numerical differentiation*
+    (Bock 1981: ``d`` copies with perturbed initial velocities ride along in the same batch and
+    take exactly the nominal trajectory's steps, so the difference quotient differentiates the
+    discrete integrator itself — no step-size noise), or with ``jacobian="variational"`` from the
+    variational equations by forward-mode AD (exact, about 2–3× dearer per step). The residual
+    ``F`` is always the nominal trajectory's endpoint mismatch. A trial that does not lower
+    ``‖F‖_{M(z1)}`` is rejected and the step halved.
 
     Args:
         acc: pure acceleration ``(z, v) -> a`` (:func:`~latentgeo.geodesics.ode.acceleration_fn`).
@@ -95,6 +114,7 @@ def shoot(
         rtol, atol: integrator tolerances.
         max_iter: integrations per pair.
         record: keep the accepted trajectory's knots (for dense output).
+        jacobian: ``"ind"`` or ``"variational"``.
 
     Returns:
         dict with ``v (N, d)``, ``converged (N,)``, ``residual (N,)`` (Euclidean endpoint
@@ -102,46 +122,52 @@ def shoot(
         ``iterations (N,)``, ``reasons``, ``ok (N,)`` (an accepted integration exists),
         ``knots`` (``(t (N,S), z, v, a (N,S,d))`` of the accepted trajectories or ``None``).
     """
-    from .ivp import _geodesic_rhs, _trace_to_padded
+    from .ivp import _trace_to_padded
 
+    if jacobian not in ("ind", "variational"):
+        raise ValueError(f"unknown jacobian {jacobian!r}; expected 'ind' or 'variational'")
     n, d = z0.shape
     dev, dt = z0.device, z0.dtype
     f_var = _variational_rhs(acc, d)
-    f_geo = _geodesic_rhs(acc, d)
-    eye = torch.eye(d, dtype=dt, device=dev).reshape(1, d * d)
+    f_ind = _ind_rhs(acc, d)
+    eye = torch.eye(d, dtype=dt, device=dev)
     m0 = mfn(z0)
     m1 = mfn(z1)
     tiny = torch.finfo(dt).tiny
+    sqrt_eps = float(torch.finfo(dt).eps) ** 0.5
 
     def mnorm(m, x):
         return torch.einsum("ni,nij,nj->n", x, m, x).clamp_min(0).sqrt()
 
-    def run(idx, v, with_jac):
+    def run(idx, v):
         k = idx.numel()
-        if with_jac:
-            y0 = torch.cat([z0[idx], v, torch.zeros(k, d * d, dtype=dt, device=dev), eye.expand(k, -1)], 1)
+        if jacobian == "variational":
+            y0 = torch.cat([z0[idx], v, torch.zeros(k, d * d, dtype=dt, device=dev), eye.reshape(1, -1).expand(k, -1)], 1)
             fun = f_var
         else:
-            y0 = torch.cat([z0[idx], v], 1)
-            fun = f_geo
+            eps = sqrt_eps * v.abs().amax(1).clamp_min(1e-3)  # (k,)
+            vs = torch.cat([v[:, None], v[:, None] + eps[:, None, None] * eye[None]], 1)  # (k, d+1, d)
+            zs = z0[idx][:, None].expand(-1, d + 1, -1)
+            y0 = torch.cat([zs, vs], -1).reshape(k, -1)
+            fun = f_ind
         y1, f1, ok, ns, _, reasons, trace = dopri5(
             fun, y0, rtol=rtol, atol=atol, err_cols=2 * d, max_steps=max_steps, record=2 * d if record else None
         )
         F = y1[:, :d] - z1[idx]
-        phi = y1[:, 2 * d : 2 * d + d * d].reshape(k, d, d) if with_jac else None
+        if jacobian == "variational":
+            phi = y1[:, 2 * d : 2 * d + d * d].reshape(k, d, d)
+        else:
+            ends = y1.reshape(k, d + 1, 2 * d)[:, :, :d]
+            phi = ((ends[:, 1:] - ends[:, :1]) / eps[:, None, None]).transpose(1, 2)  # column j: ∂z(1)/∂v_j
         knots = _trace_to_padded(trace, k, ns) if record else None
-        vend = y1[:, d : 2 * d]
-        return F, phi, ok, reasons, knots, y1[:, :d], vend
+        return F, phi, ok, reasons, knots, y1[:, :d], y1[:, d : 2 * d]
 
     v_acc = v_init.clone()
     F_acc = torch.full((n, d), float("inf"), dtype=dt, device=dev)
     fn_acc = torch.full((n,), float("inf"), dtype=dt, device=dev)
-    B = torch.eye(d, dtype=dt, device=dev).expand(n, d, d).clone()
     step = torch.zeros(n, d, dtype=dt, device=dev)
     alpha = torch.ones(n, dtype=dt, device=dev)
     have = torch.zeros(n, dtype=torch.bool, device=dev)
-    need_jac = torch.ones(n, dtype=torch.bool, device=dev)
-    exact = torch.zeros(n, dtype=torch.bool, device=dev)  # B is the exact Jacobian at v_acc
     conv = torch.zeros(n, dtype=torch.bool, device=dev)
     dead = torch.zeros(n, dtype=torch.bool, device=dev)
     iters = torch.zeros(n, dtype=torch.long, device=dev)
@@ -150,17 +176,11 @@ def shoot(
     store = None
     if record:
         store = (
-            torch.zeros(n, 2, dtype=dt, device=dev),
+            torch.ones(n, 2, dtype=dt, device=dev),
             torch.zeros(n, 2, 2 * d, dtype=dt, device=dev),
             torch.zeros(n, 2, 2 * d, dtype=dt, device=dev),
         )
-        store[0][:, 1] = 1.0
-
-    def new_step(idx, jac, F):
-        sol, info = torch.linalg.solve_ex(jac, -F)
-        good = (info == 0) & torch.isfinite(sol).all(1)
-        step[idx] = torch.where(good[:, None], sol, torch.zeros_like(sol))
-        return good
+        store[0][:, 0] = 0.0
 
     with torch.no_grad():
         same = (z0 == z1).all(1)
@@ -174,82 +194,54 @@ def shoot(
             if record:
                 zz = z0[same]
                 store[1][same] = torch.cat([zz, torch.zeros_like(zz)], 1)[:, None].expand(-1, 2, -1)
-        it = 0
-        while it < int(max_iter):
-            it += 1
+        for _ in range(int(max_iter)):
             act = torch.nonzero(~(conv | dead)).reshape(-1)
             if act.numel() == 0:
                 break
-            for with_jac in (True, False):
-                sub = act[need_jac[act] == with_jac]
-                if sub.numel() == 0:
-                    continue
-                # exact-Jacobian evaluations are taken at the accepted point (or the initial guess);
-                # Broyden trials at the accepted point plus the (damped) step
-                v_try = v_acc[sub] if with_jac else torch.where(have[sub, None], v_acc[sub] + alpha[sub, None] * step[sub], v_acc[sub])
-                iters[sub] += 1
-                F, phi, ok, rs, knots, zend, vend = run(sub, v_try, with_jac)
-                fnorm = mnorm(m1[sub], F)
-                length = mnorm(m0[sub], v_try)
-                finite = ok & torch.isfinite(fnorm)
-                if with_jac:
-                    finite = finite & torch.isfinite(phi).all((1, 2))
-                    better = finite & (~have[sub] | (fnorm <= fn_acc[sub]))
+            iters[act] += 1
+            v_try = torch.where(have[act, None], v_acc[act] + alpha[act, None] * step[act], v_acc[act])
+            F, phi, ok, rs, knots, zend, vend = run(act, v_try)
+            fnorm = mnorm(m1[act], F)
+            length = mnorm(m0[act], v_try)
+            finite = ok & torch.isfinite(fnorm) & torch.isfinite(phi).all((1, 2))
+            better = finite & (~have[act] | (fnorm < fn_acc[act]))
+            ib = act[better]
+            if ib.numel():
+                v_acc[ib] = v_try[better]
+                F_acc[ib] = F[better]
+                fn_acc[ib] = fnorm[better]
+                have[ib] = True
+                alpha[ib] = 1.0
+                mend = mfn(zend[better])
+                sp1 = mnorm(mend, vend[better])
+                lb = length[better]
+                drift[ib] = torch.where(lb > 0, (sp1 - lb).abs() / lb.clamp_min(tiny), sp1)
+                if record:
+                    store = _merge_knots(store, ib, tuple(k[better] for k in knots))
+                solved = fnorm[better] <= ftol * lb
+                conv[ib[solved]] = True
+                upd = ~solved
+                if bool(upd.any()):
+                    iu = ib[upd]
+                    sol, info = torch.linalg.solve_ex(phi[better][upd], -F[better][upd])
+                    good = (info == 0) & torch.isfinite(sol).all(1)
+                    step[iu] = torch.where(good[:, None], sol, torch.zeros_like(sol))
+                    for j in torch.nonzero(~good).reshape(-1).tolist():
+                        i = int(iu[j])
+                        reasons[i] = "shooting Jacobian ∂γ(1)/∂v is singular (conjugate point?)"
+                        dead[i] = True
+            for j in torch.nonzero(~better).reshape(-1).tolist():
+                i = int(act[j])
+                if not bool(have[i]):
+                    reasons[i] = "integration from the initial guess failed: " + (rs[j] or "non-finite state")
+                    dead[i] = True
                 else:
-                    better = finite & (~have[sub] | (fnorm < fn_acc[sub]))
-                ib = sub[better]
-                if ib.numel():
-                    first = ~have[ib]
-                    if not with_jac:
-                        # Broyden rank-one update with the accepted secant (Δv, ΔF)
-                        dv = v_try[better] - v_acc[ib]
-                        dF = F[better] - F_acc[ib]
-                        Bi = B[ib]
-                        corr = (dF - (Bi @ dv.unsqueeze(-1)).squeeze(-1)) / (dv * dv).sum(1, keepdim=True).clamp_min(tiny)
-                        B[ib] = torch.where(first[:, None, None], Bi, Bi + corr.unsqueeze(-1) * dv.unsqueeze(1))
-                        alpha[ib] = 1.0
-                        exact[ib] = False
-                    else:
-                        B[ib] = phi[better]
-                        alpha[ib] = torch.where(have[ib], alpha[ib], torch.ones_like(alpha[ib]))
-                        exact[ib] = True
-                    v_acc[ib] = v_try[better]
-                    F_acc[ib] = F[better]
-                    fn_acc[ib] = fnorm[better]
-                    have[ib] = True
-                    need_jac[ib] = False
-                    mend = mfn(zend[better])
-                    sp1 = mnorm(mend, vend[better])
-                    lb = length[better]
-                    drift[ib] = torch.where(lb > 0, (sp1 - lb).abs() / lb.clamp_min(tiny), sp1)
-                    if record:
-                        store = _merge_knots(store, ib, tuple(k[better] for k in knots))
-                    solved = fnorm[better] <= ftol * lb
-                    conv[ib[solved]] = True
-                    upd = ib[~solved]
-                    if upd.numel():
-                        good = new_step(upd, B[upd], F_acc[upd])
-                        for j in torch.nonzero(~good).reshape(-1).tolist():
-                            i = int(upd[j])
-                            reasons[i] = "shooting Jacobian ∂γ(1)/∂v is singular (conjugate point?)"
-                            dead[i] = True
-                rej = sub[~better]
-                for j in torch.nonzero(~better).reshape(-1).tolist():
-                    i = int(sub[j])
-                    if not bool(have[i]):
-                        reasons[i] = "integration from the initial guess failed: " + (rs[j] or "non-finite state")
-                        dead[i] = True
-                    elif with_jac:
-                        reasons[i] = "integration at the accepted point failed: " + (rs[j] or "non-finite state")
-                        dead[i] = True
-                if not with_jac and rej.numel():
-                    # a rejected trial: recompute the exact Jacobian at the accepted point; halve the
-                    # step only if it already came from an exact Jacobian
-                    alpha[rej] = torch.where(exact[rej], alpha[rej] * 0.5, alpha[rej])
-                    need_jac[rej] = True
-                    small = rej[alpha[rej] < 1e-3]
-                    for i in small.tolist():
-                        reasons[i] = f"Newton line search stalled at endpoint mismatch {float(fn_acc[i]):.3g} (metric norm)"
+                    alpha[i] = alpha[i] * 0.5
+                    if float(alpha[i]) < 1e-3:
+                        reasons[i] = (
+                            f"Newton line search stalled at endpoint mismatch {float(fn_acc[i]):.3g} (metric norm)"
+                            + (f"; integrator: {rs[j]}" if rs[j] else "")
+                        )
                         dead[i] = True
         length = mnorm(m0, v_acc)
         for i in torch.nonzero(~conv & ~dead).reshape(-1).tolist():

@@ -27,7 +27,7 @@ Example:
     >>> metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T))
     >>> z0, z1 = torch.zeros(2, 2, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)
     >>> res = connecting_geodesic(metric, z0, z1)
-    >>> bool(res.converged.all()), torch.allclose(res.length, (torch.ones(2) @ A.T).norm().double().expand(2))
+    >>> bool(res.converged.all()), torch.allclose(res.length, (A @ torch.ones(2, dtype=torch.float64)).norm().expand(2))
     (True, True)
 """
 

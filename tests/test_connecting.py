@@ -1,0 +1,181 @@
+"""Connecting geodesics against closed forms (linear map, sphere, Poincaré ball, variance bump)."""
+
+import math
+
+import pytest
+import torch
+
+import latentgeo as lg
+from latentgeo.geodesics import connecting_geodesic, minimize_discrete_energy
+
+D64 = torch.float64
+
+
+def stereo(z):
+    """Inverse stereographic projection R² → S² ⊂ R³ (from the north pole)."""
+    s = (z * z).sum(1, keepdim=True)
+    return torch.cat([2 * z, s - 1], 1) / (1 + s)
+
+
+def great_circle(x, y):
+    return 2 * torch.asin((x - y).norm(dim=1).clamp(max=2) / 2)
+
+
+def test_linear_decoder_gives_straight_lines_and_exact_lengths():
+    A = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.0, -1.0], [3.0, -1.0, 0.0], [0.5, 0.5, 2.0]], dtype=D64)
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T))
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(6, 3, generator=g, dtype=D64)
+    z1 = torch.randn(6, 3, generator=g, dtype=D64)
+    res = connecting_geodesic(metric, z0, z1)
+    assert bool(res.converged.all()), res.message
+    exact = ((z1 - z0) @ A.T).norm(dim=1)
+    torch.testing.assert_close(res.length, exact, rtol=1e-10, atol=0)
+    torch.testing.assert_close(res.energy, exact**2, rtol=1e-10, atol=0)
+    t = torch.linspace(0, 1, 7, dtype=D64)
+    line = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
+    torch.testing.assert_close(res.curve(t), line, rtol=0, atol=1e-10)
+    torch.testing.assert_close(res.initial_velocity, z1 - z0, rtol=0, atol=1e-10)
+    assert "converged=6/6" in repr(res)
+
+
+def test_sphere_lengths_are_great_circle_distances():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    # random pair, a long arc (> 2.5 rad) and a pair at very different radii (0.11 vs 5)
+    z0 = torch.tensor([[0.3, -0.2], [-1.3, 0.25], [0.1, 0.05]], dtype=D64)
+    z1 = torch.tensor([[-0.5, 0.6], [1.2, 0.45], [4.0, 3.0]], dtype=D64)
+    x0, x1 = stereo(z0), stereo(z1)
+    exact = great_circle(x0, x1)
+    assert float(exact.max()) > 2.5
+    res = connecting_geodesic(metric, z0, z1, n_points=25)
+    assert bool(res.converged.all()), res.message
+    torch.testing.assert_close(res.length, exact, rtol=1e-6, atol=0)
+    # geodesic points lie on the great circle: in the plane spanned by x0, x1, and on the shorter arc
+    normal = torch.linalg.cross(x0, x1)
+    normal = normal / normal.norm(dim=1, keepdim=True)
+    t = torch.linspace(0, 1, 11, dtype=D64)
+    pts = stereo(res.curve(t).reshape(-1, 2)).reshape(3, 11, 3)
+    assert float((pts * normal[:, None]).sum(-1).abs().max()) < 1e-6
+    # constant speed: the angle from x0 grows linearly in t
+    ang = torch.acos((pts * x0[:, None]).sum(-1).clamp(-1, 1))
+    torch.testing.assert_close(ang, t[None] * exact[:, None], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_poincare_ball_lengths(d):
+    eye = torch.eye(d, dtype=D64)
+    ball = lg.MetricField(lambda z: (2 / (1 - (z * z).sum(-1)))[:, None, None] ** 2 * eye, latent_dim=d)
+    g = torch.Generator().manual_seed(d)
+    u = torch.randn(4, d, generator=g, dtype=D64)
+    w = torch.randn(4, d, generator=g, dtype=D64)
+    z0 = 0.8 * u / u.norm(dim=1, keepdim=True) * torch.tensor([0.2, 0.6, 0.9, 0.95], dtype=D64)[:, None]
+    z1 = 0.8 * w / w.norm(dim=1, keepdim=True) * torch.tensor([0.7, 0.1, 0.9, 0.5], dtype=D64)[:, None]
+    res = connecting_geodesic(ball, z0, z1)
+    assert bool(res.converged.all()), res.message
+    n0, n1 = (z0 * z0).sum(1), (z1 * z1).sum(1)
+    exact = torch.acosh(1 + 2 * ((z0 - z1) ** 2).sum(1) / ((1 - n0) * (1 - n1)))
+    torch.testing.assert_close(res.length, exact, rtol=1e-6, atol=0)
+
+
+def bump_metric(center=(0.0, 0.0), height=20.0, width=0.25):
+    c = torch.tensor(center, dtype=D64)
+
+    def std(z):
+        r2 = ((z - c) ** 2).sum(1, keepdim=True)
+        return (0.05 + height * torch.exp(-r2 / (2 * width**2))).expand(-1, 2)
+
+    return lg.PullbackMetric(lg.GaussianDecoder(mean=lambda z: z, std=std), kind="expected")
+
+
+def test_pair_across_huge_variance_bends_around_it():
+    metric = bump_metric()
+    z0 = torch.tensor([[-1.0, 0.02]], dtype=D64)
+    z1 = torch.tensor([[1.0, -0.02]], dtype=D64)
+    res = connecting_geodesic(metric, z0, z1)
+    assert bool(res.converged.all()), res.message
+    t = torch.linspace(0, 1, 2001, dtype=D64)
+    straight = metric.length(z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])
+    assert float(res.length) < 0.8 * float(straight)
+    pts = res.curve(torch.linspace(0, 1, 201, dtype=D64))[0]
+    assert float(pts.norm(dim=1).min()) > 0.5  # stays away from the bump at the origin
+    # the length agrees with a fine polyline through the curve
+    fine = metric.length(res.curve(t))
+    torch.testing.assert_close(res.length, fine, rtol=1e-5, atol=0)
+
+
+def test_energy_and_bvp_stages_agree():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8)).double()
+    for p in net.parameters():
+        p.data.mul_(2.0)
+        p.requires_grad_(False)
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(net))
+    z0 = torch.tensor([[-1.0, -0.5], [0.5, 1.0]], dtype=D64)
+    z1 = torch.tensor([[1.0, 0.8], [-0.7, -1.0]], dtype=D64)
+    res = connecting_geodesic(metric, z0, z1, n_points=33)
+    assert bool(res.converged.all()), res.message
+    t = torch.linspace(0, 1, 33, dtype=D64)
+    ode = res.curve(t)
+    gap = (ode - res.discrete_curve).norm(dim=-1).max()
+    bend = (ode - (z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])).norm(dim=-1).max()
+    assert float(bend) > 1e-2  # curved geodesics: the comparison is not trivial
+    assert float(gap) < 2e-3
+    # discrete energy minimiser's length converges to the ODE length at O(1/T²)
+    disc = metric.length(res.discrete_curve)
+    assert float(((disc - res.length).abs() / res.length).max()) < 1e-3
+
+
+def test_iteration_budget_reports_non_convergence():
+    metric = bump_metric()
+    z0 = torch.tensor([[-1.0, 0.02]], dtype=D64)
+    z1 = torch.tensor([[1.0, -0.02]], dtype=D64)
+    res = connecting_geodesic(metric, z0, z1, max_iter=1, energy_max_iter=1)
+    assert not bool(res.converged.any())
+    assert res.reasons[0] and "did not converge" in res.message
+    # the non-converged curve is flagged; its reported length is not a certified geodesic length
+    ref = connecting_geodesic(metric, z0, z1)
+    assert abs(float(res.length) - float(ref.length)) > 1e-6
+
+
+def test_discrete_energy_minimiser_on_linear_map_is_evenly_spaced_line():
+    A = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=D64)
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T))
+    z0, z1 = torch.tensor([[0.0, 0.0]], dtype=D64), torch.tensor([[1.0, 2.0]], dtype=D64)
+    t = torch.linspace(0, 1, 9, dtype=D64)
+    wiggly = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None] + 0.3 * torch.sin(math.pi * t)[None, :, None]
+    er = minimize_discrete_energy(metric, wiggly)
+    assert bool(er.converged.all())
+    torch.testing.assert_close(er.curve, z0[:, None] + t[None, :, None] * (z1 - z0)[:, None], rtol=0, atol=1e-9)
+
+
+def test_graph_initialisation():
+    graph_mod = pytest.importorskip("latentgeo.geodesics.graph")
+    metric = bump_metric(height=50.0)
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.rand(300, 2, generator=g, dtype=D64) * 3 - 1.5
+    graph = graph_mod.LatentGraph(metric, nodes, k=8)
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=D64)
+    z1 = torch.tensor([[1.0, 0.0]], dtype=D64)
+    res = connecting_geodesic(metric, z0, z1, init="graph", graph=graph)
+    assert bool(res.converged.all()), res.message
+    assert res.init == ["graph"]
+    t = torch.linspace(0, 1, 2001, dtype=D64)
+    straight = metric.length(z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])
+    assert float(res.length) < 0.8 * float(straight)
+
+
+def test_bad_input_raises():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo, latent_dim=2))
+    z = torch.zeros(3, 2, dtype=D64)
+    with pytest.raises(ValueError, match="same shape"):
+        connecting_geodesic(metric, z, torch.zeros(2, 2, dtype=D64))
+    with pytest.raises(ValueError, match="NaN"):
+        connecting_geodesic(metric, z, torch.full((3, 2), math.nan, dtype=D64))
+    with pytest.raises(ValueError, match="latent dimension"):
+        connecting_geodesic(metric, torch.zeros(3, 3, dtype=D64), torch.ones(3, 3, dtype=D64))
+    with pytest.raises(ValueError, match="unknown init"):
+        connecting_geodesic(metric, z, z + 1, init="spline")
+    with pytest.raises(ValueError, match="needs graph"):
+        connecting_geodesic(metric, z, z + 1, init="graph")
+    with pytest.raises(ValueError, match="tol"):
+        connecting_geodesic(metric, z, z + 1, tol=0.0)

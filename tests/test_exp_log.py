@@ -1,0 +1,115 @@
+"""Log map, exp∘log, and distance matrices."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import latentgeo as lg
+from latentgeo.geodesics import (
+    GeodesicConvergenceError,
+    connecting_geodesic,
+    distance_matrix,
+    exp_map,
+    log_map,
+)
+
+D64 = torch.float64
+
+
+def curved_metric(seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8)).double()
+    for p in net.parameters():
+        p.data.mul_(2.0)
+        p.requires_grad_(False)
+    return lg.PullbackMetric(lg.DeterministicDecoder(net))
+
+
+def poincare():
+    eye = torch.eye(2, dtype=D64)
+    return lg.MetricField(lambda z: (2 / (1 - (z * z).sum(-1)))[:, None, None] ** 2 * eye, latent_dim=2)
+
+
+def hyperbolic_distance(a, b):
+    na, nb = (a * a).sum(-1), (b * b).sum(-1)
+    return torch.acosh(1 + 2 * ((a - b) ** 2).sum(-1) / ((1 - na) * (1 - nb)))
+
+
+def test_exp_of_log_returns_the_endpoint():
+    metric = curved_metric()
+    z0 = torch.tensor([[-1.0, -0.5], [0.5, 1.0], [0.2, -0.3]], dtype=D64)
+    z1 = torch.tensor([[1.0, 0.8], [-0.7, -1.0], [0.25, -0.1]], dtype=D64)
+    v = log_map(metric, z0, z1)
+    res = exp_map(metric, z0, v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(res.endpoint, z1, rtol=0, atol=1e-6)
+    # ‖v‖ is the geodesic distance, and the straight line is not a geodesic here
+    dist = connecting_geodesic(metric, z0, z1).length
+    torch.testing.assert_close(metric.norm(z0, v), dist, rtol=1e-8, atol=0)
+    assert float((v - (z1 - z0)).norm(dim=1).max()) > 1e-2
+
+
+def test_log_map_poincare_closed_form():
+    # at the origin of the Poincaré disk, Log_0(y) = artanh(|y|) · y/|y|  (metric 4I at 0: |v|_M = 2|v| = d)
+    ball = poincare()
+    y = torch.tensor([[0.5, 0.0], [-0.3, 0.6], [0.0, -0.9]], dtype=D64)
+    v = log_map(ball, torch.zeros_like(y), y)
+    r = y.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(v, torch.atanh(r) * y / r, rtol=1e-6, atol=0)
+
+
+def test_log_map_single_code_and_failure():
+    metric = curved_metric()
+    v = log_map(metric, torch.tensor([-1.0, -0.5], dtype=D64), torch.tensor([1.0, 0.8], dtype=D64))
+    assert v.shape == (2,)
+    with pytest.raises(GeodesicConvergenceError, match="did not converge") as info:
+        log_map(metric, torch.tensor([[-1.0, -0.5]], dtype=D64), torch.tensor([[1.0, 0.8]], dtype=D64), max_iter=1)
+    assert not bool(info.value.result.converged.any())
+    v2, res = log_map(
+        metric, torch.tensor([[-1.0, -0.5]], dtype=D64), torch.tensor([[1.0, 0.8]], dtype=D64), max_iter=1,
+        on_failure="return",
+    )
+    assert not bool(res.converged.any()) and v2.shape == (1, 2)
+    with pytest.raises(ValueError, match="on_failure"):
+        log_map(metric, torch.zeros(1, 2, dtype=D64), torch.ones(1, 2, dtype=D64), on_failure="ignore")
+
+
+def test_distance_matrix_poincare():
+    ball = poincare()
+    A = torch.tensor([[0.1, 0.2], [-0.5, 0.3], [0.4, -0.6], [0.0, 0.0]], dtype=D64)
+    B = torch.tensor([[0.3, 0.3], [-0.2, -0.7]], dtype=D64)
+    D = distance_matrix(ball, A)
+    exact = hyperbolic_distance(A[:, None], A[None])
+    assert D.shape == (4, 4) and D.n_failed == 0
+    torch.testing.assert_close(D.distances, exact, rtol=1e-6, atol=1e-12)
+    assert torch.equal(D.distances, D.distances.T) and bool((torch.diagonal(D.distances) == 0).all())
+    DB = distance_matrix(ball, A, B, chunk=3)
+    torch.testing.assert_close(DB.distances, hyperbolic_distance(A[:, None], B[None]), rtol=1e-6, atol=0)
+    assert bool(DB.converged.all())
+    import numpy as np
+
+    assert np.asarray(DB).shape == (4, 2)
+
+
+def test_distance_matrix_flags_failures():
+    metric = curved_metric()
+    A = torch.tensor([[-1.0, -0.5], [1.0, 0.8], [0.5, 1.0]], dtype=D64)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        D = distance_matrix(metric, A, max_iter=1)
+    assert D.n_failed > 0
+    assert bool(torch.diagonal(D.converged).all())
+    assert torch.equal(D.converged, D.converged.T)
+    assert torch.isfinite(D.distances).all()
+    with pytest.raises(GeodesicConvergenceError):
+        distance_matrix(metric, A, max_iter=1, on_failure="raise")
+
+
+def test_distance_matrix_bad_input():
+    ball = poincare()
+    with pytest.raises(ValueError, match="latent dimension"):
+        distance_matrix(ball, torch.zeros(3, 2, dtype=D64), torch.zeros(3, 3, dtype=D64))
+    with pytest.raises(ValueError, match="NaN"):
+        distance_matrix(ball, torch.tensor([[0.0, math.nan]], dtype=D64))
+    with pytest.raises(ValueError, match="chunk"):
+        distance_matrix(ball, torch.zeros(3, 2, dtype=D64), chunk=0)
