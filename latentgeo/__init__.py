@@ -15,6 +15,8 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import Dataset, load_dataset
 from .models import VAE
 from .training import History, TrainConfig, Trainer, iwae_log_likelihood, train_vae
+from . import plotting, report
+from .report import register_section, report_sections, write_report
 
 __version__ = "0.1.0"
 
@@ -40,4 +42,9 @@ __all__ = [
     "Trainer",
     "iwae_log_likelihood",
     "train_vae",
+    "plotting",
+    "report",
+    "register_section",
+    "report_sections",
+    "write_report",
 ]
