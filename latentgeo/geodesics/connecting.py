@@ -129,9 +129,9 @@ class GeodesicResult:
         ok = int(self.converged.sum())
         L = self.length[self.converged]
         rng = f", length in [{float(L.min()):.4g}, {float(L.max()):.4g}]" if L.numel() else ""
-        worst = float(self.rel_residual[self.converged].max()) if L.numel() else float("nan")
+        worst = f", max rel_residual={float(self.rel_residual[self.converged].max()):.1e}" if L.numel() else ""
         return (
-            f"GeodesicResult(n={n}, converged={ok}/{n}{rng}, max rel_residual={worst:.1e}, "
+            f"GeodesicResult(n={n}, converged={ok}/{n}{rng}{worst}, "
             f"mean Newton iterations={float(self.iterations.double().mean()):.1f})"
         )
 
