@@ -184,3 +184,19 @@ def test_bad_input_raises():
         connecting_geodesic(metric, z, z + 1, init="graph")
     with pytest.raises(ValueError, match="tol"):
         connecting_geodesic(metric, z, z + 1, tol=0.0)
+
+
+def test_float32_follows_dtype_and_matches_float64():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    net64 = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8)).double()
+    net64.load_state_dict({k: v.double() for k, v in net.state_dict().items()})
+    z0 = torch.tensor([[-1.0, -0.5], [0.5, 1.0]])
+    z1 = torch.tensor([[1.0, 0.8], [-0.7, -1.0]])
+    r32 = connecting_geodesic(lg.PullbackMetric(lg.DeterministicDecoder(net)), z0, z1, tol=1e-5)
+    r64 = connecting_geodesic(lg.PullbackMetric(lg.DeterministicDecoder(net64)), z0.double(), z1.double())
+    assert bool(r32.converged.all()) and bool(r64.converged.all())
+    assert r32.length.dtype == torch.float32 and r32.curve(torch.tensor([0.5])).dtype == torch.float32
+    torch.testing.assert_close(r32.length.double(), r64.length, rtol=1e-4, atol=0)

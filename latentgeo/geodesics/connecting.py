@@ -177,7 +177,9 @@ def connecting_geodesic(
         max_iter: Newton iterations (ODE integrations) per pair.
         n_points: points of the discrete curve of stage 1 (≥ 4).
         energy_max_iter: Levenberg–Marquardt iterations of stage 1.
-        ivp_rtol, ivp_atol: integrator tolerances (default ``0.1·tol`` and ``0.01·tol``).
+        ivp_rtol, ivp_atol: integrator tolerances (default ``0.1·tol`` and ``0.01·tol``, not below
+            ``10·eps`` of the dtype; float32 reaches ``tol ≈ 1e-5`` at best — pairs that cannot be
+            certified at ``tol`` are reported as not converged).
         max_steps: RK step attempts per integration.
         chunk_size: pairs solved together (default: all, or fewer when stage 1 would need much memory).
         recheck: re-integrate every solution at a 10× tighter tolerance and certify that run
@@ -212,6 +214,12 @@ def connecting_geodesic(
     atol = float(ivp_atol) if ivp_atol is not None else max(1e-2 * tol, 1e-15)
     if not (rtol > 0 and atol > 0):
         raise ValueError("ivp_rtol and ivp_atol must be positive")
+    # tolerances below the dtype's resolution cannot be met by the integrator (float32: ~1e-7)
+    floor = 10 * float(torch.finfo(a.dtype).eps)
+    if ivp_rtol is None:
+        rtol = max(rtol, floor)
+    if ivp_atol is None:
+        atol = max(atol, floor)
     n, d = a.shape
     if chunk_size is None:
         P = (n_points - 2) * d
