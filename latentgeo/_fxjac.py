@@ -16,9 +16,9 @@ the chain rule):
   (torch's forward-mode formula for ``addmm`` also multiplies the primal by the — zero — weight
   tangent; that ``mm`` is skipped here);
 * elementwise activations (modules, functions or methods: tanh, sigmoid, relu, softplus, elu,
-  leaky_relu, gelu, silu, hardtanh, exp): ``t · σ'(x)`` with torch's own derivative kernels
+  leaky_relu, gelu, hardtanh/relu6, exp): ``t · σ'(x)`` with torch's own derivative kernels
   (``aten.tanh_backward`` etc. — the formulas torch's ``jvp`` uses, nothing hand-derived); other
-  unary elementwise functions (log, sin, sqrt, softsign, mish, ``x ** c``, ...): ``σ'(x)`` from one
+  unary elementwise functions (silu, log, sin, sqrt, softsign, mish, ``x ** c``, ...): ``σ'(x)`` from one
   ``jvp`` with a tangent of ones;
 * ``+ − × ÷`` and negation by the sum and product rules, with broadcasting;
 * shape operations (view/reshape/flatten/unflatten/squeeze/unsqueeze, ``nn.Flatten``,
@@ -36,9 +36,11 @@ stochman there, and at 0.87× the floor (``1 + d`` forward passes + ``JᵀJ``) o
 Scope and limits.
 
 * **First-order tangents only** (for the metric tensor ``JᵀJ``). Derivatives *of* the result
-  with ordinary autograd work (all operations are differentiable torch ops), but do not nest
-  ``torch.func`` transforms through this function; the geodesic code differentiates the pure
-  ``embedding()`` with ``torch.func`` instead.
+  with ordinary autograd work (all operations are differentiable torch ops and are tested
+  against the generic path). Nesting ``torch.func`` transforms through this function is not
+  what it is for — the geodesic code differentiates the pure ``embedding()`` with
+  ``torch.func`` instead; where an op has no forward derivative of its derivative (e.g. SiLU's)
+  it returns ``None`` under such a transform, without caching that as a failure.
 * Returns ``None`` — and the caller uses its generic ``vmap(jvp)`` path — when the module does
   not trace (data-dependent control flow such as ``if x.sum() > 0``, ``len(x)``...), takes more
   than one required input, returns anything but a tensor or a flat tuple/list of tensors, uses
@@ -206,10 +208,6 @@ def _d_gelu(t, x, p):
     return _aten.gelu_backward(t, x, approximate=p["approximate"])
 
 
-def _d_silu(t, x, p):
-    return _aten.silu_backward(t, x)
-
-
 def _d_hardtanh(t, x, p):
     return _aten.hardtanh_backward(t, x, p["min_val"], p["max_val"])
 
@@ -217,7 +215,7 @@ def _d_hardtanh(t, x, p):
 _ACT = {
     "tanh": (True, _d_tanh), "sigmoid": (True, _d_sigmoid), "relu": (True, _d_relu),
     "exp": (True, _d_exp), "softplus": (False, _d_softplus), "elu": (False, _d_elu),
-    "leaky_relu": (False, _d_leaky_relu), "gelu": (False, _d_gelu), "silu": (False, _d_silu),
+    "leaky_relu": (False, _d_leaky_relu), "gelu": (False, _d_gelu),
     "hardtanh": (False, _d_hardtanh),
 }
 
@@ -226,7 +224,7 @@ _ACT_MODULES = [
     (nn.Tanh, "tanh", ()), (nn.Sigmoid, "sigmoid", ()), (nn.ReLU, "relu", ()),
     (nn.Softplus, "softplus", ("beta", "threshold")), (nn.ELU, "elu", ("alpha",)),
     (nn.LeakyReLU, "leaky_relu", ("negative_slope",)), (nn.GELU, "gelu", ("approximate",)),
-    (nn.SiLU, "silu", ()), (nn.Hardtanh, "hardtanh", ("min_val", "max_val")),  # ReLU6 too
+    (nn.Hardtanh, "hardtanh", ("min_val", "max_val")),  # ReLU6 too
 ]
 # functions -> (kind, ((param, default), ...) after the input); "inplace" is checked separately
 _ACT_FUNCTIONS = {
@@ -236,7 +234,7 @@ _ACT_FUNCTIONS = {
     F.softplus: ("softplus", (("beta", 1.0), ("threshold", 20.0))),
     F.elu: ("elu", (("alpha", 1.0), ("inplace", False))),
     F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01), ("inplace", False))),
-    F.gelu: ("gelu", (("approximate", "none"),)), F.silu: ("silu", (("inplace", False),)),
+    F.gelu: ("gelu", (("approximate", "none"),)),
     F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0), ("inplace", False))),
 }
 _ACT_METHODS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu", "exp": "exp"}
@@ -247,12 +245,13 @@ _UNARY_FUNCTIONS = {
     torch.abs, torch.square, torch.erf, torch.reciprocal, torch.exp2, torch.log2, torch.log10,
     torch.sinh, torch.cosh, torch.atan, torch.asinh, torch.clamp, torch.clip,
     F.softsign, F.mish, F.selu, F.celu, F.logsigmoid, F.hardsigmoid, F.hardswish, F.tanhshrink,
-    F.softshrink, F.hardshrink, F.relu6, operator.pow, torch.pow,
+    F.softshrink, F.hardshrink, F.relu6, F.silu, operator.pow, torch.pow,
 }
 _UNARY_METHODS = {"log", "log1p", "expm1", "sin", "cos", "sqrt", "rsqrt", "abs", "square", "erf",
                   "reciprocal", "exp2", "log2", "log10", "sinh", "cosh", "atan", "asinh",
                   "clamp", "clip", "pow"}
-_UNARY_MODULES = (nn.Softsign, nn.Mish, nn.SELU, nn.CELU, nn.LogSigmoid, nn.Hardsigmoid,
+# (SiLU: aten.silu_backward has no derivative itself, so it would break autograd through the result)
+_UNARY_MODULES = (nn.SiLU, nn.Softsign, nn.Mish, nn.SELU, nn.CELU, nn.LogSigmoid, nn.Hardsigmoid,
                   nn.Hardswish, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink)
 
 _ADD = {operator.add, torch.add}
@@ -899,8 +898,16 @@ def traced_jvp_columns(module: nn.Module, z: torch.Tensor):
     try:
         return _run(entry, module, z)
     except Exception as exc:  # an op torch.func cannot vectorise, an unsupported structure, ...
-        entry.failed[sig] = f"interpreting the traced graph failed: {type(exc).__name__}: {exc}"
+        if not _transforms_active():  # under an outer torch.func transform: a failure there only
+            entry.failed[sig] = f"interpreting the traced graph failed: {type(exc).__name__}: {exc}"
         return None
+
+
+def _transforms_active() -> bool:
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # pragma: no cover - private API moved
+        return False
 
 
 def unsupported_reason(module: nn.Module) -> Optional[str]:
