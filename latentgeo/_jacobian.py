@@ -167,6 +167,7 @@ def rowwise_gram(
     mode: str = "auto",
     chunk_size: Optional[int] | str = "auto",
     out_dim: Optional[int] = None,
+    fast: Optional[Callable[[torch.Tensor], Optional[tuple]]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``M = Σ_b J_bᵀ diag(w_b) J_b`` for a row-wise map with block outputs, without forming ``J``.
 
@@ -178,6 +179,9 @@ def rowwise_gram(
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` (forward when ``d ≤ K``).
         chunk_size: rows per chunk, ``None`` for all, ``"auto"`` for :func:`auto_chunk_rows`.
         out_dim: ``K = Σ K_b`` if known (saves a probe evaluation for ``"auto"``).
+        fast: optional ``z -> (blocks, columns)`` tried first in forward mode (columns
+            ``(d, n, K_b)``, e.g. :meth:`Decoder.coordinate_blocks_jvp`); ``None`` from it
+            selects the generic ``vmap(jvp)`` path.
 
     Returns:
         ``(η, M, K)``: the concatenated values ``(N, K)``, the metric ``(N, d, d)``, and ``K``.
@@ -208,7 +212,8 @@ def rowwise_gram(
             jt = jac.transpose(1, 2)
             g = jt @ jac if w is None else jt @ (torch.cat(w, 1).unsqueeze(-1) * jac)
         else:
-            outs, cols = _forward_blocks(f, zc)
+            r = fast(zc) if fast is not None else None
+            outs, cols = r if r is not None else _forward_blocks(f, zc)
             w = weights(outs) if weights else None
             g = None
             for b, c in enumerate(cols):

@@ -43,6 +43,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
+from torch.func import jvp, vmap
 
 from ._validation import as_latent_batch, describe_bad_rows
 
@@ -55,6 +56,20 @@ __all__ = [
 ]
 
 _STATEFUL_TRAIN_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _traced(f, z):
+    """``(f(z), tangent columns (d, *out.shape))`` through the fx forward-mode engine, or ``None``."""
+    if not isinstance(f, nn.Module):
+        return None
+    from ._fxjac import traced_jvp_columns
+
+    return traced_jvp_columns(f, z)
+
+
+def _outer_columns(outer, raw, cols):
+    """Push tangent columns ``(d, N, ...)`` of ``raw`` through a pure map ``outer``."""
+    return vmap(lambda t: jvp(outer, (raw,), (t,)), out_dims=(None, 0))(cols)
 
 
 def _flat(out, n: int, what: str) -> torch.Tensor:
@@ -103,6 +118,15 @@ class Decoder:
         blocks, which avoids concatenating the (large) batched tangents.
         """
         return (self.coordinates(z, kind),)
+
+    def coordinate_blocks_jvp(self, z: torch.Tensor, kind: Optional[str] = None):
+        """Fast path for the metric: ``(blocks, columns)`` with ``columns[b]`` of shape ``(d, N, K_b)``.
+
+        Decoders built from ``nn.Module``s that :func:`torch.fx.symbolic_trace` can trace go
+        through :func:`latentgeo._fxjac.traced_jvp_columns` (one matmul per linear layer, no
+        vmap/jvp dispatch overhead); ``None`` means "use the generic ``vmap(jvp)`` path".
+        """
+        return None
 
     def block_weights(self, blocks: tuple, kind: Optional[str] = None) -> Optional[tuple]:
         """Per-block diagonal weights matching :meth:`coordinate_blocks`; ``None`` when embedded."""
@@ -234,6 +258,33 @@ class GaussianDecoder(Decoder):
         mu, sd = self.mean_std(z)
         return (mu,) if kind == "mean" else (mu, sd)
 
+    def coordinate_blocks_jvp(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        n, d = z.shape
+        if self.model is not None:
+            r = _traced(self.model, z)
+            if r is None or not (isinstance(r[0], (tuple, list)) and len(r[0]) == 2):
+                return None
+            (mu, sd), (tmu, tsd) = r
+        else:
+            r = _traced(self.mean, z)
+            if r is None:
+                return None
+            mu, tmu = r
+            sd = tsd = None
+            if kind != "mean":
+                r = _traced(self.std, z)
+                if r is None:
+                    return None
+                sd, tsd = r
+        mu = _flat(mu, n, "mean")
+        if kind == "mean":
+            return (mu,), (tmu.reshape(d, n, -1),)
+        sd = _flat(sd, n, "std")
+        if mu.shape != sd.shape:
+            raise ValueError(f"decoder mean has {mu.shape[1]} outputs per code but std has {sd.shape[1]}")
+        return (mu, sd), (tmu.reshape(d, n, -1), tsd.reshape(d, n, -1))
+
     def block_weights(self, blocks, kind=None):
         if self.resolve_kind(kind) != "fisher":
             return None
@@ -306,6 +357,24 @@ class BernoulliDecoder(Decoder):
             return _bernoulli_sqrt_embedding(raw) if kind == "fisher" else torch.sigmoid(raw)
         return 2.0 * torch.asin(torch.sqrt(raw)) if kind == "fisher" else raw
 
+    def coordinate_blocks_jvp(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        f = self.logits if self.logits is not None else self.probs
+        r = _traced(f, z)
+        if r is None:
+            return None
+        n, d = z.shape
+        raw, cols = _flat(r[0], n, "logits" if self.logits is not None else "probs"), r[1].reshape(d, n, -1)
+        if self.logits is not None:
+            if kind == "fisher":
+                # d/dl [2·arcsin √σ(l)] = √(p(1−p)) = 1 / (2·cosh(l/2))
+                return (_bernoulli_sqrt_embedding(raw),), (cols * (0.5 / torch.cosh(0.5 * raw)),)
+            p = torch.sigmoid(raw)
+            return (p,), (cols * (p * (1 - p)),)
+        if kind == "fisher":
+            return _outer_columns(lambda x: (2.0 * torch.asin(torch.sqrt(x)),), raw, cols)
+        return (raw,), (cols,)
+
     def check_coordinates(self, eta, kind=None):
         super().check_coordinates(eta, kind)
         if self.probs is not None:
@@ -362,6 +431,26 @@ class CategoricalDecoder(Decoder):
             return torch.log_softmax(raw, dim=-1), True
         return raw, False
 
+    def _from_raw(self, raw, kind):
+        n = raw.shape[0]
+        if self.logits is not None:
+            x = torch.log_softmax(raw, dim=-1)
+            e = 2.0 * torch.exp(0.5 * x) if kind == "fisher" else torch.exp(x)
+        else:
+            e = 2.0 * torch.sqrt(raw) if kind == "fisher" else raw
+        return e.reshape(n, -1)
+
+    def coordinate_blocks_jvp(self, z, kind=None):
+        kind = self.resolve_kind(kind)
+        r = _traced(self.logits if self.logits is not None else self.probs, z)
+        if r is None:
+            return None
+        raw, cols = r
+        if not isinstance(raw, torch.Tensor) or raw.dim() < 2 or raw.shape[0] != z.shape[0]:
+            return None
+        out, tcols = _outer_columns(lambda x: self._from_raw(x, kind), raw, cols)
+        return (out,), (tcols,)
+
     def coordinates(self, z, kind=None):
         kind = self.resolve_kind(kind)
         n = z.shape[0]
@@ -408,6 +497,14 @@ class DeterministicDecoder(Decoder):
     def coordinates(self, z, kind=None):
         self.resolve_kind(kind)
         return _flat(self.f(z), z.shape[0], "output")
+
+    def coordinate_blocks_jvp(self, z, kind=None):
+        self.resolve_kind(kind)
+        r = _traced(self.f, z)
+        if r is None:
+            return None
+        n, d = z.shape
+        return (_flat(r[0], n, "output"),), (r[1].reshape(d, n, -1),)
 
     def distribution(self, z):
         raise NotImplementedError("a deterministic decoder has no likelihood; use coordinates(z)")

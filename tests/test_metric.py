@@ -230,3 +230,65 @@ def test_training_mode_dropout_warns():
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 3))
     with pytest.warns(RuntimeWarning, match="training mode"):
         lg.PullbackMetric(lg.DeterministicDecoder(net)).tensor(torch.zeros(2, 2))
+
+
+# ----------------------------------------------------------------------------- fx fast path
+
+
+def _net(din, dout, act=torch.nn.Tanh, seed=0, shape=None):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(din, 16), act(), torch.nn.Linear(16, dout)]
+    if shape is not None:
+        layers.append(torch.nn.Unflatten(1, shape))
+    return torch.nn.Sequential(*layers).double()
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = _net(3, 8, torch.nn.ELU, seed=3)
+        self.mu = torch.nn.Linear(8, 6).double()
+        self.sd = torch.nn.Linear(8, 6).double()
+
+    def forward(self, z):
+        h = torch.tanh(self.trunk(z))
+        return self.mu(h), torch.nn.functional.softplus(self.sd(h)) + 1e-2
+
+
+@pytest.mark.parametrize(
+    "make_decoder, kinds",
+    [
+        (lambda: lg.DeterministicDecoder(_net(3, 7, shape=(7, 1))), ["expected"]),
+        (lambda: lg.GaussianDecoder(mean=_net(3, 5), std=torch.nn.Sequential(_net(3, 5, seed=1), torch.nn.Softplus())), ["expected", "mean", "fisher"]),
+        (lambda: lg.GaussianDecoder(model=_TwoHeads()), ["expected", "mean", "fisher"]),
+        (lambda: lg.BernoulliDecoder(logits=_net(3, 6, torch.nn.Sigmoid)), ["fisher", "mean"]),
+        (lambda: lg.BernoulliDecoder(probs=torch.nn.Sequential(_net(3, 6), torch.nn.Sigmoid())), ["fisher", "mean"]),
+        (lambda: lg.CategoricalDecoder(logits=_net(3, 12, shape=(4, 3))), ["fisher", "mean"]),
+    ],
+)
+def test_fx_fast_path_equals_generic_path(make_decoder, kinds):
+    dec = make_decoder()
+    z = torch.randn(9, 3, dtype=f64)
+    for kind in kinds:
+        fast = lg.PullbackMetric(dec, kind=kind, fast_path=True)
+        slow = lg.PullbackMetric(dec, kind=kind, fast_path=False)
+        assert dec.coordinate_blocks_jvp(z, kind) is not None  # the fast path is really taken
+        torch.testing.assert_close(fast.tensor(z), slow.tensor(z), rtol=1e-12, atol=1e-13)
+
+
+def test_fx_fast_path_declines_untraceable_decoders():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 4).double()
+
+        def forward(self, z):
+            if z.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return torch.tanh(self.lin(z))
+            return self.lin(z)
+
+    dec = lg.DeterministicDecoder(Branchy())
+    z = torch.randn(5, 2, dtype=f64) + 3
+    assert dec.coordinate_blocks_jvp(z) is None
+    G = lg.PullbackMetric(dec).tensor(z)
+    torch.testing.assert_close(G, lg.PullbackMetric(dec, fast_path=False).tensor(z))
