@@ -154,6 +154,8 @@ def _lift(t: torch.Tensor, ndim: int) -> torch.Tensor:
 def _fit(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The tangent ``t`` broadcast to the full shape ``(d, *y.shape)`` (a view)."""
     shape = (t.shape[0],) + tuple(y.shape)
+    if t.dtype != y.dtype:  # e.g. a float32 input plus a float64 buffer
+        t = t.to(y.dtype)
     if t.shape == shape:
         return t
     return _lift(t, y.dim()).expand(shape)
@@ -264,6 +266,9 @@ _RESHAPE_FUNCTIONS = {torch.reshape, torch.flatten, torch.unflatten, torch.squee
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
                     "reshape_as"}
 _IDENTITY_METHODS = {"contiguous", "clone"}
+# outputs that do not depend on the values of their tensor arguments (tangent zero)
+_CONSTANT_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}
+_CONSTANT_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "detach"}
 _CAT = {torch.cat, torch.concat}
 _SPLIT_FUNCTIONS = {torch.split: ("split_size_or_sections",), torch.chunk: ("chunks",),
                     torch.unbind: ()}
@@ -390,8 +395,13 @@ def _function_rule(nd: Node, args, kwargs):
     f = nd.target
     if f in _RANDOM_FUNCTIONS:
         raise _Unsupported(f"random function {getattr(f, '__name__', f)!r}")
-    if f in _INPLACE_OPERATORS:
-        raise _Unsupported(f"in-place operator {f.__name__!r}")
+    name = getattr(f, "__name__", "")
+    if f in _INPLACE_OPERATORS or (name.endswith("_") and not name.endswith("__")):
+        raise _Unsupported(f"in-place operation {name!r}")
+    if kwargs.get("inplace", False) is not False:
+        _check_inplace(nd)
+    if f in _CONSTANT_FUNCTIONS:
+        return _r_constant, None
     if f in _DROPOUT_FUNCTIONS:
         pos, default = _DROPOUT_FUNCTIONS[f]
         training = _arg(args, kwargs, pos, "training", default)
@@ -450,7 +460,7 @@ def _method_rule(nd: Node):
         raise _Unsupported(f"random method {m!r}")
     if m.endswith("_") and not m.endswith("__"):
         raise _Unsupported(f"in-place method {m!r}")
-    if m in _SHAPE_METHODS or m == "detach":
+    if m in _SHAPE_METHODS or m in _CONSTANT_METHODS:
         return _r_constant, None
     if m in _ACT_METHODS:
         return _r_activation, (_ACT_METHODS[m], (), False)

@@ -301,3 +301,29 @@ def test_docstring_example():
 
     result = doctest.testmod(fxjac, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+class InplaceMethod(nn.Module):
+    def forward(self, x):
+        h = x * 2
+        h.add_(1.0)
+        return h
+
+
+class MixedDtype(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.linspace(0.0, 1.0, 3, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.tanh(x + self.shift) * 2.0  # float32 x + float64 buffer -> float64
+
+
+def test_inplace_method_returns_none_and_dtype_promotion():
+    assert traced_jvp_columns(InplaceMethod(), _z()) is None
+    assert "in-place" in unsupported_reason(InplaceMethod())
+    z = _z().float()
+    out, cols = traced_jvp_columns(MixedDtype(), z)
+    ref_out, ref_cols = _ref_columns(MixedDtype(), z)
+    assert out.dtype == cols.dtype == ref_cols.dtype == torch.float64
+    torch.testing.assert_close(cols, ref_cols, rtol=0, atol=TOL)
