@@ -16,10 +16,10 @@ the chain rule):
   (torch's forward-mode formula for ``addmm`` also multiplies the primal by the — zero — weight
   tangent; that ``mm`` is skipped here);
 * elementwise activations (modules, functions or methods: tanh, sigmoid, relu, softplus, elu,
-  leaky_relu, gelu, hardtanh/relu6, exp): ``t · σ'(x)`` with torch's own derivative kernels
+  leaky_relu, hardtanh/relu6, exp): ``t · σ'(x)`` with torch's own derivative kernels
   (``aten.tanh_backward`` etc. — the formulas torch's ``jvp`` uses, nothing hand-derived); other
-  unary elementwise functions (silu, log, sin, sqrt, softsign, mish, ``x ** c``, ...): ``σ'(x)`` from one
-  ``jvp`` with a tangent of ones;
+  unary elementwise functions (gelu, silu, log, sin, sqrt, softsign, mish, ``x ** c``, ...):
+  ``σ'(x)`` from one ``jvp`` with a tangent of ones;
 * ``+ − × ÷`` and negation by the sum and product rules, with broadcasting;
 * shape operations (view/reshape/flatten/unflatten/squeeze/unsqueeze, ``nn.Flatten``,
   ``nn.Unflatten``, permute/transpose, basic indexing, cat/stack/split/chunk/unbind) applied to
@@ -37,10 +37,11 @@ Scope and limits.
 
 * **First-order tangents only** (for the metric tensor ``JᵀJ``). Derivatives *of* the result
   with ordinary autograd work (all operations are differentiable torch ops and are tested
-  against the generic path). Nesting ``torch.func`` transforms through this function is not
-  what it is for — the geodesic code differentiates the pure ``embedding()`` with
-  ``torch.func`` instead; where an op has no forward derivative of its derivative (e.g. SiLU's)
-  it returns ``None`` under such a transform, without caching that as a failure.
+  against the generic path). Under an active ``torch.func`` transform (``vmap``, ``jvp``,
+  ``grad``, ``jacfwd``/``jacrev``, ...) it returns ``None``: torch's derivative kernels used
+  here are not all transformable (``aten.gelu_backward``'s own derivative fails under
+  ``jacrev``, ``aten.silu_backward`` has none), and higher-order work — the geodesic code —
+  nests ``torch.func`` through the pure ``embedding()`` with the generic path anyway.
 * Returns ``None`` — and the caller uses its generic ``vmap(jvp)`` path — when the module does
   not trace (data-dependent control flow such as ``if x.sum() > 0``, ``len(x)``...), takes more
   than one required input, returns anything but a tensor or a flat tuple/list of tensors, uses
@@ -206,10 +207,6 @@ def _d_leaky_relu(t, x, p):
     return _aten.leaky_relu_backward(t, x, p["negative_slope"], False)
 
 
-def _d_gelu(t, x, p):
-    return _aten.gelu_backward(t, x, approximate=p["approximate"])
-
-
 def _d_hardtanh(t, x, p):
     return _aten.hardtanh_backward(t, x, p["min_val"], p["max_val"])
 
@@ -217,7 +214,7 @@ def _d_hardtanh(t, x, p):
 _ACT = {
     "tanh": (True, _d_tanh), "sigmoid": (True, _d_sigmoid), "relu": (True, _d_relu),
     "exp": (True, _d_exp), "softplus": (False, _d_softplus), "elu": (False, _d_elu),
-    "leaky_relu": (False, _d_leaky_relu), "gelu": (False, _d_gelu),
+    "leaky_relu": (False, _d_leaky_relu),
     "hardtanh": (False, _d_hardtanh),
 }
 
@@ -225,7 +222,7 @@ _ACT = {
 _ACT_MODULES = [
     (nn.Tanh, "tanh", ()), (nn.Sigmoid, "sigmoid", ()), (nn.ReLU, "relu", ()),
     (nn.Softplus, "softplus", ("beta", "threshold")), (nn.ELU, "elu", ("alpha",)),
-    (nn.LeakyReLU, "leaky_relu", ("negative_slope",)), (nn.GELU, "gelu", ("approximate",)),
+    (nn.LeakyReLU, "leaky_relu", ("negative_slope",)),
     (nn.Hardtanh, "hardtanh", ("min_val", "max_val")),  # ReLU6 too
 ]
 # functions -> (kind, ((param, default), ...) after the input); "inplace" is checked separately
@@ -236,7 +233,6 @@ _ACT_FUNCTIONS = {
     F.softplus: ("softplus", (("beta", 1.0), ("threshold", 20.0))),
     F.elu: ("elu", (("alpha", 1.0), ("inplace", False))),
     F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01), ("inplace", False))),
-    F.gelu: ("gelu", (("approximate", "none"),)),
     F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0), ("inplace", False))),
 }
 _ACT_METHODS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu", "exp": "exp"}
@@ -247,13 +243,15 @@ _UNARY_FUNCTIONS = {
     torch.abs, torch.square, torch.erf, torch.reciprocal, torch.exp2, torch.log2, torch.log10,
     torch.sinh, torch.cosh, torch.atan, torch.asinh, torch.clamp, torch.clip,
     F.softsign, F.mish, F.selu, F.celu, F.logsigmoid, F.hardsigmoid, F.hardswish, F.tanhshrink,
-    F.softshrink, F.hardshrink, F.relu6, F.silu, operator.pow, torch.pow,
+    F.softshrink, F.hardshrink, F.relu6, F.silu, F.gelu, operator.pow, torch.pow,
 }
 _UNARY_METHODS = {"log", "log1p", "expm1", "sin", "cos", "sqrt", "rsqrt", "abs", "square", "erf",
                   "reciprocal", "exp2", "log2", "log10", "sinh", "cosh", "atan", "asinh",
                   "clamp", "clip", "pow"}
-# (SiLU: aten.silu_backward has no derivative itself, so it would break autograd through the result)
-_UNARY_MODULES = (nn.SiLU, nn.Softsign, nn.Mish, nn.SELU, nn.CELU, nn.LogSigmoid, nn.Hardsigmoid,
+# SiLU: aten.silu_backward has no derivative, so it would break autograd through the result;
+# GELU: aten.gelu_backward with a broadcast (d, N, ...) gradient fails under vmap-of-backward
+# (torch.autograd.functional.jacobian(vectorize=True), jacrev)
+_UNARY_MODULES = (nn.SiLU, nn.GELU, nn.Softsign, nn.Mish, nn.SELU, nn.CELU, nn.LogSigmoid, nn.Hardsigmoid,
                   nn.Hardswish, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink)
 
 _ADD = {operator.add, torch.add}
@@ -899,6 +897,8 @@ def traced_jvp_columns(module: nn.Module, z: torch.Tensor):
             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}"
             + (f" of dtype {z.dtype}" if isinstance(z, torch.Tensor) else "")
         )
+    if _transforms_active():  # first order only: under vmap/jvp/grad/jacrev... the generic path
+        return None
     entry = _entry(module)
     if isinstance(entry, str):
         return None
@@ -908,8 +908,7 @@ def traced_jvp_columns(module: nn.Module, z: torch.Tensor):
     try:
         return _run(entry, module, z)
     except Exception as exc:  # an op torch.func cannot vectorise, an unsupported structure, ...
-        if not _transforms_active():  # under an outer torch.func transform: a failure there only
-            entry.failed[sig] = f"interpreting the traced graph failed: {type(exc).__name__}: {exc}"
+        entry.failed[sig] = f"interpreting the traced graph failed: {type(exc).__name__}: {exc}"
         return None
 
 

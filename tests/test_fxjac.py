@@ -265,15 +265,23 @@ def test_float32():
 
 @pytest.mark.parametrize("act", [nn.Tanh(), nn.Sigmoid(), nn.ReLU(), nn.Softplus(), nn.ELU(), nn.LeakyReLU(0.1),
                                  nn.GELU(), nn.SiLU(), nn.Hardtanh(), nn.Mish()], ids=lambda a: repr(a))
-def test_gradients_flow_through_columns(act):
-    # reverse-mode autograd through the columns: d/dz Σ (JᵀJ) equals the generic path's
+def test_autograd_through_columns(act):
+    # reverse-mode autograd through the columns, also vectorised (vmap over the backward pass):
+    # ∂ cols / ∂z equals the generic path's
     net = nn.Sequential(nn.Linear(3, 6), act, nn.Linear(6, 4)).to(D)
-    z = _z(n=5)
-    zg = z.clone().requires_grad_(True)
-    (g1,) = torch.autograd.grad(traced_jvp_columns(net, zg)[1].square().sum(), zg)
-    zg2 = z.clone().requires_grad_(True)
-    (g2,) = torch.autograd.grad(_ref_columns(net, zg2)[1].square().sum(), zg2)
-    torch.testing.assert_close(g1, g2, rtol=0, atol=TOL)
+    z = _z(n=4)
+    for vectorize in (False, True):
+        j1 = torch.autograd.functional.jacobian(lambda x: traced_jvp_columns(net, x)[1], z, vectorize=vectorize)
+        j2 = torch.autograd.functional.jacobian(lambda x: _ref_columns(net, x)[1], z, vectorize=vectorize)
+        torch.testing.assert_close(j1, j2, rtol=0, atol=TOL)
+
+
+def test_none_under_torch_func_transforms():
+    net = _mlp(nn.Tanh())
+    seen = []
+    vmap(lambda x: seen.append(traced_jvp_columns(net, x)) or x)(_z()[None])
+    assert seen == [None]
+    assert traced_jvp_columns(net, _z()) is not None  # not cached as a failure
 
 
 def test_cache_is_weak():
