@@ -167,6 +167,10 @@ def test_graph_initialisation():
     t = torch.linspace(0, 1, 2001, dtype=D64)
     straight = metric.length(z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])
     assert float(res.length) < 0.8 * float(straight)
+    # with init="line" and a graph, failed pairs are retried from the graph path (and both failures reported)
+    res2 = connecting_geodesic(metric, z0, z1, graph=graph, tol=1e-4, max_iter=1, energy_max_iter=1)
+    assert not bool(res2.converged.any())
+    assert "line init:" in res2.reasons[0] and "graph init" in res2.reasons[0]
 
 
 def test_bad_input_raises():

@@ -14,6 +14,7 @@ from .connecting import (
     log_map,
 )
 from .energy import EnergyResult, minimize_discrete_energy
+from .graph import LatentGraph
 from .ivp import ExpMapResult, exp_map
 from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
 
@@ -32,4 +33,5 @@ __all__ = [
     "distance_matrix",
     "DistanceMatrix",
     "GeodesicConvergenceError",
+    "LatentGraph",
 ]

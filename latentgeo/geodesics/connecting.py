@@ -296,9 +296,16 @@ def _solve(metric, z0, z1, tol, init, graph, max_iter, n_points, energy_max_iter
     iters = sh["iterations"].clone()
     reasons = list(sh["reasons"])
     used = [init] * n
+    sh2 = None
     if graph is not None and init == "line" and not bool(conv.all()):
         bad = torch.nonzero(~conv).reshape(-1)
-        er2, sh2 = attempt(bad, "graph")
+        try:
+            er2, sh2 = attempt(bad, "graph")
+        except ValueError as exc:  # e.g. a pair outside the graph's connected component
+            for i in bad.tolist():
+                reasons[i] = f"line init: {reasons[i]}; graph init unavailable: {exc}"
+            er2 = sh2 = None
+    if graph is not None and init == "line" and sh2 is not None:
         iters[bad] += sh2["iterations"]
         e_iters[bad] += er2.iterations
         fixed = sh2["converged"]
