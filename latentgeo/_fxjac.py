@@ -24,6 +24,7 @@ the chain rule):
 * shape operations (view/reshape/flatten/unflatten/squeeze/unsqueeze, ``nn.Flatten``,
   ``nn.Unflatten``, permute/transpose, basic indexing, cat/stack/split/chunk/unbind) applied to
   the tangents with the leading ``d`` axis; shape queries carry no tangent;
+* ``sum``/``mean`` over given axes by the same reduction of the tangents;
 * every other node (convolutions, softmax, normalisations, ...): ``vmap(jvp(node))`` over the
   ``d`` tangents, so any traceable module is handled exactly.
 
@@ -448,6 +449,8 @@ def _function_rule(nd: Node, args, kwargs):
         return _r_cat, "stack"
     if f in _SPLIT_FUNCTIONS:
         return _r_split, (len(_SPLIT_FUNCTIONS[f]) + 1, f.__name__)
+    if f in (torch.sum, torch.mean):
+        return _r_reduce, f.__name__
     if f is getattr:
         attr = args[1] if len(args) > 1 else None
         return (_r_constant if attr in _SHAPE_ATTRS else _r_getattr), None
@@ -488,6 +491,8 @@ def _method_rule(nd: Node):
         return _r_identity, None
     if m in _SPLIT_METHODS:
         return _r_split, (len(_SPLIT_METHODS[m]) + 1, m)
+    if m in ("sum", "mean"):
+        return _r_reduce, m
     return _r_generic, None
 
 
@@ -722,6 +727,25 @@ def _r_split(step, root, a, at, kw, d, kw_has_t):
     if len(ts) != len(y) or any(ti.shape[1:] != yi.shape for ti, yi in zip(ts, y)):
         raise _Decline
     return y, tuple(ts)
+
+
+def _r_reduce(step, root, a, at, kw, d, kw_has_t):
+    """``sum``/``mean`` over given axes (linear): the same reduction of the tangent."""
+    t = _only_first(at, kw_has_t)
+    if set(kw) - {"dim", "keepdim"} or len(a) > 3:
+        raise _Decline  # dtype=..., full reductions
+    dim = _arg(a, kw, 1, "dim", None)
+    keepdim = _arg(a, kw, 2, "keepdim", False)
+    dims = (dim,) if isinstance(dim, int) else dim
+    if not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(i, int) for i in dims):
+        raise _Decline
+    if not isinstance(keepdim, bool):
+        raise _Decline
+    n = a[0].dim()
+    y = _call(step, root, a, kw)
+    tdims = tuple(i % n + 1 for i in dims)
+    r = t.sum(tdims, keepdim=keepdim) if step.params == "sum" else t.mean(tdims, keepdim=keepdim)
+    return y, _fit(r, y)
 
 
 def _tangent_tree(v, t):

@@ -137,6 +137,7 @@ class Arithmetic(nn.Module):
         y = y + self.lin(y).tanh()  # residual connection
         y = y / (1 + torch.sigmoid(y)) - self.c  # division, broadcast constant
         y = 3.0 / (2.0 + y * y) + y**2 + x.sum(-1, keepdim=True)  # scalar ÷ tensor, pow, broadcast (N,1)
+        y = y - torch.mean(y.unsqueeze(1) * self.c, dim=(1,))  # reductions over axes
         a, b = y.split([1, 2], 1)
         w = torch.cat([b, a * self.c[:1], torch.zeros_like(a) + 1.0], dim=-1)  # a constant block
         w = w.view(x.shape[0], 2, 2).transpose(1, 2)
