@@ -51,7 +51,8 @@ Scope and limits.
   not trace (data-dependent control flow such as ``if x.sum() > 0``, ``len(x)``...), takes more
   than one required input, returns anything but a tensor or a flat tuple/list of tensors, uses
   in-place operations, draws random numbers, or contains a Dropout/RReLU/BatchNorm (or
-  InstanceNorm with running statistics) in training mode; also when interpreting the graph
+  InstanceNorm with running statistics) in training mode, or has forward hooks (a trace skips
+  them; checked at every call); also when interpreting the graph
   raises (an operation ``torch.func`` cannot vectorise). :func:`unsupported_reason` says why.
   Every decision is cached, so the cost of a failed trace is paid once.
 * Parameters and buffers are read live from the module at every call (no copies): weights
@@ -84,6 +85,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_mod
 from torch.func import jvp, vmap
 from torch.fx import Node, symbolic_trace
 from torch.fx.node import map_aggregate
@@ -874,17 +876,21 @@ def _finish(template, vals, tans, d):
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def _structure_key(module: nn.Module):
-    return tuple((type(m), m.training) for m in module.modules())
-
-
 def _entry(module: nn.Module):
     """The compiled program for the module's current structure/mode, or a string saying why not."""
+    mods = list(module.modules())
+    # forward hooks are not part of a symbolic trace: leave hooked modules to the generic path
+    # (checked on every call: hooks come and go; not cached)
+    if _module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks:
+        return "global forward hooks are registered (torch.nn.modules.module.register_module_forward_hook)"
+    for m in mods:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"a {type(m).__name__} has forward hooks (a trace does not run them)"
     per_module = _CACHE.get(module)
     if per_module is None:
         per_module = {}
         _CACHE[module] = per_module
-    key = _structure_key(module)
+    key = tuple((type(m), m.training) for m in mods)
     entry = per_module.get(key)
     if entry is None:
         try:

@@ -336,3 +336,14 @@ def test_inplace_method_returns_none_and_dtype_promotion():
     ref_out, ref_cols = _ref_columns(MixedDtype(), z)
     assert out.dtype == cols.dtype == ref_cols.dtype == torch.float64
     torch.testing.assert_close(cols, ref_cols, rtol=0, atol=TOL)
+
+
+def test_forward_hooks_leave_the_module_to_the_generic_path():
+    net = _mlp(nn.Tanh())
+    z = _z()
+    _check(net, z)
+    handle = net[2].register_forward_hook(lambda mod, inp, out: 2.0 * out)  # changes the function
+    assert traced_jvp_columns(net, z) is None
+    assert "forward hooks" in unsupported_reason(net)
+    handle.remove()
+    _check(net, z)
