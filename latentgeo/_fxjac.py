@@ -35,7 +35,7 @@ stochman there, and at 0.87× the floor (``1 + d`` forward passes + ``JᵀJ``) o
 10→512→512→784 Gaussian decoder with two heads. This implementation (pre-chosen rules per node,
 torch's derivative kernels instead of a ``jvp`` per activation), measured the same way
 (process CPU time, best of 20, interleaved runs on a shared 2-core machine, columns + ``JᵀJ``
-bmm): 0.59–0.74× stochman and 0.33–0.38× the generic path in (a); 0.89–0.94× the floor and
+bmm): 0.59–0.74× stochman and 0.33–0.40× the generic path in (a); 0.89–0.94× the floor and
 ≈ 0.8× the generic path in (b).
 
 Scope and limits.
