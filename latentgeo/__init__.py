@@ -15,7 +15,20 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import Dataset, load_dataset
 from .models import VAE
 from .training import History, TrainConfig, Trainer, iwae_log_likelihood, train_vae
-from . import plotting, report
+from . import geodesics, plotting, report
+from .geodesics import (
+    DistanceMatrix,
+    ExpMapResult,
+    GeodesicConvergenceError,
+    GeodesicResult,
+    LatentGraph,
+    christoffel,
+    connecting_geodesic,
+    distance_matrix,
+    exp_map,
+    geodesic_acceleration,
+    log_map,
+)
 from .report import register_section, report_sections, write_report
 
 __version__ = "0.1.0"
@@ -42,6 +55,18 @@ __all__ = [
     "Trainer",
     "iwae_log_likelihood",
     "train_vae",
+    "geodesics",
+    "geodesic_acceleration",
+    "christoffel",
+    "exp_map",
+    "ExpMapResult",
+    "connecting_geodesic",
+    "GeodesicResult",
+    "log_map",
+    "distance_matrix",
+    "DistanceMatrix",
+    "GeodesicConvergenceError",
+    "LatentGraph",
     "plotting",
     "report",
     "register_section",

@@ -9,6 +9,12 @@ MODULES = [
     "latentgeo.decoders",
     "latentgeo.metric",
     "latentgeo.variance",
+    "latentgeo._fxjac",
+    "latentgeo.geodesics.ode",
+    "latentgeo.geodesics.ivp",
+    "latentgeo.geodesics.connecting",
+    "latentgeo.plotting",
+    "latentgeo.report",
 ]
 
 
