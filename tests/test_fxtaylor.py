@@ -1,0 +1,248 @@
+"""Tests of latentgeo._fxtaylor.traced_second_order against nested torch.func.jvp / autograd jacobians."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import jvp
+
+import latentgeo._fxjac as fj
+import latentgeo._fxtaylor as fx
+from latentgeo._fxtaylor import traced_second_order
+from latentgeo.variance import RBFPrecision
+
+TOL = 1e-11
+DT = torch.float64
+
+
+def _leaves(x):
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
+def _reference(f, z, v):
+    """out, cols (d, *out) from autograd.functional.jacobian per row, h from nested jvp."""
+    out = f(z)
+    h = jvp(lambda x: jvp(f, (x,), (v,))[1], (z,), (v,))[1]
+    n, d = z.shape
+    cols = []
+    for k, o in enumerate(_leaves(out)):
+        per_row = []
+        for r in range(n):
+            def fr(x, r=r, k=k):
+                y = _leaves(f(x[None]))[k]
+                return y[0]
+
+            jac = torch.autograd.functional.jacobian(fr, z[r])  # (*leaf_row, d)
+            per_row.append(jac.movedim(-1, 0))  # (d, *leaf_row)
+        cols.append(torch.stack(per_row, 1))
+    return out, cols, h
+
+
+def _check(module, z, v, tol=TOL, nonzero_h=True):
+    res = traced_second_order(module, z, v)
+    assert res is not None
+    out, cols, h = res
+    r_out, r_cols, r_h = _reference(module, z, v)
+    assert type(out) is type(r_out)
+    for a, b in zip(_leaves(out), _leaves(r_out)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=tol, rtol=0)
+    for a, b in zip(_leaves(cols), r_cols):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() < tol
+    for a, b in zip(_leaves(h), _leaves(r_h)):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() < tol * max(1.0, b.abs().max().item())
+        assert b.abs().max() > 1e-6 or not nonzero_h
+    return res
+
+
+@pytest.fixture
+def no_generic(monkeypatch):
+    """Fail if a node goes through the slow generic (vmap/jvp-of-jvp) path."""
+    def boom(*a, **k):
+        raise AssertionError("generic fallback used")
+
+    monkeypatch.setattr(fx, "_s_generic", boom)
+    monkeypatch.setattr(fx, "jvp", boom)
+
+
+def _zv(n=6, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=DT), torch.randn(n, d, generator=g, dtype=DT)
+
+
+@pytest.mark.parametrize(
+    "act",
+    [nn.Tanh(), nn.ELU(alpha=0.7), nn.Softplus(beta=2.0), nn.Sigmoid(), nn.LeakyReLU(0.1), nn.ReLU()],
+    ids=lambda m: type(m).__name__,
+)
+def test_mlp_activations(act, no_generic):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(3, 16), act, nn.Linear(16, 16), act, nn.Linear(16, 5)).to(DT)
+    z, v = _zv()
+    _check(net, z, v, nonzero_h=not isinstance(act, (nn.ReLU, nn.LeakyReLU)))
+
+
+def test_unary_without_closed_form_uses_nested_jvp():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 4), nn.GELU(), nn.Linear(4, 2)).to(DT)
+    z, v = _zv()
+    _check(net, z, v)
+
+
+class TwoHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(2, 12), nn.Tanh())
+        self.mu = nn.Linear(12, 4)
+        self.sd = nn.Linear(12, 4)
+
+    def forward(self, z):
+        h = self.trunk(z)
+        return self.mu(h), F.softplus(self.sd(h)) + 1e-3
+
+
+def test_two_heads(no_generic):
+    torch.manual_seed(3)
+    net = TwoHead().to(DT)
+    z, v = _zv(d=2)
+    out, cols, h = _check(net, z, v)
+    assert isinstance(out, tuple) and len(cols) == 2 and len(h) == 2
+
+
+def _rbf(d=3, c=7, out_shape=(2, 5), seed=4):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g, dtype=DT)
+    gammas = torch.rand(c, generator=g, dtype=DT) + 0.3
+    m = RBFPrecision(centers, gammas, out_shape, zeta=0.05)
+    with torch.no_grad():
+        m.log_w.copy_(torch.randn(m.log_w.shape, generator=g, dtype=DT))
+    return m
+
+
+def test_rbf_precision_fast_path(no_generic):
+    m = _rbf()
+    z, v = _zv()
+    out, cols, h = _check(m, z, v)
+    assert out.shape == (6, 2, 5) and cols.shape == (3, 6, 2, 5) and h.shape == (6, 2, 5)
+
+
+class Arith(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+
+    def forward(self, z):
+        a = self.lin(z)
+        b = torch.exp(-0.5 * a) + z.pow(2).sum(-1, keepdim=True)
+        c = a * b / (1.0 + b.pow(3)) - torch.sqrt(b) + torch.log(b) * torch.sin(a)
+        d = c.unsqueeze(-1) @ b.unsqueeze(-2)  # matmul of two varying operands (N, 4, 4)
+        e = torch.cos(d).mean(-1) + a.reciprocal() + 2.0 / b + b.rsqrt() + z[:, :1] ** 1.5 * 0 + torch.square(c)
+        return torch.cat([e, torch.softmax(c, -1)], -1)  # softmax: generic fallback
+
+
+def test_arithmetic():
+    torch.manual_seed(5)
+    m = Arith().to(DT)
+    z, v = _zv()
+    z = z.abs() + 0.5  # keep z ** 1.5 real
+    _check(m, z, v, tol=1e-10)
+
+
+def test_image_shaped_output(no_generic):
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(2, 24), nn.Tanh(), nn.Linear(24, 2 * 3 * 4), nn.Sigmoid(),
+                        nn.Unflatten(1, (2, 3, 4))).to(DT)
+    z, v = _zv(d=2)
+    out, cols, h = _check(net, z, v)
+    assert cols.shape == (2, 6, 2, 3, 4) and h.shape == (6, 2, 3, 4)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, z):
+        if z.sum() > 0:  # data-dependent control flow
+            return self.lin(z)
+        return -self.lin(z)
+
+
+def test_ineligible_returns_none():
+    z, v = _zv(d=2)
+    assert traced_second_order(Untraceable().to(DT), z, v) is None
+    drop = nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5)).to(DT)
+    assert traced_second_order(drop.train(), z, v) is None
+    assert traced_second_order(drop.eval(), z, v) is not None
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh()).to(DT)
+    res = torch.func.vmap(lambda zz: torch.tensor(traced_second_order(net, zz[None], zz[None]) is None))(z)
+    assert bool(res.all())
+
+
+def test_bad_input():
+    net = nn.Sequential(nn.Linear(2, 3)).to(DT)
+    z, v = _zv(d=2)
+    with pytest.raises(ValueError, match="v must"):
+        traced_second_order(net, z, v[:, :1])
+    with pytest.raises(ValueError, match="z must"):
+        traced_second_order(net, z[0], v[0])
+    with pytest.raises(ValueError, match="nn.Module"):
+        traced_second_order(lambda x: x, z, v)
+
+
+def test_cache_reused(monkeypatch):
+    calls = []
+    orig = fj.symbolic_trace
+
+    def counting(m):
+        calls.append(m)
+        return orig(m)
+
+    monkeypatch.setattr(fj, "symbolic_trace", counting)
+    net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+    z, v = _zv(d=2)
+    r1 = traced_second_order(net, z, v)
+    r2 = traced_second_order(net, 2 * z, v)
+    assert fj.traced_jvp_columns(net, z) is not None
+    assert len(calls) == 1
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)  # weights are read live
+    r3 = traced_second_order(net, z, v)
+    assert len(calls) == 1
+    assert not torch.allclose(r1[2], r2[2]) and not torch.allclose(r1[2], r3[2])
+
+
+class InvStereo(nn.Module):
+    def forward(self, z):
+        s = z.pow(2).sum(-1, keepdim=True)
+        return torch.cat([2.0 * z / (1.0 + s), (s - 1.0) / (1.0 + s)], -1)
+
+
+def test_geodesic_acceleration_sphere(no_generic):
+    z, v = _zv(n=9, d=2, seed=7)
+    out, cols, h = traced_second_order(InvStereo(), z, v)
+    jac = cols.permute(1, 2, 0)  # (N, K, d)
+    jt = jac.transpose(1, 2)
+    acc = -torch.linalg.solve(jt @ jac, (jt @ h.unsqueeze(-1)).squeeze(-1))
+    s = (z * z).sum(-1, keepdim=True)
+    grad_log_lam = -2.0 * z / (1.0 + s)
+    closed = -2.0 * (grad_log_lam * v).sum(-1, keepdim=True) * v + (v * v).sum(-1, keepdim=True) * grad_log_lam
+    assert (acc - closed).abs().max() < 1e-11
+    assert closed.abs().max() > 1e-2
+    assert torch.allclose(out.norm(dim=-1), torch.ones(9, dtype=DT), atol=1e-13)
+
+
+def test_float32_and_autograd_through_result():
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3))
+    z, v = (t.float() for t in _zv(d=2))
+    out, cols, h = traced_second_order(net, z, v)
+    assert h.dtype == torch.float32 and cols.dtype == torch.float32
+    ref = jvp(lambda x: jvp(net, (x,), (v,))[1], (z,), (v,))[1]
+    assert torch.allclose(h, ref, atol=1e-5)
+    zz = z.double().requires_grad_()
+    net64 = net.double()
+    g = torch.autograd.grad(traced_second_order(net64, zz, v.double())[2].sum(), zz)[0]
+    g_ref = torch.autograd.grad(jvp(lambda x: jvp(net64, (x,), (v.double(),))[1], (zz,), (v.double(),))[1].sum(), zz)[0]
+    assert torch.allclose(g, g_ref, atol=1e-12)
