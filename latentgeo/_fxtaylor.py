@@ -30,6 +30,16 @@ second-order term in the last slot:
 * any other node: the ``d + 2`` slots by ``vmap(jvp(node))`` plus ``∂²node[ẋ, ẋ]`` from a
   ``jvp`` of a ``jvp`` — exact for any differentiable op, slower.
 
+``sum``/``mean`` over a short last axis (≤ 8, e.g. the RBF head's ``(z − c).pow(2).sum(-1)``)
+are unrolled into slice additions for the value and the tangents (torch's CPU reduction over an
+innermost axis of length 2 is ~10× slower than two slice additions); the value then agrees with
+``module(z)`` to rounding, not bit for bit.
+
+Speed (CPU, one thread, float64, 300 points, best of 20, same machine, against nested
+``torch.func.jvp`` for ``h`` plus ``vmap(jvp)`` for the columns): 2→64→64→50 tanh MLP
+1.0 ms vs 4.4 ms; :class:`~latentgeo.variance.RBFPrecision` with 32 centres and 64 outputs
+0.69 ms vs 5.5 ms. The MLP case is bound by its matmuls (``d + 3`` rows of work per point).
+
 Eligibility (tracing, caching, refusals) is exactly :mod:`latentgeo._fxjac`'s: the same cached
 program is used; ``None`` is returned when that module would return ``None`` or when
 interpreting the graph raises.
@@ -215,6 +225,37 @@ def _s_matmul(step, root, a, at, kw, D):
     return y, _add_last(uy, 2.0 * torch.matmul(t1[-2], t2[-2]))
 
 
+def _s_reduce(step, root, a, at, kw, D):
+    """``sum``/``mean`` (linear). A reduction over a short last axis (the RBF head's
+    ``(z - c).pow(2).sum(-1)``) is unrolled into slice additions, value and tangents alike:
+    torch's CPU kernel for a reduction over an innermost axis of length 2 is ~10× slower."""
+    u = fj._only_first(at, False)
+    x = a[0]
+    dim = fj._arg(a, kw, 1, "dim", None)
+    keepdim = fj._arg(a, kw, 2, "keepdim", False)
+    if isinstance(dim, (tuple, list)) and len(dim) == 1:
+        dim = dim[0]
+    if (
+        not isinstance(x, torch.Tensor) or set(kw) - {"dim", "keepdim"} or len(a) > 3
+        or isinstance(dim, bool) or not isinstance(dim, int) or not isinstance(keepdim, bool)
+        or x.dim() == 0 or dim % x.dim() != x.dim() - 1 or not 1 <= x.shape[-1] <= _UNROLL
+        or not x.is_floating_point()
+    ):
+        return fj._r_reduce(step, root, a, at, kw, D, False)
+    u = _full(u, x)
+    y, t = x[..., 0], u[..., 0]
+    for k in range(1, x.shape[-1]):
+        y, t = y + x[..., k], t + u[..., k]
+    if step.params == "mean":
+        y, t = y / x.shape[-1], t / x.shape[-1]
+    if keepdim:
+        y, t = y.unsqueeze(-1), t.unsqueeze(-1)
+    return y, t
+
+
+_UNROLL = 8
+
+
 def _linear(rule):
     def r(step, root, a, at, kw, D):
         return rule(step, root, a, at, kw, D, False)
@@ -228,10 +269,11 @@ _SECOND = {
     fj._r_mul: _s_mul,
     fj._r_div: _s_div,
     fj._r_matmul: _s_matmul,
+    fj._r_reduce: _s_reduce,
 }
 # rules that are linear in the tangents (same rule for every slot of U)
 for _rule in (fj._r_constant, fj._r_identity, fj._r_linear_module, fj._r_linear_function, fj._r_add,
-              fj._r_neg, fj._r_reshape, fj._r_permute, fj._r_getitem, fj._r_cat, fj._r_split, fj._r_reduce):
+              fj._r_neg, fj._r_reshape, fj._r_permute, fj._r_getitem, fj._r_cat, fj._r_split):
     _SECOND[_rule] = _linear(_rule)
 # _r_getattr only ever returns non-tensors (else it declines): no tangent, linear
 _SECOND[fj._r_getattr] = _linear(fj._r_getattr)

@@ -246,3 +246,24 @@ def test_float32_and_autograd_through_result():
     g = torch.autograd.grad(traced_second_order(net64, zz, v.double())[2].sum(), zz)[0]
     g_ref = torch.autograd.grad(jvp(lambda x: jvp(net64, (x,), (v.double(),))[1], (zz,), (v.double(),))[1].sum(), zz)[0]
     assert torch.allclose(g, g_ref, atol=1e-12)
+
+
+class Reductions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 24)
+
+    def forward(self, z):
+        a = torch.tanh(self.lin(z)).reshape(z.shape[0], 4, 3, 2)
+        b = a.pow(2).sum(-1)  # short last axis: unrolled
+        c = a.mean(dim=(-1,), keepdim=True).squeeze(-1) * b  # unrolled mean, keepdim
+        d = torch.sum(c, 1) + b.mean(-2)  # other axis: _fxjac's rule
+        e = torch.exp(a.reshape(z.shape[0], 24)).sum(-1, keepdim=True)  # long last axis
+        return d * e
+
+
+def test_reductions(no_generic):
+    torch.manual_seed(9)
+    m = Reductions().to(DT)
+    z, v = _zv()
+    _check(m, z, v)
