@@ -6,7 +6,10 @@ For a model with a 2-D latent space and labelled data, the section
    classes (default 4: the first classes in sorted order) and all pairs among them;
 2. solves the connecting geodesics under the report's metric (``ctx.metric``: the expected
    pullback metric of the decoder) with :func:`latentgeo.geodesics.connecting_geodesic` at
-   ``tol = options["geodesic_tol"]`` (default ``1e-6``), initialised from shortest paths in a
+   ``tol = options["geodesic_tol"]`` (default ``1e-6`` for float64 models, ``1e-4`` for float32
+   ones) with bounded work (``geodesic_max_iter`` 8 Newton iterations, ``geodesic_max_steps``
+   2000 RK steps; pairs that do not converge are reported, drawn dotted, with the solver's
+   reason in ``summary.json``), initialised from shortest paths in a
    grid graph over the plot extent (:class:`~latentgeo.geodesics.graph.LatentGraph`, which
    falls back to the straight line only where that is shorter);
 3. writes ``geodesics.png`` (geodesics over the magnification map, straight lines dashed) and
@@ -67,9 +70,12 @@ def geodesics_section(ctx: ReportContext) -> dict:
     if ctx.labels is None:
         return {"skipped": "the data set has no labels, so there are no class centres"}
     n_classes = int(ctx.options.get("geodesic_classes", 4))
-    tol = float(ctx.options.get("geodesic_tol", 1e-6))
-    grid_res = int(ctx.options.get("geodesic_grid", 41))
     metric, codes = ctx.metric, ctx.codes
+    # relative length accuracy 1e-6 needs float64; float32 models get 1e-4 by default
+    tol = float(ctx.options.get("geodesic_tol", 1e-6 if codes.dtype == torch.float64 else 1e-4))
+    max_iter = int(ctx.options.get("geodesic_max_iter", 8))
+    max_steps = int(ctx.options.get("geodesic_max_steps", 2000))
+    grid_res = int(ctx.options.get("geodesic_grid", 41))
     z0, z1, names = class_centre_pairs(codes, ctx.labels, n_classes)
 
     t = time.perf_counter()
@@ -77,13 +83,13 @@ def geodesics_section(ctx: ReportContext) -> dict:
     graph = LatentGraph.grid(metric, [(x0, x1), (y0, y1)], grid_res, dtype=codes.dtype, device=codes.device)
     graph_s = time.perf_counter() - t
     t = time.perf_counter()
-    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph)
+    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph, max_iter=max_iter, max_steps=max_steps)
     solve_s = time.perf_counter() - t
     s = torch.linspace(0, 1, 513, dtype=z0.dtype, device=z0.device)[None, :, None]
     lines = z0[:, None] + s * (z1 - z0)[:, None]
     with torch.no_grad():
         straight = metric.length(lines)
-    geo = res.length.detach()
+    geo = res.length.detach()  # discrete-curve length where a pair did not converge
 
     fig, ax = ctx.magnification_figure(title="Geodesics (solid) vs straight lines (dashed) between class centres")
     labels = [f"{a} → {b}" for a, b in names]
@@ -118,7 +124,10 @@ def geodesics_section(ctx: ReportContext) -> dict:
         "n_converged": int(conv.sum()),
         "n_pairs": n,
         "init_used": list(getattr(res, "init", ["graph"] * n)),
+        "reasons": list(getattr(res, "reasons", [""] * n)),
         "tol": tol,
+        "max_iter": max_iter,
+        "max_steps": max_steps,
         "graph_nodes": int(graph.nodes.shape[0]),
         "graph_s": graph_s,
         "solve_s": solve_s,

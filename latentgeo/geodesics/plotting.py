@@ -128,19 +128,29 @@ def plot_geodesics(
         ax.set_ylim(extent[2], extent[3])
         if title:
             ax.set_title(title)
+    from matplotlib import patheffects
+
     keep = bool(ax.images)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    halo = [patheffects.Stroke(linewidth=4.2, foreground="white", alpha=0.8), patheffects.Normal()]
+    handles = []
     for i in range(n):
         label = None if names is None else names[i] + ("" if conv[i] else " (not converged)")
-        ax.plot(arr[i, :, 0], arr[i, :, 1], color=colors[i], lw=2.0, ls="-" if conv[i] else ":", label=label, zorder=5)
+        (ln,) = ax.plot(arr[i, :, 0], arr[i, :, 1], color=colors[i], lw=2.4, ls="-" if conv[i] else ":", label=label,
+                        zorder=5, path_effects=halo)
+        handles.append(ln)
         if straight:
-            ax.plot(arr[i, [0, -1], 0], arr[i, [0, -1], 1], color=colors[i], lw=1.2, ls="--", alpha=0.9, zorder=4)
+            ax.plot(arr[i, [0, -1], 0], arr[i, [0, -1], 1], color=colors[i], lw=1.4, ls="--", alpha=0.95, zorder=4,
+                    path_effects=halo)
         ax.scatter(arr[i, [0, -1], 0], arr[i, [0, -1], 1], color=colors[i], s=28, edgecolors="black", linewidths=0.7, zorder=6)
     if keep:
         ax.set_xlim(xlim)
         ax.set_ylim(ylim)
     if names is not None:
-        ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+        old = ax.get_legend()
+        if old is not None:
+            ax.add_artist(old)  # keep e.g. the codes' legend
+        ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.85, title="geodesics")
     return ax
 
 
