@@ -73,7 +73,7 @@ from torch.utils import _pytree as pytree
 
 from . import _fxjac as fj
 
-__all__ = ["traced_second_order"]
+__all__ = ["traced_second_order", "embedding_second_order"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -426,3 +426,88 @@ def traced_second_order(module: nn.Module, z: torch.Tensor, v: torch.Tensor):
     except Exception as exc:  # an op torch.func cannot transform, an unsupported structure, ...
         failed[key] = (entry, f"interpreting the traced graph failed: {type(exc).__name__}: {exc}")
         return None
+
+
+# ----------------------------------------------------------------------------- geodesic helper
+def _compose(outer, raw, cols, h, v):
+    """Push ``(raw, cols (d, N, K), h (N, K))`` through a pure map ``outer`` (second order)."""
+    xd = torch.einsum("nd,dnk->nk", v, cols)  # ∂raw·v
+    out, ocols = vmap(lambda t: jvp(outer, (raw,), (t,)), out_dims=(None, 0))(cols)
+    # ∂outer·h + ∂²outer[ẋ, ẋ] in one jvp of a jvp
+    _, oh = jvp(lambda x, xdot: jvp(outer, (x,), (xdot,))[1], (raw, xd), (xd, h))
+    return out, ocols, oh
+
+
+def embedding_second_order(metric, z: torch.Tensor, v: torch.Tensor):
+    """``(g(z), J, ∂²g(z)[v, v])`` of an embedded :class:`~latentgeo.metric.PullbackMetric`, or ``None``.
+
+    For the geodesic ODE ``γ'' = −(JᵀJ)⁻¹ Jᵀ ∂²g[γ', γ']``. ``g = metric.embedding``:
+    ``(N, d) -> (N, K)``; returns ``g (N, K)``, ``J (N, K, d)`` and ``h (N, K)``, the same numbers
+    as nested ``torch.func.jvp`` through ``metric.embedding`` (to rounding). Handles
+    :class:`~latentgeo.decoders.DeterministicDecoder`, :class:`~latentgeo.decoders.GaussianDecoder`
+    (kinds ``"expected"``/``"mean"``, ``model=`` or ``mean=``/``std=``) and
+    :class:`~latentgeo.decoders.BernoulliDecoder` whose callables are ``nn.Module``s that
+    :func:`traced_second_order` accepts. ``None`` (use nested ``jvp``) otherwise: another metric
+    or decoder, a non-embedded kind, ``metric.fast_path`` off, plain functions, an ineligible
+    module, or an active ``torch.func`` transform. No input checks (like ``metric.embedding``).
+    """
+    from .decoders import BernoulliDecoder, DeterministicDecoder, GaussianDecoder, _bernoulli_sqrt_embedding
+    from .metric import PullbackMetric
+
+    if not isinstance(metric, PullbackMetric) or not metric.is_embedded or not getattr(metric, "fast_path", True):
+        return None
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or not isinstance(v, torch.Tensor) or v.shape != z.shape:
+        return None
+    dec, kind = metric.decoder, metric.kind
+    n, d = z.shape
+
+    def call(f):
+        if not isinstance(f, nn.Module):
+            return None
+        return traced_second_order(f, z, v)
+
+    def flat(r):
+        out, cols, h = r
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+            return None
+        return out.reshape(n, -1), cols.reshape(d, n, -1), h.reshape(n, -1)
+
+    parts = []
+    if type(dec) is DeterministicDecoder:
+        r = call(dec.f)
+        parts = [r and flat(r)]
+    elif type(dec) is GaussianDecoder:
+        if dec.model is not None:
+            r = call(dec.model)
+            if r is None or not (isinstance(r[0], (tuple, list)) and len(r[0]) == 2):
+                return None
+            parts = [flat((r[0][k], r[1][k], r[2][k])) for k in range(2)]
+        else:
+            r = call(dec.mean)
+            parts = [r and flat(r)]
+            if kind != "mean":
+                r = call(dec.std)
+                parts.append(r and flat(r))
+        if kind == "mean":
+            parts = parts[:1]
+        if len(parts) == 2 and all(p is not None for p in parts) and parts[0][0].shape != parts[1][0].shape:
+            return None  # let the generic path raise its error message
+    elif type(dec) is BernoulliDecoder:
+        f = dec.logits if dec.logits is not None else dec.probs
+        r = call(f)
+        r = r and flat(r)
+        if r is None:
+            return None
+        if dec.logits is not None:
+            outer = _bernoulli_sqrt_embedding if kind == "fisher" else torch.sigmoid
+        else:
+            outer = (lambda p: 2.0 * torch.asin(torch.sqrt(p))) if kind == "fisher" else None
+        parts = [r if outer is None else _compose(outer, *r, v)]
+    else:
+        return None
+    if not parts or any(p is None for p in parts):
+        return None
+    g = torch.cat([p[0] for p in parts], 1)
+    cols = torch.cat([p[1] for p in parts], 2)
+    h = torch.cat([p[2] for p in parts], 1)
+    return g, cols.permute(1, 2, 0), h

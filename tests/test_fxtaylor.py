@@ -267,3 +267,59 @@ def test_reductions(no_generic):
     m = Reductions().to(DT)
     z, v = _zv()
     _check(m, z, v)
+
+
+def _mlp(d_in, d_out, act=nn.Tanh, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 10), act(), nn.Linear(10, d_out)).to(DT)
+
+
+def _embedding_cases():
+    from latentgeo.decoders import BernoulliDecoder, DeterministicDecoder, GaussianDecoder
+    from latentgeo.metric import PullbackMetric
+
+    rbf = _rbf(d=2, c=5, out_shape=(6,), seed=11)
+    sig = nn.Sequential(_mlp(2, 6, seed=4), nn.Sigmoid())
+    return {
+        "deterministic": PullbackMetric(DeterministicDecoder(_mlp(2, 5, seed=1))),
+        "gauss-rbf-expected": PullbackMetric(GaussianDecoder(mean=_mlp(2, 6, seed=2), std=rbf)),
+        "gauss-rbf-mean": PullbackMetric(GaussianDecoder(mean=_mlp(2, 6, seed=2), std=rbf), kind="mean"),
+        "gauss-model": PullbackMetric(GaussianDecoder(model=TwoHead().to(DT))),
+        "bernoulli-logits-fisher": PullbackMetric(BernoulliDecoder(logits=_mlp(2, 6, nn.ELU, seed=3))),
+        "bernoulli-logits-mean": PullbackMetric(BernoulliDecoder(logits=_mlp(2, 6, seed=3)), kind="mean"),
+        "bernoulli-probs-fisher": PullbackMetric(BernoulliDecoder(probs=sig)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_embedding_cases()))
+def test_embedding_second_order_matches_geodesic_acceleration(name):
+    from latentgeo.geodesics.ode import geodesic_acceleration
+
+    metric = _embedding_cases()[name]
+    z, v = _zv(n=5, d=2, seed=12)
+    g, jac, h = fx.embedding_second_order(metric, z, v)
+    emb = metric.embedding
+    g_ref = emb(z)
+    h_ref = jvp(lambda x: jvp(emb, (x,), (v,))[1], (z,), (v,))[1]
+    jac_ref = torch.stack([torch.autograd.functional.jacobian(lambda x: emb(x[None])[0], z[r]) for r in range(5)])
+    assert (g - g_ref).abs().max() < TOL
+    assert jac.shape == jac_ref.shape and (jac - jac_ref).abs().max() < TOL
+    assert (h - h_ref).abs().max() < TOL and h_ref.abs().max() > 1e-6
+    jt = jac.transpose(1, 2)
+    acc = -torch.linalg.solve(jt @ jac, (jt @ h.unsqueeze(-1)).squeeze(-1))
+    assert (acc - geodesic_acceleration(metric, z, v)).abs().max() < 1e-9
+
+
+def test_embedding_second_order_declines():
+    from latentgeo.decoders import CategoricalDecoder, DeterministicDecoder, GaussianDecoder
+    from latentgeo.metric import MetricField, PullbackMetric
+
+    z, v = _zv(n=4, d=2)
+    net = _mlp(2, 6)
+    assert fx.embedding_second_order(PullbackMetric(GaussianDecoder(mean=net, std=_rbf(2, 3, (6,))), kind="fisher"), z, v) is None
+    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(lambda x: net(x))), z, v) is None
+    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(net), fast_path=False), z, v) is None
+    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(Untraceable().to(DT))), z, v) is None
+    assert fx.embedding_second_order(PullbackMetric(CategoricalDecoder(logits=net)), z, v) is None
+    assert fx.embedding_second_order(MetricField(lambda x: torch.eye(2, dtype=DT).expand(x.shape[0], 2, 2)), z, v) is None
+    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(net)), z, v) is not None
