@@ -285,6 +285,7 @@ def _embedding_cases():
         "gauss-rbf-expected": PullbackMetric(GaussianDecoder(mean=_mlp(2, 6, seed=2), std=rbf)),
         "gauss-rbf-mean": PullbackMetric(GaussianDecoder(mean=_mlp(2, 6, seed=2), std=rbf), kind="mean"),
         "gauss-model": PullbackMetric(GaussianDecoder(model=TwoHead().to(DT))),
+        "gauss-model-mean": PullbackMetric(GaussianDecoder(model=TwoHead().to(DT)), kind="mean"),
         "bernoulli-logits-fisher": PullbackMetric(BernoulliDecoder(logits=_mlp(2, 6, nn.ELU, seed=3))),
         "bernoulli-logits-mean": PullbackMetric(BernoulliDecoder(logits=_mlp(2, 6, seed=3)), kind="mean"),
         "bernoulli-probs-fisher": PullbackMetric(BernoulliDecoder(probs=sig)),
