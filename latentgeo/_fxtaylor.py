@@ -328,10 +328,21 @@ def _run(prog, root: nn.Module, z: torch.Tensor, v: torch.Tensor):
             continue
         if op == "output":
             return _finish(s.args[0], vals, tans, d)
-        a, at = fj._gather(list(s.args), vals, tans)
-        kw, kwt = fj._gather(dict(s.kwargs), vals, tans)
-        has_t = fj._has_tangent(at)
-        kw_has_t = fj._has_tangent(kwt)
+        if s.flat:  # no nested argument containers (most nodes): skip the generic gathering
+            a = [vals[x.i] if type(x) is fj._Ref else x for x in s.args]
+            at = [tans[x.i] if type(x) is fj._Ref else None for x in s.args]
+            has_t = any(t is not None for t in at)
+            if s.kwargs:
+                kw = {k: vals[x.i] if type(x) is fj._Ref else x for k, x in s.kwargs.items()}
+                kwt = {k: tans[x.i] if type(x) is fj._Ref else None for k, x in s.kwargs.items()}
+                kw_has_t = fj._has_tangent(kwt)
+            else:
+                kw, kwt, kw_has_t = s.kwargs, None, False
+        else:
+            a, at = fj._gather(list(s.args), vals, tans)
+            kw, kwt = fj._gather(dict(s.kwargs), vals, tans)
+            has_t = fj._has_tangent(at)
+            kw_has_t = fj._has_tangent(kwt)
         if not (has_t or kw_has_t):
             vals[i] = fj._call(s, root, a, kw)
             continue
