@@ -73,8 +73,9 @@ def _zv(n=6, d=3, seed=0):
 
 @pytest.mark.parametrize(
     "act",
-    [nn.Tanh(), nn.ELU(alpha=0.7), nn.Softplus(beta=2.0), nn.Sigmoid(), nn.LeakyReLU(0.1), nn.ReLU()],
-    ids=lambda m: type(m).__name__,
+    [nn.Tanh(), nn.ELU(alpha=0.7), nn.ELU(alpha=1.3, inplace=True), nn.Softplus(beta=2.0, threshold=1.0), nn.Sigmoid(),
+     nn.LeakyReLU(0.1), nn.ReLU()],
+    ids=lambda m: type(m).__name__ + ("_inplace" if getattr(m, "inplace", False) else ""),
 )
 def test_mlp_activations(act, no_generic):
     torch.manual_seed(1)
