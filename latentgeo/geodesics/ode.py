@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 from torch.func import jvp, vmap
 
+from .._fxtaylor import embedding_second_order
 from .._validation import as_latent_batch
 from ..metric import Metric, MetricField, PullbackMetric
 
@@ -130,11 +131,18 @@ def acceleration_fn(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], to
         g = metric.embedding
 
         def acc(z, v):
-            def dg(x):
-                return jvp(g, (x,), (v,))[1]
+            # nn.Module decoders: J and ∂²g[v, v] in one Taylor-mode pass through a torch.fx
+            # trace (latentgeo._fxtaylor; 5-12x faster than nested jvp); None -> generic path
+            r = embedding_second_order(metric, z, v)
+            if r is not None:
+                _, jac, h = r  # (N, K, d), (N, K)
+            else:
 
-            _, h = jvp(dg, (z,), (v,))  # ∂²g[v, v]  (N, K)
-            _, jac = _rowwise_jac(g, z)  # (N, K, d)
+                def dg(x):
+                    return jvp(g, (x,), (v,))[1]
+
+                _, h = jvp(dg, (z,), (v,))  # ∂²g[v, v]  (N, K)
+                _, jac = _rowwise_jac(g, z)  # (N, K, d)
             if ridge > 0.0:
                 jt = jac.transpose(1, 2)
                 m = jt @ jac + ridge * torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
