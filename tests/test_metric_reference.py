@@ -127,19 +127,28 @@ def test_bernoulli_fisher_equals_formula_on_p(mode, chunk_size):
     assert_close(g_probs, g, rtol=1e-9)
 
 
+def _linear_logits(w, as_module):
+    """``z ↦ z wᵀ`` as a plain function (generic vmap-jvp path) or an ``nn.Linear`` (traced path)."""
+    if not as_module:
+        return lambda z: z @ w.T
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False).to(w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    return lin.eval()
+
+
+@pytest.mark.parametrize("as_module", [False, True])
 @pytest.mark.parametrize("scale", [30.0, 40.0])
-def test_bernoulli_fisher_saturated_logits_stays_finite_and_exact(scale):
+def test_bernoulli_fisher_saturated_logits_stays_finite_and_exact(scale, as_module):
     """All pixels saturated: |l| ≈ 30 (p(1−p) ≈ 1e-13) and ≈ 40 (σ(l) rounds to 1.0 in float64)."""
     w = scale * torch.tensor([[1.0, -0.02], [-1.02, 0.01], [0.97, 0.03], [-1.0, -0.01]], dtype=F64)
-
-    def logits(z):
-        return z @ w.T
+    logits = _linear_logits(w, as_module)
 
     z = torch.tensor([[1.0, 0.0], [1.01, 0.2], [0.99, -0.1]], dtype=F64)
     for mode in ("forward", "reverse"):
         g = PullbackMetric(BernoulliDecoder(logits=logits), mode=mode).tensor(z)
         assert torch.isfinite(g).all()
-        l = logits(z)
+        l = logits(z).detach()
         v = torch.sigmoid(l) * torch.sigmoid(-l)  # p(1−p) without cancellation
         ref = gram(w.expand(3, 4, 2), v)  # J_lᵀ diag(p(1−p)) J_l, exact in logit coordinates
         assert float(ref.abs().max()) < 1e-9  # really saturated
@@ -171,20 +180,29 @@ def test_categorical_fisher_equals_formula_on_pi(mode, chunk_size):
     assert float((wrong - g).detach().abs().max()) > 1e-3
 
 
+class _Reshape(nn.Module):
+    def forward(self, x):
+        return x.reshape(x.shape[0], 4, 3)
+
+
+@pytest.mark.parametrize("as_module", [False, True])
 @pytest.mark.parametrize("scale", [30.0, 1000.0])
-def test_categorical_fisher_saturated_logits_stays_finite_and_exact(scale):
+def test_categorical_fisher_saturated_logits_stays_finite_and_exact(scale, as_module):
     """Logit gaps ≈ 30-60 (π ≈ e^-60) and ≈ 1000 (softmax underflows to exactly 0 in float64)."""
     torch.manual_seed(11)
     w = scale * torch.randn(12, 2, dtype=F64)
+    if as_module:
+        logits = nn.Sequential(_linear_logits(w, True), _Reshape())
+    else:
 
-    def logits(z):
-        return (z @ w.T).reshape(z.shape[0], 4, 3)
+        def logits(z):
+            return (z @ w.T).reshape(z.shape[0], 4, 3)
 
     z = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(12))
-    assert float(logits(z).abs().max()) > 0.8 * scale
+    assert float(logits(z).detach().abs().max()) > 0.8 * scale
     g = PullbackMetric(CategoricalDecoder(logits=logits)).tensor(z)
     assert torch.isfinite(g).all()
-    pi = torch.softmax(logits(z), -1)  # (N, 4, 3)
+    pi = torch.softmax(logits(z).detach(), -1)  # (N, 4, 3)
     # J_lᵀ (diag π − ππᵀ) J_l per group is the covariance of the rows j_c of J_l under π:
     # Σ_c π_c (j_c − j̄)(j_c − j̄)ᵀ, a form without the cancellation in 1 − π_dominant
     jl = w.reshape(4, 3, 2)
@@ -193,7 +211,7 @@ def test_categorical_fisher_saturated_logits_stays_finite_and_exact(scale):
     ref = torch.einsum("ngc,ngci,ngcj->nij", pi, dev, dev)
     scale_ref = ref.abs().amax((1, 2), keepdim=True)
     # each point relative to its own metric's size (all tiny when saturated)
-    assert float(((g - ref).abs() / scale_ref.clamp_min(1e-300)).max()) < 1e-8 or float(scale_ref.max()) == 0.0
+    assert float(((g.detach() - ref).abs() / scale_ref.clamp_min(1e-300)).max()) < 1e-8 or float(scale_ref.max()) == 0.0
 
 
 # ------------------------------------------------------------------------- Gaussian Fisher
@@ -328,6 +346,27 @@ def test_non_vmappable_decoder_uses_loop_path_with_warning():
         warnings.simplefilter("error", RuntimeWarning)  # reverse mode vectorises fine here
         g_rev = PullbackMetric(DeterministicDecoder(f), mode="reverse").tensor(z)
     assert_close(g_rev, ref)
+
+
+class _NoVmapModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 6)
+
+    def forward(self, z):
+        return _TanhNoVmap.apply(2.0 * self.lin(z))
+
+
+def test_non_vmappable_module_decoder_matches_reference():
+    """An ``nn.Module`` holding an op without a vmap rule (traced fast path, or fallback with a warning)."""
+    torch.manual_seed(26)
+    mod = _NoVmapModule().to(F64).eval()
+    z = torch.randn(10, 3, dtype=F64)
+    ref = gram(per_point_jacobian(lambda x: torch.tanh(2.0 * mod.lin(x)), z))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the loop-path warning, if that path is taken
+        for mode in ("forward", "reverse"):
+            assert_close(PullbackMetric(DeterministicDecoder(mod), mode=mode, chunk_size=4).tensor(z), ref)
 
 
 def test_requires_grad_parameters_and_gradient_through_metric():
