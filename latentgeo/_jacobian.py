@@ -66,9 +66,15 @@ def _forward(f, z):
         )
         cols_l = []
         out = None
-        for i in range(d):
-            out, c = jvp(f, (z,), (tangents[i],))
-            cols_l.append(c)
+        try:
+            for i in range(d):
+                out, c = jvp(f, (z,), (tangents[i],))
+                cols_l.append(c)
+        except RuntimeError as exc2:
+            raise ValueError(
+                f"the decoder cannot be differentiated with torch.func.jvp: {exc2} "
+                "(in-place writes into tensors created outside the decoder are not supported)"
+            ) from exc2
         cols = torch.stack(cols_l, 0)
     return out, cols.permute(1, 2, 0)  # (N, K, d)
 
@@ -154,7 +160,13 @@ def _forward_blocks(f, z):
             RuntimeWarning,
             stacklevel=4,
         )
-        per_dir = [jvp(f, (z,), (tangents[i],)) for i in range(d)]
+        try:
+            per_dir = [jvp(f, (z,), (tangents[i],)) for i in range(d)]
+        except RuntimeError as exc2:
+            raise ValueError(
+                f"the decoder cannot be differentiated with torch.func.jvp: {exc2} "
+                "(in-place writes into tensors created outside the decoder are not supported)"
+            ) from exc2
         outs = per_dir[0][0]
         cols = tuple(torch.stack([p[1][b] for p in per_dir], 0) for b in range(len(outs)))
     return tuple(outs), tuple(cols)

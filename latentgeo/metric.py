@@ -127,12 +127,21 @@ class Metric:
         return torch.exp(self.log_volume(z))
 
     def inner(self, z, u, v) -> torch.Tensor:
-        """``⟨u, v⟩_{M(z)}`` for batches ``(N, d)``."""
-        g = self.tensor(z)
-        return torch.einsum("...i,...ij,...j->...", u, g, v)
+        """``⟨u, v⟩_{M(z)}`` for batches ``(N, d)`` (or single vectors ``(d,)``)."""
+        zz, single = self._check_z(z)
+        uu, _ = as_latent_batch(u, zz.shape[1], name="u")
+        vv, _ = as_latent_batch(v, zz.shape[1], name="v")
+        if uu.shape != zz.shape or vv.shape != zz.shape:
+            raise ValueError(
+                f"z, u and v must have the same shape, got {tuple(zz.shape)}, {tuple(uu.shape)} and {tuple(vv.shape)}"
+            )
+        g = self._apply_ridge(self._raw_tensor(zz))
+        out = torch.einsum("ni,nij,nj->n", uu.to(g.dtype), g, vv.to(g.dtype))
+        return out[0] if single else out
 
     def norm(self, z, v) -> torch.Tensor:
         """``‖v‖_{M(z)}``, shape ``(N,)``."""
+        as_latent_batch(v, None, name="v")
         return self.inner(z, v, v).clamp_min(0).sqrt()
 
     def energy(self, curve) -> torch.Tensor:

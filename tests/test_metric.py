@@ -292,3 +292,30 @@ def test_fx_fast_path_declines_untraceable_decoders():
     assert dec.coordinate_blocks_jvp(z) is None
     G = lg.PullbackMetric(dec).tensor(z)
     torch.testing.assert_close(G, lg.PullbackMetric(dec, fast_path=False).tensor(z))
+
+
+def test_inner_and_norm_validate_vectors():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(inv_stereo))
+    z = torch.zeros(3, 2, dtype=f64)
+    v = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]], dtype=f64)
+    # at the origin M = 4 I, so ‖v‖ = 2 |v|
+    torch.testing.assert_close(metric.norm(z, v), 2 * v.norm(dim=1))
+    assert metric.inner(z[0], v[0], v[1]).shape == ()
+    with pytest.raises(ValueError, match="v contains NaN"):
+        metric.norm(z, torch.full((3, 2), float("nan"), dtype=f64))
+    with pytest.raises(ValueError, match="same shape"):
+        metric.inner(z, v[:2], v)
+
+
+def test_decoder_writing_into_captured_tensor_gets_clear_error():
+    lin = torch.nn.Linear(2, 3)
+    running = torch.zeros(3)
+
+    def dec(z):
+        out = lin(z)
+        running.add_(out.sum(0))  # in-place write of a differentiated value into a captured tensor
+        return out
+
+    with pytest.raises(ValueError, match="cannot be differentiated"):
+        with pytest.warns(RuntimeWarning):
+            lg.PullbackMetric(lg.DeterministicDecoder(dec)).tensor(torch.zeros(4, 2))
