@@ -6,8 +6,8 @@ For a model with a 2-D latent space and labelled data, the section
    classes (default 4: the first classes in sorted order) and all pairs among them;
 2. solves the connecting geodesics under the report's metric (``ctx.metric``: the expected
    pullback metric of the decoder) with :func:`latentgeo.geodesics.connecting_geodesic` at
-   ``tol = options["geodesic_tol"]`` (default ``1e-6`` for float64 models, ``1e-4`` for float32
-   ones) with bounded work (``geodesic_max_iter`` 8 Newton iterations, ``geodesic_max_steps``
+   ``tol = options["geodesic_tol"]`` (default ``1e-6``; float32 models are solved on a float64
+   copy, since 1e-6 needs float64) with bounded work (``geodesic_max_iter`` 20 Newton iterations, ``geodesic_max_steps``
    2000 RK steps; pairs that do not converge are reported, drawn dotted, with the solver's
    reason in ``summary.json``), initialised from shortest paths in a
    grid graph over the plot extent (:class:`~latentgeo.geodesics.graph.LatentGraph`, which
@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 
@@ -71,9 +72,15 @@ def geodesics_section(ctx: ReportContext) -> dict:
         return {"skipped": "the data set has no labels, so there are no class centres"}
     n_classes = int(ctx.options.get("geodesic_classes", 4))
     metric, codes = ctx.metric, ctx.codes
-    # relative length accuracy 1e-6 needs float64; float32 models get 1e-4 by default
+    if codes.dtype != torch.float64 and hasattr(ctx.model, "double") and hasattr(ctx.model, "decoder_for_analysis"):
+        # certifying a geodesic to 1e-6 relative length needs float64 (float32 stalls near 1e-5):
+        # solve on a float64 copy of the model, leaving the model itself untouched
+        from .metric import PullbackMetric
+
+        model64 = copy.deepcopy(ctx.model).double().eval()
+        metric, codes = PullbackMetric(model64.decoder_for_analysis()), codes.double()
     tol = float(ctx.options.get("geodesic_tol", 1e-6 if codes.dtype == torch.float64 else 1e-4))
-    max_iter = int(ctx.options.get("geodesic_max_iter", 8))
+    max_iter = int(ctx.options.get("geodesic_max_iter", 20))
     max_steps = int(ctx.options.get("geodesic_max_steps", 2000))
     grid_res = int(ctx.options.get("geodesic_grid", 41))
     z0, z1, names = class_centre_pairs(codes, ctx.labels, n_classes)
@@ -105,7 +112,7 @@ def geodesics_section(ctx: ReportContext) -> dict:
     item_shape = getattr(ctx.dataset, "item_shape", None)
     item_shape = tuple(item_shape) if item_shape is not None and len(item_shape) == 2 else None
     if item_shape is not None or int(np.sqrt(ctx.data.shape[1])) ** 2 == ctx.data.shape[1]:
-        fig = plot_decoded_strips(ctx.decoder, rows, n_images=len(tt), item_shape=item_shape, row_labels=row_labels,
+        fig = plot_decoded_strips(ctx.decoder, rows.to(ctx.codes.dtype), n_images=len(tt), item_shape=item_shape, row_labels=row_labels,
                                   title="Decoded along geodesics and straight lines")
         ctx.save_figure(fig, "geodesic_strips.png")
         strips = True
