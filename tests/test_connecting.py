@@ -204,3 +204,31 @@ def test_float32_follows_dtype_and_matches_float64():
     assert bool(r32.converged.all()) and bool(r64.converged.all())
     assert r32.length.dtype == torch.float32 and r32.curve(torch.tensor([0.5])).dtype == torch.float32
     torch.testing.assert_close(r32.length.double(), r64.length, rtol=1e-4, atol=0)
+
+
+def test_non_minimising_geodesic_is_flagged_not_reported_as_distance():
+    """Initialised the long way round the equator, the solver finds the 270° great-circle arc: a
+    geodesic, but longer than the straight line, so it must not be reported as converged."""
+    import math
+
+    import latentgeo as lg
+
+    def inv_stereo(z):
+        s = (z * z).sum(1, keepdim=True)
+        return torch.cat([2 * z / (1 + s), (s - 1) / (1 + s)], 1)
+
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(inv_stereo))
+
+    class LongWay:  # duck-typed graph: initial curves along the unit circle, clockwise
+        def initial_curves(self, z0, z1, n_points):
+            t = torch.linspace(0, -1.5 * math.pi, n_points, dtype=torch.float64)
+            return torch.stack([torch.cos(t), torch.sin(t)], 1)[None].expand(z0.shape[0], -1, -1)
+
+    z0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    long_way = lg.connecting_geodesic(metric, z0, z1, init="graph", graph=LongWay())
+    assert not bool(long_way.converged[0])
+    assert "not the shortest path" in long_way.reasons[0]
+    short_way = lg.connecting_geodesic(metric, z0, z1)
+    assert bool(short_way.converged[0])
+    assert abs(short_way.length[0].item() - math.pi / 2) < 1e-6

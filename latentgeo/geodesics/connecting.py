@@ -79,7 +79,8 @@ class GeodesicResult:
         z0, z1: ``(N, d)`` endpoints.
         length: ``(N,)`` geodesic lengths ``‖γ'(0)‖_{M(z0)}`` (discrete-curve length where not converged).
         energy: ``(N,)`` curve energies ``∫‖γ'‖² dt = length²`` on ``[0, 1]`` (discrete energy where not converged).
-        converged: ``(N,)`` bool — certified geodesic (Newton converged, certification passed).
+        converged: ``(N,)`` bool — certified geodesic (Newton converged, certification passed) that is
+            not longer than the straight line (otherwise a non-shortest geodesic, flagged with a reason).
         residual: ``(N,)`` Euclidean endpoint mismatch ``‖γ(1) − z1‖`` of the certified ODE solution.
         rel_residual: ``(N,)`` ``‖γ(1) − z1‖_{M(z1)} / length`` (the relative length accuracy to first order).
         speed_drift: ``(N,)`` ``|‖γ'(1)‖ − ‖γ'(0)‖| / ‖γ'(0)‖`` along the certified solution.
@@ -360,6 +361,25 @@ def _solve(metric, z0, z1, tol, init, graph, max_iter, n_points, energy_max_iter
         elif not bool(drift[i] <= max(tol, 100 * torch.finfo(dt).eps)):
             reasons[i] = f"certification failed: speed drift {float(drift[i]):.2e} > tol {tol:g}"
             conv[i] = False
+    # minimality: a shortest path is never longer than the straight line (a feasible curve). A
+    # certified ODE solution longer than it is a geodesic, but not the shortest one (shooting
+    # can land on another critical point of the energy): flag it rather than report its length
+    # as a distance. The line is measured with 129 points (forward passes only for embedded
+    # metrics); the 2% margin covers its discretisation error, so only clear cases are flagged.
+    if n and bool(conv.any()):
+        s_line = torch.linspace(0, 1, 129, dtype=dt, device=dev)[None, :, None]
+        idx = torch.nonzero(conv).reshape(-1)
+        with torch.no_grad():
+            line_len = metric.length(z0[idx, None] + s_line * (z1[idx] - z0[idx])[:, None])
+        longer = length[idx] > 1.02 * line_len
+        for j, i in enumerate(idx.tolist()):
+            if bool(longer[j]):
+                conv[i] = False
+                reasons[i] = (
+                    f"the certified ODE solution (length {float(length[i]):.6g}) is longer than the straight line "
+                    f"(length {float(line_len[j]):.6g}): a geodesic, but not the shortest path; try init='graph' "
+                    "or more discretisation points"
+                )
     # non-converged pairs: report the discrete curve (flagged), never the ODE guess
     disc_len = metric.length(curve_d) if n else torch.zeros(0, dtype=dt)
     disc_en = metric.energy(curve_d) if n else torch.zeros(0, dtype=dt)
