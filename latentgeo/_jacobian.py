@@ -46,37 +46,9 @@ def choose_mode(mode: str, d: int, k: int) -> str:
 
 
 def _forward(f, z):
-    n, d = z.shape
-    eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    tangents = eye[:, None, :].expand(d, n, d)
-
-    def one(t):
-        return jvp(f, (z,), (t,))
-
-    try:
-        out, cols = vmap(one, out_dims=(None, 0))(tangents)  # cols: (d, N, K)
-    except ValueError:  # our own checks on the decoder output: report, don't retry
-        raise
-    except Exception as exc:  # not vmappable (in-place ops on captured tensors, .item(), ...)
-        warnings.warn(
-            f"decoder could not be vectorised over tangent directions with torch.func.vmap ({exc}); "
-            f"computing the {d} Jacobian columns one jvp at a time (still batched over points)",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        cols_l = []
-        out = None
-        try:
-            for i in range(d):
-                out, c = jvp(f, (z,), (tangents[i],))
-                cols_l.append(c)
-        except RuntimeError as exc2:
-            raise ValueError(
-                f"the decoder cannot be differentiated with torch.func.jvp: {exc2} "
-                "(in-place writes into tensors created outside the decoder are not supported)"
-            ) from exc2
-        cols = torch.stack(cols_l, 0)
-    return out, cols.permute(1, 2, 0)  # (N, K, d)
+    """Forward mode for a map returning one tensor: ``(out (n, K), J (n, K, d))``."""
+    outs, cols = _forward_blocks(lambda x: (f(x),), z)
+    return outs[0], cols[0].permute(1, 2, 0)
 
 
 def _reverse(f, z, k):
