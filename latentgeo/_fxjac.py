@@ -613,7 +613,7 @@ def _r_div(step, root, a, at, kw, d, kw_has_t):
     y = _call(step, root, a, kw)
     if not isinstance(y, torch.Tensor):
         raise _Decline
-    (x1, x2), (t1, t2) = a, at
+    x2, (t1, t2) = a[1], at
     nd = y.dim()
     if t2 is None:
         t = _lift(t1, nd) / x2

@@ -138,6 +138,21 @@ def _metric_dtype_device(metric, codes):
     return _decoder_dtype_device(getattr(metric, "decoder", None))
 
 
+def _as_decode_fn(decode_fn, dtype, device):
+    """``(callable z -> mean image, dtype, device)`` from a latentgeo Decoder or a callable."""
+    from .decoders import Decoder
+
+    if isinstance(decode_fn, Decoder):
+        dec = decode_fn
+        if dtype is None or device is None:
+            d0, dev0 = _decoder_dtype_device(dec)
+            dtype, device = dtype or d0, device or dev0
+        return (lambda z: dec.distribution(z).mean), dtype, device
+    if not callable(decode_fn):
+        raise ValueError(f"decode_fn must be callable or a latentgeo Decoder, got {type(decode_fn).__name__}")
+    return decode_fn, dtype, device
+
+
 def _decoder_dtype_device(dec):
     """dtype/device of a latentgeo decoder's first parameter (or floating buffer)."""
     if dec is not None and hasattr(dec, "_modules"):
@@ -343,23 +358,12 @@ def plot_image_grid(
     Returns:
         the Axes (mosaic in ``ax.images[0]``).
     """
-    from .decoders import Decoder
 
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     n = int(n)
     extent = _check_extent(extent)
-    if isinstance(decode_fn, Decoder):
-        dec = decode_fn
-
-        def decode_fn(z):
-            return dec.distribution(z).mean
-
-        if dtype is None or device is None:
-            d0, dev0 = _decoder_dtype_device(dec)
-            dtype, device = dtype or d0, device or dev0
-    elif not callable(decode_fn):
-        raise ValueError(f"decode_fn must be callable or a latentgeo Decoder, got {type(decode_fn).__name__}")
+    decode_fn, dtype, device = _as_decode_fn(decode_fn, dtype, device)
     xmin, xmax, ymin, ymax = extent
     # tile centres: cell midpoints so the mosaic covers extent exactly
     xs = xmin + (np.arange(n) + 0.5) * (xmax - xmin) / n
@@ -614,24 +618,13 @@ def plot_decoded_strip(
         the Axes (the strip is ``ax.images[0]``, image ``k`` in columns
         ``[gap + k(W+gap), gap + k(W+gap) + W)``).
     """
-    from .decoders import Decoder
 
     pts = _to_numpy(points, "points")
     if pts.ndim != 2 or pts.shape[0] < 1:
         raise ValueError(f"points must have shape (T, d) with T >= 1, got {pts.shape}")
     if not np.isfinite(pts).all():
         raise ValueError("points contain NaN/inf")
-    if isinstance(decode_fn, Decoder):
-        dec = decode_fn
-
-        def decode_fn(z):
-            return dec.distribution(z).mean
-
-        if dtype is None or device is None:
-            d0, dev0 = _decoder_dtype_device(dec)
-            dtype, device = dtype or d0, device or dev0
-    elif not callable(decode_fn):
-        raise ValueError(f"decode_fn must be callable or a latentgeo Decoder, got {type(decode_fn).__name__}")
+    decode_fn, dtype, device = _as_decode_fn(decode_fn, dtype, device)
     if isinstance(points, torch.Tensor) and dtype is None:
         dtype, device = points.dtype, points.device
     z = torch.as_tensor(pts, dtype=dtype or torch.get_default_dtype(), device=device)

@@ -209,15 +209,7 @@ def test_float32_follows_dtype_and_matches_float64():
 def test_non_minimising_geodesic_is_flagged_not_reported_as_distance():
     """Initialised the long way round the equator, the solver finds the 270° great-circle arc: a
     geodesic, but longer than the straight line, so it must not be reported as converged."""
-    import math
-
-    import latentgeo as lg
-
-    def inv_stereo(z):
-        s = (z * z).sum(1, keepdim=True)
-        return torch.cat([2 * z / (1 + s), (s - 1) / (1 + s)], 1)
-
-    metric = lg.PullbackMetric(lg.DeterministicDecoder(inv_stereo))
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
 
     class LongWay:  # duck-typed graph: initial curves along the unit circle, clockwise
         def initial_curves(self, z0, z1, n_points):

@@ -1,7 +1,6 @@
 """Log map, exp∘log, and distance matrices."""
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ import torch
 import latentgeo as lg
 from latentgeo.geodesics import (
     GeodesicConvergenceError,
-    connecting_geodesic,
     distance_matrix,
     exp_map,
     log_map,

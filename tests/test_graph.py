@@ -1,7 +1,6 @@
 """Graph initialisation and graph distances (latentgeo.geodesics.graph) against closed forms."""
 
 import math
-import warnings
 
 import numpy as np
 import pytest
