@@ -119,6 +119,22 @@ def _metric_derivatives(mfn, z):
     return m, dm.permute(1, 0, 2, 3)
 
 
+def acceleration_from_jet(jac: torch.Tensor, h: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """``γ'' = −(JᵀJ + ridge·I)⁻¹ Jᵀ h`` from ``J (N, K, d)`` and ``h = ∂²g[v, v] (N, K)``.
+
+    Without a ridge this is the least-squares solution ``−J⁺h`` through a thin QR of ``J``
+    (conditioning ``κ(J)``, not ``κ(J)²``); with a ridge, the regularised normal equations.
+    """
+    if ridge > 0.0:
+        jt = jac.transpose(1, 2)
+        m = jt @ jac + ridge * torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+        rhs = (jt @ h.unsqueeze(-1)).squeeze(-1)
+        return -torch.linalg.solve(m, rhs)
+    q, r = torch.linalg.qr(jac, mode="reduced")  # (N, K, d), (N, d, d)
+    qh = q.transpose(1, 2) @ h.unsqueeze(-1)  # (N, d, 1)
+    return -torch.linalg.solve_triangular(r, qh, upper=True).squeeze(-1)
+
+
 def acceleration_fn(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A pure function ``(z (N, d), v (N, d)) -> γ'' (N, d)`` for ``metric`` (no input checks).
 
@@ -143,14 +159,7 @@ def acceleration_fn(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], to
 
                 _, h = jvp(dg, (z,), (v,))  # ∂²g[v, v]  (N, K)
                 _, jac = _rowwise_jac(g, z)  # (N, K, d)
-            if ridge > 0.0:
-                jt = jac.transpose(1, 2)
-                m = jt @ jac + ridge * torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-                rhs = (jt @ h.unsqueeze(-1)).squeeze(-1)
-                return -torch.linalg.solve(m, rhs)
-            q, r = torch.linalg.qr(jac, mode="reduced")  # (N, K, d), (N, d, d)
-            qh = (q.transpose(1, 2) @ h.unsqueeze(-1))  # (N, d, 1)
-            return -torch.linalg.solve_triangular(r, qh, upper=True).squeeze(-1)
+            return acceleration_from_jet(jac, h, ridge)
 
         return acc
 
