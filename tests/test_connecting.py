@@ -103,26 +103,66 @@ def test_pair_across_huge_variance_bends_around_it():
     torch.testing.assert_close(res.length, fine, rtol=1e-5, atol=0)
 
 
-def test_energy_and_bvp_stages_agree():
+def _curvy_net():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8)).double()
     for p in net.parameters():
         p.data.mul_(2.0)
         p.requires_grad_(False)
-    metric = lg.PullbackMetric(lg.DeterministicDecoder(net))
+    return net
+
+
+def test_collocation_and_shooting_agree():
+    """Two independent solvers (spectral collocation; discrete energy + Dormand–Prince shooting)."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_curvy_net()))
     z0 = torch.tensor([[-1.0, -0.5], [0.5, 1.0]], dtype=D64)
     z1 = torch.tensor([[1.0, 0.8], [-0.7, -1.0]], dtype=D64)
-    res = connecting_geodesic(metric, z0, z1, n_points=33, tol=1e-5)
-    assert bool(res.converged.all()), res.message
+    rc = connecting_geodesic(metric, z0, z1, method="collocation", tol=1e-8)
+    rs = connecting_geodesic(metric, z0, z1, method="shooting", tol=1e-8, n_points=33)
+    assert bool(rc.converged.all()), rc.message
+    assert bool(rs.converged.all()), rs.message
+    assert rc.method == ["collocation"] * 2 and rs.method == ["shooting"] * 2
+    torch.testing.assert_close(rc.length, rs.length, rtol=1e-8, atol=0)
     t = torch.linspace(0, 1, 33, dtype=D64)
-    ode = res.curve(t)
-    gap = (ode - res.discrete_curve).norm(dim=-1).max()
-    bend = (ode - (z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])).norm(dim=-1).max()
+    gap = (rc.curve(t) - rs.curve(t)).norm(dim=-1).max()
+    bend = (rc.curve(t) - (z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])).norm(dim=-1).max()
     assert float(bend) > 1e-2  # curved geodesics: the comparison is not trivial
-    assert float(gap) < 2e-3
-    # discrete energy minimiser's length converges to the ODE length at O(1/T²)
-    disc = metric.length(res.discrete_curve)
-    assert float(((disc - res.length).abs() / res.length).max()) < 1e-3
+    assert float(gap) < 1e-6
+    torch.testing.assert_close(rc.initial_velocity, rs.initial_velocity, rtol=0, atol=1e-6)
+    assert float(rc.rel_residual.max()) <= 1e-8 and float(rc.speed_drift.max()) <= 1e-8
+    # the polyline through the sampled curve converges to the length at O(1/T²)
+    disc = metric.length(rc.discrete_curve)
+    assert 0 < float(((disc - rc.length) / rc.length).abs().max()) < 1e-3
+
+
+def test_recheck_integrates_the_collocation_solution():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_curvy_net()))
+    z0 = torch.tensor([[-1.0, -0.5], [0.5, 1.0]], dtype=D64)
+    z1 = torch.tensor([[1.0, 0.8], [-0.7, -1.0]], dtype=D64)
+    res = connecting_geodesic(metric, z0, z1, recheck=True)
+    assert bool(res.converged.all()), res.message
+    ivp = lg.geodesics.exp_map(metric, z0, res.initial_velocity, rtol=1e-10, atol=1e-12)
+    assert float((ivp.endpoint - z1).norm(dim=1).max()) < 1e-5
+
+
+def test_unresolved_collocation_is_reported_and_shooting_takes_over():
+    """Four collocation nodes cannot resolve a 160° great-circle arc: ``method="collocation"``
+    says so; ``"auto"`` certifies the pair by shooting instead."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    z0 = torch.tensor([[-1.3, 0.25]], dtype=D64)
+    z1 = torch.tensor([[1.2, 0.45]], dtype=D64)
+    exact = great_circle(stereo(z0), stereo(z1))
+    only = connecting_geodesic(metric, z0, z1, method="collocation", nodes=4, max_nodes=4)
+    assert not bool(only.converged[0]) and only.method == [""]
+    assert "collocation" in only.reasons[0]
+    auto = connecting_geodesic(metric, z0, z1, nodes=4, max_nodes=4)
+    assert bool(auto.converged[0]), auto.message
+    assert auto.method == ["shooting"]
+    torch.testing.assert_close(auto.length, exact, rtol=1e-6, atol=0)
+    # refinement (4 -> 8 -> 16 -> 32 nodes) resolves it by collocation alone
+    refined = connecting_geodesic(metric, z0, z1, method="collocation", nodes=4, max_nodes=32)
+    assert bool(refined.converged[0]) and int(refined.nodes[0]) > 4
+    torch.testing.assert_close(refined.length, exact, rtol=1e-6, atol=0)
 
 
 def test_iteration_budget_reports_non_convergence():
@@ -138,7 +178,8 @@ def test_iteration_budget_reports_non_convergence():
     torch.testing.assert_close(res.curve(torch.linspace(0, 1, 5, dtype=D64)), res.discrete_curve[:, ::4])
     assert float(res.rel_residual) > 1e-6
     # an impossible tolerance for the integrator's step budget is reported too
-    res2 = connecting_geodesic(metric, z0, z1, max_steps=5, tol=1e-4)
+    assert res.method == [""]
+    res2 = connecting_geodesic(metric, z0, z1, max_steps=5, tol=1e-4, method="shooting")
     assert not bool(res2.converged.any()) and "step attempts" in res2.reasons[0]
 
 
@@ -188,6 +229,12 @@ def test_bad_input_raises():
         connecting_geodesic(metric, z, z + 1, init="graph")
     with pytest.raises(ValueError, match="tol"):
         connecting_geodesic(metric, z, z + 1, tol=0.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        connecting_geodesic(metric, z, z + 1, method="magic")
+    with pytest.raises(ValueError, match="degree"):
+        connecting_geodesic(metric, z, z + 1, degree=2)
+    with pytest.raises(ValueError, match="max_nodes"):
+        connecting_geodesic(metric, z, z + 1, nodes=32, max_nodes=16)
 
 
 def test_float32_follows_dtype_and_matches_float64():
@@ -218,9 +265,14 @@ def test_non_minimising_geodesic_is_flagged_not_reported_as_distance():
 
     z0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     z1 = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    long_way = lg.connecting_geodesic(metric, z0, z1, init="graph", graph=LongWay())
+    long_way = lg.connecting_geodesic(metric, z0, z1, init="graph", graph=LongWay(), method="shooting")
     assert not bool(long_way.converged[0])
     assert "not the shortest path" in long_way.reasons[0]
+    # the spectral stage minimises the energy (Levenberg–Marquardt): from the same start it leaves
+    # the 270° arc (a saddle of the energy) for the short one
+    escaped = lg.connecting_geodesic(metric, z0, z1, init="graph", graph=LongWay())
+    assert bool(escaped.converged[0]), escaped.message
+    assert abs(escaped.length[0].item() - math.pi / 2) < 1e-6
     short_way = lg.connecting_geodesic(metric, z0, z1)
     assert bool(short_way.converged[0])
     assert abs(short_way.length[0].item() - math.pi / 2) < 1e-6

@@ -1,24 +1,36 @@
 """Connecting geodesics, the log map and geodesic distance matrices.
 
-Pipeline of :func:`connecting_geodesic` (batched over pairs, every pair on its own criterion):
+Pipeline of :func:`connecting_geodesic` (batched over pairs, every pair on its own criterion;
+``method="auto"``, the default):
 
 1. **Initial curve**: the straight line, or a shortest path in a kNN graph over latent codes
    (:class:`latentgeo.geodesics.graph.LatentGraph`, ``init="graph"``; when a ``graph=`` is
    given with ``init="line"``, pairs that fail are retried from the graph path).
-2. **Discrete energy minimisation** (:mod:`.energy`): Levenberg–Marquardt on the discrete
-   curve energy with fixed endpoints — forward passes and Jacobians only for embedded metrics.
-3. **Newton shooting** (:mod:`.bvp`) from the discrete curve's initial velocity: adaptive
-   Dormand–Prince integration of the geodesic ODE with its variational equations.
-4. **Certification**: the accepted integration's endpoint mismatch (``‖F‖_{M(z1)} ≤ tol·L``)
-   and conservation of speed (``|‖γ'(1)‖ − ‖γ'(0)‖| ≤ tol·L``) are checked; with
-   ``recheck=True`` the solution is re-integrated at a 10× tighter tolerance and that run is
-   certified instead. Its steps give the quintic Hermite dense output of
-   :meth:`GeodesicResult.curve`. The length is ``‖γ'(0)‖_{M(z0)}`` of the certified solution
-   (constant along a geodesic; the speed at the end is the cross-check).
+2. **Pseudospectral energy minimisation** (:mod:`.spectral`): the curve is a polynomial of
+   degree ``degree`` through Legendre–Gauss–Lobatto nodes; Levenberg–Marquardt on its energy
+   (forward passes and Jacobians only for embedded metrics) finds a shortest path to
+   spectral accuracy.
+3. **Collocation and certification** (:mod:`.spectral`): Gauss–Legendre collocation of the
+   geodesic boundary-value problem in integral form, solved by fixed-point iteration from
+   that curve. A pair is certified when the ODE's residual (the fixed-point change, in the
+   metric norm relative to the length), the speed drift ``max |‖γ'‖ − L| / L`` and the
+   truncation estimate (trailing Legendre coefficients) are all ``≤ tol``; unresolved pairs
+   are re-solved with twice the nodes (up to ``max_nodes``).
+4. **Fallback** — Newton shooting (:mod:`.bvp`, adaptive Dormand–Prince with internal
+   numerical differentiation) from the stage-2 curve's initial velocity, certified by the
+   integrated geodesic's endpoint mismatch ``‖γ(1) − z1‖_{M(z1)} ≤ tol·L`` and speed
+   conservation. ``method="collocation"`` skips it; ``method="shooting"`` uses the
+   previous pipeline throughout (discrete chord-energy minimisation with ``n_points``
+   points, then shooting for every pair).
 
-A pair is ``converged`` only if every check passes; otherwise the result keeps the best
-available curve (the discrete energy minimiser), flags the pair and says why. A straight
-line is never reported as a geodesic unless the ODE confirms that it is one.
+With ``recheck=True`` every certified solution is re-integrated as an initial-value problem
+from its initial velocity (Dormand–Prince at a tight tolerance) and its endpoint mismatch
+and speed drift are certified as well — an independent check of the whole pipeline.
+
+A pair is ``converged`` only if its certificate holds and its length is not longer than the
+straight line's (otherwise it is a geodesic, but not a shortest one); otherwise the result
+keeps the best available curve (the energy minimiser), flags the pair and says why. A
+straight line is never reported as a geodesic unless the ODE confirms that it is one.
 
 Example:
     >>> import torch, latentgeo as lg
@@ -44,6 +56,7 @@ from .bvp import _merge_knots, shoot
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5, hermite5
 from .ode import _check_metric, acceleration_fn, metric_tensor_fn
+from .spectral import _eval_series, collocate, lgl_nodes, minimize_spectral_energy, nodes_to_series
 
 __all__ = [
     "connecting_geodesic",
@@ -77,39 +90,58 @@ class GeodesicResult:
 
     Attributes:
         z0, z1: ``(N, d)`` endpoints.
-        length: ``(N,)`` geodesic lengths ``‖γ'(0)‖_{M(z0)}`` (discrete-curve length where not converged).
-        energy: ``(N,)`` curve energies ``∫‖γ'‖² dt = length²`` on ``[0, 1]`` (discrete energy where not converged).
-        converged: ``(N,)`` bool — certified geodesic (Newton converged, certification passed) that is
-            not longer than the straight line (otherwise a non-shortest geodesic, flagged with a reason).
-        residual: ``(N,)`` Euclidean endpoint mismatch ``‖γ(1) − z1‖`` of the certified ODE solution.
-        rel_residual: ``(N,)`` ``‖γ(1) − z1‖_{M(z1)} / length`` (the relative length accuracy to first order).
-        speed_drift: ``(N,)`` ``|‖γ'(1)‖ − ‖γ'(0)‖| / ‖γ'(0)‖`` along the certified solution.
-        iterations: ``(N,)`` Newton (shooting) iterations; ``energy_iterations`` for stage 1.
+        length: ``(N,)`` geodesic lengths (Gauss quadrature of ``‖γ'‖_M`` along the collocation
+            solution, or ``‖γ'(0)‖_{M(z0)}`` of a shooting solution); where not converged, the
+            length of the best available curve (sampled at ``n_points``).
+        energy: ``(N,)`` curve energies ``∫‖γ'‖² dt = length²`` on ``[0, 1]`` (discrete energy of the
+            sampled curve where not converged).
+        converged: ``(N,)`` bool — certified geodesic that is not longer than the straight line
+            (otherwise a non-shortest geodesic, flagged with a reason).
+        method: per pair, what certified it: ``"collocation"``, ``"shooting"`` or ``""`` (not converged).
+        residual: ``(N,)`` Euclidean size of the ODE residual: the last fixed-point change of the
+            collocation (integral form of the ODE), or the endpoint mismatch ``‖γ(1) − z1‖`` of shooting.
+        rel_residual: ``(N,)`` the same in the metric norm relative to the length (for collocation the
+            truncation estimate too, whichever is larger) — the relative length accuracy to first order.
+        speed_drift: ``(N,)`` relative variation of the speed ``‖γ'‖_M`` along the solution.
+        iterations: ``(N,)`` collocation fixed-point plus shooting Newton iterations;
+            ``energy_iterations``: stage-1 (energy minimisation) iterations.
+        nodes: ``(N,)`` collocation nodes of the last collocation attempt (0 for ``method="shooting"``).
         initial_velocity: ``(N, d)`` ``γ'(0)`` (the log map).
         reasons: per-pair explanation (empty string for converged pairs); ``message`` summarises.
         init: per-pair initialisation actually used (``"line"`` or ``"graph"``).
-        discrete_curve: ``(N, T, d)`` the stage-1 discrete energy minimisers.
+        discrete_curve: ``(N, n_points, d)`` the reported curves at ``n_points`` evenly spaced times
+            (for ``method="shooting"``: the stage-1 discrete energy minimisers).
 
     ``curve(t)`` evaluates the geodesics at ``t ∈ [0, 1]``.
     """
 
     def __init__(self, **kw):
+        kw.setdefault("_series", None)
+        kw.setdefault("_from_knots", kw.get("converged"))
         self.__dict__.update(kw)
 
     def curve(self, t) -> torch.Tensor:
-        """Points ``(N, Q, d)`` at times ``t (Q,)`` in ``[0, 1]`` (quintic Hermite dense output of the
-        certified ODE solution; piecewise-linear discrete curve for non-converged pairs)."""
+        """Points ``(N, Q, d)`` at times ``t (Q,)`` in ``[0, 1]``: the Legendre series of the
+        collocation solution (or of the stage-1 curve where not converged), the quintic Hermite
+        dense output of shooting solutions, or the piecewise-linear discrete curve
+        (``method="shooting"``, not converged)."""
         dt, dev = self.z0.dtype, self.z0.device
         t = torch.as_tensor(t, dtype=dt, device=dev)
         if t.dim() == 0:
             t = t[None]
         if t.dim() != 1 or not bool(torch.isfinite(t).all()) or not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError("t must be a 1-d tensor of times in [0, 1]")
-        out = _polyline(self.discrete_curve, t)
-        if self._knots is not None:
+        if self._series is not None:
+            out = _eval_series(self._series, t)
+            # exact endpoints (the series reproduces them to rounding)
+            out = torch.where((t == 0)[None, :, None], self.z0[:, None], out)
+            out = torch.where((t == 1)[None, :, None], self.z1[:, None], out)
+        else:
+            out = _polyline(self.discrete_curve, t)
+        if self._knots is not None and bool(self._from_knots.any()):
             kt, z, v, a = self._knots
             ode = hermite5(kt, z, v, a, t)
-            out = torch.where(self.converged[:, None, None], ode, out)
+            out = torch.where(self._from_knots[:, None, None], ode, out)
         return out
 
     @property
@@ -133,7 +165,7 @@ class GeodesicResult:
         worst = f", max rel_residual={float(self.rel_residual[self.converged].max()):.1e}" if L.numel() else ""
         return (
             f"GeodesicResult(n={n}, converged={ok}/{n}{rng}{worst}, "
-            f"mean Newton iterations={float(self.iterations.double().mean()):.1f})"
+            f"mean iterations={float(self.iterations.double().mean()):.1f})"
         )
 
 
@@ -157,6 +189,10 @@ def connecting_geodesic(
     tol: float = 1e-6,
     init: str = "line",
     graph=None,
+    method: str = "auto",
+    degree: int = 12,
+    nodes: int = 16,
+    max_nodes: int = 64,
     max_iter: int = 20,
     n_points: int = 17,
     energy_max_iter: int = 100,
@@ -171,37 +207,50 @@ def connecting_geodesic(
     Args:
         metric: :class:`~latentgeo.metric.PullbackMetric` or :class:`~latentgeo.metric.MetricField`.
         z0, z1: ``(N, d)`` endpoints (or ``(d,)`` each).
-        tol: target relative length accuracy; Newton stops at ``‖F‖_{M(z1)} ≤ 0.1·tol·L`` and the
-            certification requires ``≤ tol·L`` and a speed drift ``≤ tol``.
+        tol: certification tolerance: the ODE residual relative to the length (a first-order bound
+            on the relative length error; the length itself is second-order accurate) and the
+            relative speed drift must be ``≤ tol``.
         init: ``"line"`` (straight line) or ``"graph"`` (shortest path in ``graph``).
         graph: a ``LatentGraph``; with ``init="line"`` the failed pairs are retried from it.
-        max_iter: Newton iterations (ODE integrations) per pair.
-        n_points: points of the discrete curve of stage 1 (≥ 4).
+        method: ``"auto"`` (collocation, then shooting for pairs it cannot certify),
+            ``"collocation"`` (no shooting fallback) or ``"shooting"`` (discrete energy + shooting
+            for every pair, the slower previous pipeline).
+        degree: polynomial degree of the stage-1 curves (``degree + 1`` LGL nodes, ≥ 4).
+        nodes: collocation nodes of the first attempt (≥ 4); unresolved pairs are retried with twice
+            as many, up to ``max_nodes``.
+        max_iter: fixed-point iterations per collocation attempt, and Newton iterations of shooting.
+        n_points: points of the sampled curve ``discrete_curve`` (and of the discrete stage 1 of
+            ``method="shooting"``; ≥ 4).
         energy_max_iter: Levenberg–Marquardt iterations of stage 1.
-        ivp_rtol, ivp_atol: integrator tolerances (default ``0.1·tol`` and ``0.01·tol``, not below
-            ``10·eps`` of the dtype; float32 reaches ``tol ≈ 1e-5`` at best — pairs that cannot be
-            certified at ``tol`` are reported as not converged).
+        ivp_rtol, ivp_atol: integrator tolerances of shooting and ``recheck`` (default ``0.1·tol`` and
+            ``0.01·tol``, not below ``10·eps`` of the dtype; float32 reaches ``tol ≈ 1e-5`` at best —
+            pairs that cannot be certified at ``tol`` are reported as not converged).
         max_steps: RK step attempts per integration.
         chunk_size: pairs solved together (default: all, or fewer when stage 1 would need much memory).
-        recheck: re-integrate every solution at a 10× tighter tolerance and certify that run
-            (about one extra ODE solve; guards against integrator error).
+        recheck: re-integrate every certified solution as an initial-value problem from its initial
+            velocity at a tight tolerance and certify that run too (about one extra ODE solve).
 
     Returns:
         :class:`GeodesicResult`.
 
     Raises:
-        ValueError: bad shapes, NaN/inf, wrong latent dimension, unknown ``init``, bad options.
+        ValueError: bad shapes, NaN/inf, wrong latent dimension, unknown ``init``/``method``, bad options.
     """
     metric = _check_metric(metric)
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {_INITS}")
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {_METHODS}")
     if init == "graph" and graph is None:
         raise ValueError("init='graph' needs graph=LatentGraph(metric, nodes) (see latentgeo.geodesics.graph)")
     if not (isinstance(tol, (int, float)) and 0 < tol < 1 and math.isfinite(tol)):
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
-    for name, val, lo in (("max_iter", max_iter, 1), ("n_points", n_points, 4), ("energy_max_iter", energy_max_iter, 0), ("max_steps", max_steps, 1)):
-        if int(val) != val or val < lo:
+    for name, val, lo in (("max_iter", max_iter, 1), ("n_points", n_points, 4), ("energy_max_iter", energy_max_iter, 0),
+                          ("max_steps", max_steps, 1), ("degree", degree, 4), ("nodes", nodes, 4), ("max_nodes", max_nodes, 4)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val or val < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
+    if max_nodes < nodes:
+        raise ValueError(f"max_nodes ({max_nodes}) must be >= nodes ({nodes})")
     a, single = as_latent_batch(z0, metric.latent_dim, name="z0")
     b, single_b = as_latent_batch(z1, metric.latent_dim, name="z1")
     if a.shape != b.shape:
@@ -223,63 +272,283 @@ def connecting_geodesic(
         atol = max(atol, floor)
     n, d = a.shape
     if chunk_size is None:
-        P = (n_points - 2) * d
-        chunk_size = max(1, min(n, int(2**25 // max(P * P, 1))))
+        if method == "shooting":
+            P = (n_points - 2) * d
+            chunk_size = max(1, min(n, int(2**25 // max(P * P, 1))))
+        else:
+            # stage 1 holds Jacobians (degree+1, K, d) and Gauss-Newton matrices per pair: ~2^24 numbers
+            K = _output_size(metric, a[:1]) if n else d
+            per_pair = (degree + 1) * K * d * 3 + 3 * ((degree - 1) * d) ** 2
+            chunk_size = max(1, min(n, int(2**24 // per_pair)))
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    parts = []
-    for s in range(0, n, int(chunk_size)):
-        parts.append(
-            _solve(metric, a[s : s + chunk_size], b[s : s + chunk_size], tol, init, graph, int(max_iter),
-                   int(n_points), int(energy_max_iter), rtol, atol, int(max_steps), bool(recheck))
-        )
+    opts = dict(tol=tol, init=init, graph=graph, max_iter=int(max_iter), n_points=int(n_points),
+                energy_max_iter=int(energy_max_iter), rtol=rtol, atol=atol, max_steps=int(max_steps),
+                recheck=bool(recheck), degree=int(degree), nodes=int(nodes), max_nodes=int(max_nodes), method=method)
+    solver = _solve_shooting if method == "shooting" else _solve_spectral
+    parts = [solver(metric, a[s : s + chunk_size], b[s : s + chunk_size], **opts) for s in range(0, n, int(chunk_size))]
+    if not parts:
+        parts = [solver(metric, a, b, **opts)]
     return parts[0] if len(parts) == 1 else _concat(parts)
+
+
+_METHODS = ("auto", "collocation", "shooting")
+
+
+def _output_size(metric, z):
+    """Size ``K`` of the embedding (or ``d`` for metrics without one), from one evaluation."""
+    if metric.is_embedded:
+        with torch.no_grad():
+            return int(metric.embedding(z).shape[1])
+    return int(z.shape[1])
+
+
+def _pad_rows(x, s):
+    if x.shape[1] == s:
+        return x
+    rep = x[:, -1:].expand(-1, s - x.shape[1], *x.shape[2:])
+    return torch.cat([x, rep], 1)
 
 
 def _concat(parts):
     kw = {}
     for key in ("z0", "z1", "length", "energy", "converged", "residual", "rel_residual", "speed_drift",
-                "iterations", "energy_iterations", "initial_velocity", "discrete_curve"):
+                "iterations", "energy_iterations", "initial_velocity", "discrete_curve", "nodes", "_from_knots"):
         kw[key] = torch.cat([p.__dict__[key] for p in parts], 0)
-    kw["reasons"] = sum((p.reasons for p in parts), [])
-    kw["init"] = sum((p.init for p in parts), [])
+    for key in ("reasons", "init", "method"):
+        kw[key] = sum((p.__dict__[key] for p in parts), [])
+    sers = [p._series for p in parts]
+    if all(x is not None for x in sers):
+        k = max(x.shape[1] for x in sers)
+        kw["_series"] = torch.cat([torch.cat([x, x.new_zeros(x.shape[0], k - x.shape[1], x.shape[2])], 1) for x in sers], 0)
     kts = [p._knots for p in parts]
     if all(k is not None for k in kts):
         s = max(k[0].shape[1] for k in kts)
-
-        def pad(x):
-            if x.shape[1] == s:
-                return x
-            rep = x[:, -1:].expand(-1, s - x.shape[1], *x.shape[2:])
-            return torch.cat([x, rep], 1)
-
-        kw["_knots"] = tuple(torch.cat([pad(k[i]) for k in kts], 0) for i in range(4))
+        kw["_knots"] = tuple(torch.cat([_pad_rows(k[i], s) for k in kts], 0) for i in range(4))
+    elif any(k is not None for k in kts):  # some chunks needed shooting: give the others dummy knots
+        ref = next(k for k in kts if k is not None)
+        s = max(k[0].shape[1] for k in kts if k is not None)
+        full = []
+        for p, k in zip(parts, kts):
+            if k is None:
+                m = p.z0.shape[0]
+                k = (ref[0].new_ones(m, 2), *(ref[i].new_zeros(m, 2, ref[i].shape[2]) for i in (1, 2, 3)))
+                k[0][:, 0] = 0.0
+            full.append(k)
+        kw["_knots"] = tuple(torch.cat([_pad_rows(k[i], s) for k in full], 0) for i in range(4))
     else:
         kw["_knots"] = None
     return GeodesicResult(**kw)
 
 
-def _solve(metric, z0, z1, tol, init, graph, max_iter, n_points, energy_max_iter, rtol, atol, max_steps, recheck):
+def _initial_curves(z0, z1, idx, how, graph, t, n_points):
+    """Initial curves for the pairs ``idx`` at times ``t (T,)``: straight lines or graph paths."""
+    dt, dev = z0.dtype, z0.device
+    n, d = idx.numel(), z0.shape[1]
+    if how == "line":
+        return z0[idx, None] + t[None, :, None] * (z1[idx] - z0[idx])[:, None]
+    c = graph.initial_curves(z0[idx], z1[idx], n_points=n_points)
+    c = torch.as_tensor(c, dtype=dt, device=dev)
+    if c.shape != (n, n_points, d):
+        raise ValueError(f"graph.initial_curves returned shape {tuple(c.shape)}, expected {(n, n_points, d)}")
+    c = c.clone()
+    c[:, 0], c[:, -1] = z0[idx], z1[idx]
+    if t.numel() != n_points or not bool((t == torch.linspace(0, 1, n_points, dtype=dt, device=dev)).all()):
+        c = _polyline(c, t)
+        c[:, 0], c[:, -1] = z0[idx], z1[idx]
+    return c
+
+
+def _certify_ivp(acc, mfn, z0, z1, v, length, rtol, atol, max_steps):
+    """Integrate ``γ'' = a`` from ``(z0, v)`` and measure the endpoint mismatch and speed drift."""
+    n, d = z0.shape
+    tiny = torch.finfo(z0.dtype).tiny
+    y1, _, ok, ns, _, rs, trace = dopri5(_geodesic_rhs(acc, d), torch.cat([z0, v], 1), rtol=rtol, atol=atol,
+                                         max_steps=max_steps, record=2 * d)
+    m1, mend = mfn(z1), mfn(y1[:, :d])
+    mis = y1[:, :d] - z1
+    fm = torch.einsum("ni,nij,nj->n", mis, m1, mis).clamp_min(0).sqrt()
+    rel = torch.where(length > 0, fm / length.clamp_min(tiny), fm)
+    speed1 = torch.einsum("ni,nij,nj->n", y1[:, d:], mend, y1[:, d:]).clamp_min(0).sqrt()
+    drift = torch.where(length > 0, (speed1 - length).abs() / length.clamp_min(tiny), speed1)
+    kt, Y, F = _trace_to_padded(trace, n, ns)
+    return dict(ok=ok, reasons=rs, rel=rel, drift=drift, resid=mis.norm(dim=1), knots=(kt, Y[..., :d], Y[..., d:], F[..., d:]))
+
+
+def _flag_longer_than_line(metric, z0, z1, length, conv, reasons):
+    """Minimality: a shortest path is never longer than the straight line (a feasible curve). A
+    certified ODE solution longer than it is a geodesic, but not the shortest one: flag it rather
+    than report its length as a distance. The line is measured with 129 points (forward passes
+    only for embedded metrics); the 2% margin covers its discretisation error."""
+    if not z0.shape[0] or not bool(conv.any()):
+        return
+    dt, dev = z0.dtype, z0.device
+    s_line = torch.linspace(0, 1, 129, dtype=dt, device=dev)[None, :, None]
+    idx = torch.nonzero(conv).reshape(-1)
+    with torch.no_grad():
+        line_len = metric.length(z0[idx, None] + s_line * (z1[idx] - z0[idx])[:, None])
+    longer = length[idx] > 1.02 * line_len
+    for j, i in enumerate(idx.tolist()):
+        if bool(longer[j]):
+            conv[i] = False
+            reasons[i] = (
+                f"the certified ODE solution (length {float(length[i]):.6g}) is longer than the straight line "
+                f"(length {float(line_len[j]):.6g}): a geodesic, but not the shortest path; try init='graph' "
+                "or more discretisation points"
+            )
+
+
+def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, energy_max_iter, rtol, atol,
+                    max_steps, recheck, degree, nodes, max_nodes, method):
+    n, d = z0.shape
+    dt, dev = z0.dtype, z0.device
+    t_lgl = lgl_nodes(degree, dt, dev)
+    acc = acceleration_fn(metric)
+    mfn = metric_tensor_fn(metric)
+    tiny = torch.finfo(dt).tiny
+
+    def attempt(idx, how):
+        with torch.no_grad():
+            c0 = _initial_curves(z0, z1, idx, how, graph, t_lgl, n_points if how == "graph" else degree + 1)
+            er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)))
+            ser = nodes_to_series(er.nodes)
+            cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=max_nodes, max_iter=max_iter)
+        return er, ser, cr
+
+    Kmax = max(max_nodes + 2, degree + 1)
+
+    def padk(x):
+        return torch.cat([x, x.new_zeros(x.shape[0], Kmax - x.shape[1], d)], 1) if x.shape[1] < Kmax else x
+
+    all_idx = torch.arange(n, device=dev)
+    er, ser, cr = attempt(all_idx, init)
+    conv = cr.converged.clone()
+    series = torch.where(conv[:, None, None], padk(cr.series), padk(ser))
+    length, v = cr.length.clone(), cr.velocity0.clone()
+    rel, drift, resid = cr.rel_residual.clone(), cr.speed_drift.clone(), cr.residual.clone()
+    iters, e_iters, nq = cr.iterations.clone(), er.iterations.clone(), cr.nodes.clone()
+    reasons = [r or e for r, e in zip(cr.reasons, [""] * n)]
+    for i in range(n):
+        if not bool(conv[i]) and er.reasons[i]:
+            reasons[i] = f"{er.reasons[i]}; {reasons[i]}" if reasons[i] else er.reasons[i]
+    used = [init] * n
+    how_cert = ["collocation" if bool(c) else "" for c in conv]
+
+    # the same endpoints: the constant curve
+    same = (z0 == z1).all(1)
+    if bool(same.any()):
+        conv[same] = True
+        series[same] = 0.0
+        series[same, 0] = z0[same]
+        length[same], v[same], rel[same], drift[same], resid[same] = 0.0, 0.0, 0.0, 0.0, 0.0
+        for i in torch.nonzero(same).reshape(-1).tolist():
+            reasons[i], how_cert[i] = "", "collocation"
+
+    if graph is not None and init == "line" and not bool(conv.all()):
+        bad = torch.nonzero(~conv).reshape(-1)
+        try:
+            er2, ser2, cr2 = attempt(bad, "graph")
+        except ValueError as exc:  # e.g. a pair outside the graph's connected component
+            for i in bad.tolist():
+                reasons[i] = f"line init: {reasons[i]}; graph init unavailable: {exc}"
+        else:
+            iters[bad] += cr2.iterations
+            e_iters[bad] += er2.iterations
+            for j, i in enumerate(bad.tolist()):
+                if bool(cr2.converged[j]):
+                    used[i], reasons[i], how_cert[i] = "graph", "", "collocation"
+                else:
+                    reasons[i] = f"line init: {reasons[i]}; graph init: {cr2.reasons[j]}"
+            fixed = cr2.converged
+            fi = bad[fixed]
+            conv[fi] = True
+            series[fi] = padk(cr2.series)[fixed]
+            length[fi], v[fi], nq[fi] = cr2.length[fixed], cr2.velocity0[fixed], cr2.nodes[fixed]
+            rel[fi], drift[fi], resid[fi] = cr2.rel_residual[fixed], cr2.speed_drift[fixed], cr2.residual[fixed]
+            # the graph start is kept as the best curve of pairs that still fail (it avoids the obstacle)
+            nf = bad[~fixed]
+            series[nf] = padk(ser2)[~fixed]
+            for j in torch.nonzero(~fixed).reshape(-1).tolist():
+                used[int(bad[j])] = "graph"
+
+    knots = None
+    from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
+    if method == "auto" and not bool(conv.all()):
+        bad = torch.nonzero(~conv).reshape(-1)
+        with torch.no_grad():
+            v_init = _eval_series(series[bad], torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0]
+            sh = shoot(acc, mfn, z0[bad], z1[bad], v_init, ftol=0.1 * tol, rtol=rtol, atol=atol,
+                       max_iter=max_iter, max_steps=max_steps)
+        iters[bad] += sh["iterations"]
+        okb = sh["converged"] & (sh["rel_residual"] <= tol) & (sh["speed_drift"] <= max(tol, 100 * float(torch.finfo(dt).eps)))
+        for j, i in enumerate(bad.tolist()):
+            if bool(okb[j]):
+                reasons[i], how_cert[i] = "", "shooting"
+            else:
+                why = sh["reasons"][j] or (
+                    f"endpoint mismatch {float(sh['rel_residual'][j]):.2e}, speed drift {float(sh['speed_drift'][j]):.2e} > tol {tol:g}"
+                )
+                reasons[i] = f"{reasons[i]}; shooting fallback: {why}"
+        fi = bad[okb]
+        conv[fi] = True
+        from_knots[fi] = True
+        length[fi], v[fi] = sh["length"][okb], sh["v"][okb]
+        rel[fi], drift[fi], resid[fi] = sh["rel_residual"][okb], sh["speed_drift"][okb], sh["residual"][okb]
+        kt, kz, kv, ka = sh["knots"]
+        knots = tuple(torch.zeros(n, kt.shape[1], *x.shape[2:], dtype=dt, device=dev) for x in (kt, kz, kv, ka))
+        knots[0][:] = torch.linspace(0, 1, kt.shape[1], dtype=dt, device=dev)
+        for dst, src in zip(knots, (kt, kz, kv, ka)):
+            dst[bad] = src
+
+    if recheck and bool(conv.any()):
+        idx = torch.nonzero(conv & ~same).reshape(-1)
+        if idx.numel():
+            with torch.no_grad():
+                rc = _certify_ivp(acc, mfn, z0[idx], z1[idx], v[idx], length[idx], 0.1 * rtol, 0.1 * atol, max_steps)
+            for j, i in enumerate(idx.tolist()):
+                if not bool(rc["ok"][j]):
+                    conv[i], reasons[i] = False, f"recheck integration failed: {rc['reasons'][j]}"
+                elif not bool(rc["rel"][j] <= tol):
+                    conv[i] = False
+                    reasons[i] = f"recheck failed: the IVP from γ'(0) misses z1 by {float(rc['rel'][j]):.2e} (relative, metric norm) > tol {tol:g}"
+                elif not bool(rc["drift"][j] <= max(tol, 100 * float(torch.finfo(dt).eps))):
+                    conv[i] = False
+                    reasons[i] = f"recheck failed: speed drift {float(rc['drift'][j]):.2e} > tol {tol:g}"
+            rel[idx] = torch.maximum(rel[idx], rc["rel"])
+            drift[idx] = torch.maximum(drift[idx], rc["drift"])
+
+    _flag_longer_than_line(metric, z0, z1, length, conv, reasons)
+    how_cert = [h if bool(c) else "" for h, c in zip(how_cert, conv)]
+    from_knots &= conv
+    res = GeodesicResult(
+        z0=z0, z1=z1, length=length, energy=length * length, converged=conv, residual=resid, rel_residual=rel,
+        speed_drift=drift, iterations=iters, energy_iterations=e_iters, initial_velocity=v, reasons=reasons,
+        init=used, method=how_cert, nodes=nq, _series=series, _knots=knots, _from_knots=from_knots,
+        discrete_curve=torch.zeros(n, n_points, d, dtype=dt, device=dev),
+    )
+    # non-converged pairs report the best available curve (flagged), sampled and measured like a polyline
+    with torch.no_grad():
+        res.discrete_curve = res.curve(torch.linspace(0, 1, n_points, dtype=dt, device=dev))
+        if n and not bool(conv.all()):
+            bad = ~conv
+            res.length = torch.where(bad, metric.length(res.discrete_curve), length)
+            res.energy = torch.where(bad, metric.energy(res.discrete_curve), length * length)
+            res.initial_velocity = torch.where(
+                bad[:, None], _eval_series(series, torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0], v)
+    return res
+
+
+def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, energy_max_iter, rtol, atol, max_steps,
+                    recheck, **_):
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     acc = acceleration_fn(metric)
     mfn = metric_tensor_fn(metric)
     tgrid = torch.linspace(0, 1, n_points, dtype=dt, device=dev)
 
-    def initial_curves(idx, how):
-        if how == "line":
-            return z0[idx, None] + tgrid[None, :, None] * (z1[idx] - z0[idx])[:, None]
-        c = graph.initial_curves(z0[idx], z1[idx], n_points=n_points)
-        c = torch.as_tensor(c, dtype=dt, device=dev)
-        if c.shape != (idx.numel(), n_points, d):
-            raise ValueError(f"graph.initial_curves returned shape {tuple(c.shape)}, expected {(idx.numel(), n_points, d)}")
-        c = c.clone()
-        c[:, 0], c[:, -1] = z0[idx], z1[idx]
-        return c
-
     def attempt(idx, how):
         with torch.no_grad():
-            c_init = initial_curves(idx, how)
+            c_init = _initial_curves(z0, z1, idx, how, graph, tgrid, n_points)
             er = minimize_discrete_energy(metric, c_init, max_iter=energy_max_iter, rtol=1e-10)
             v_init = _initial_velocity(er.curve)
             sh = shoot(acc, mfn, z0[idx], z1[idx], v_init, ftol=0.1 * tol, rtol=rtol, atol=atol,
@@ -334,21 +603,10 @@ def _solve(metric, z0, z1, tol, init, graph, max_iter, n_points, energy_max_iter
     rel, drift, resid, knots = sh_rel, sh_drift, sh_resid, sh_knots
     ok = torch.ones(n, dtype=torch.bool, device=dev)
     rs = [""] * n
-    if recheck:
+    if recheck and n:
         with torch.no_grad():
-            y0 = torch.cat([z0, v], 1)
-            y1, f1, ok, ns, _, rs, trace = dopri5(_geodesic_rhs(acc, d), y0, rtol=0.1 * rtol, atol=0.1 * atol,
-                                                  max_steps=max_steps, record=2 * d)
-            kt, Y, F = _trace_to_padded(trace, n, ns)
-            knots = (kt, Y[..., :d], Y[..., d:], F[..., d:])
-            m1 = mfn(z1)
-            mend = mfn(y1[:, :d])
-            mis = y1[:, :d] - z1
-            fm = torch.einsum("ni,nij,nj->n", mis, m1, mis).clamp_min(0).sqrt()
-            rel = torch.where(length > 0, fm / length.clamp_min(torch.finfo(dt).tiny), fm)
-            speed1 = torch.einsum("ni,nij,nj->n", y1[:, d:], mend, y1[:, d:]).clamp_min(0).sqrt()
-            drift = torch.where(length > 0, (speed1 - length).abs() / length.clamp_min(torch.finfo(dt).tiny), speed1)
-            resid = mis.norm(dim=1)
+            rc = _certify_ivp(acc, mfn, z0, z1, v, length, 0.1 * rtol, 0.1 * atol, max_steps)
+        ok, rs, rel, drift, resid, knots = rc["ok"], rc["reasons"], rc["rel"], rc["drift"], rc["resid"], rc["knots"]
     for i in range(n):
         if not bool(conv[i]):
             continue
@@ -361,25 +619,7 @@ def _solve(metric, z0, z1, tol, init, graph, max_iter, n_points, energy_max_iter
         elif not bool(drift[i] <= max(tol, 100 * torch.finfo(dt).eps)):
             reasons[i] = f"certification failed: speed drift {float(drift[i]):.2e} > tol {tol:g}"
             conv[i] = False
-    # minimality: a shortest path is never longer than the straight line (a feasible curve). A
-    # certified ODE solution longer than it is a geodesic, but not the shortest one (shooting
-    # can land on another critical point of the energy): flag it rather than report its length
-    # as a distance. The line is measured with 129 points (forward passes only for embedded
-    # metrics); the 2% margin covers its discretisation error, so only clear cases are flagged.
-    if n and bool(conv.any()):
-        s_line = torch.linspace(0, 1, 129, dtype=dt, device=dev)[None, :, None]
-        idx = torch.nonzero(conv).reshape(-1)
-        with torch.no_grad():
-            line_len = metric.length(z0[idx, None] + s_line * (z1[idx] - z0[idx])[:, None])
-        longer = length[idx] > 1.02 * line_len
-        for j, i in enumerate(idx.tolist()):
-            if bool(longer[j]):
-                conv[i] = False
-                reasons[i] = (
-                    f"the certified ODE solution (length {float(length[i]):.6g}) is longer than the straight line "
-                    f"(length {float(line_len[j]):.6g}): a geodesic, but not the shortest path; try init='graph' "
-                    "or more discretisation points"
-                )
+    _flag_longer_than_line(metric, z0, z1, length, conv, reasons)
     # non-converged pairs: report the discrete curve (flagged), never the ODE guess
     disc_len = metric.length(curve_d) if n else torch.zeros(0, dtype=dt)
     disc_en = metric.energy(curve_d) if n else torch.zeros(0, dtype=dt)
@@ -389,6 +629,8 @@ def _solve(metric, z0, z1, tol, init, graph, max_iter, n_points, energy_max_iter
         z0=z0, z1=z1, length=length_out, energy=energy_out, converged=conv, residual=resid,
         rel_residual=rel, speed_drift=drift, iterations=iters, energy_iterations=e_iters,
         initial_velocity=v, reasons=reasons, init=used, discrete_curve=curve_d, _knots=knots,
+        method=["shooting" if bool(c) else "" for c in conv], nodes=torch.zeros(n, dtype=torch.long, device=dev),
+        _from_knots=conv.clone(),
     )
 
 
