@@ -378,15 +378,26 @@ def _certify_ivp(acc, mfn, z0, z1, v, length, rtol, atol, max_steps):
 def _flag_longer_than_line(metric, z0, z1, length, conv, reasons):
     """Minimality: a shortest path is never longer than the straight line (a feasible curve). A
     certified ODE solution longer than it is a geodesic, but not the shortest one: flag it rather
-    than report its length as a distance. The line is measured with 129 points (forward passes
-    only for embedded metrics); the 2% margin covers its discretisation error."""
+    than report its length as a distance. The line is measured with 129 points; the 2% margin
+    covers that discretisation. For embedded metrics a chord sum is a lower bound on the line's
+    length (chords are never longer than the arcs they cut), so a 9-point chord sum clears
+    almost every pair at 1/14 of the cost and only the rest are measured finely."""
     if not z0.shape[0] or not bool(conv.any()):
         return
     dt, dev = z0.dtype, z0.device
-    s_line = torch.linspace(0, 1, 129, dtype=dt, device=dev)[None, :, None]
     idx = torch.nonzero(conv).reshape(-1)
-    with torch.no_grad():
-        line_len = metric.length(z0[idx, None] + s_line * (z1[idx] - z0[idx])[:, None])
+
+    def line_length(ii, T):
+        s_line = torch.linspace(0, 1, T, dtype=dt, device=dev)[None, :, None]
+        with torch.no_grad():
+            return metric.length(z0[ii, None] + s_line * (z1[ii] - z0[ii])[:, None])
+
+    if metric.is_embedded:
+        low = line_length(idx, 9)
+        idx = idx[length[idx] > 1.02 * low]
+        if not idx.numel():
+            return
+    line_len = line_length(idx, 129)
     longer = length[idx] > 1.02 * line_len
     for j, i in enumerate(idx.tolist()):
         if bool(longer[j]):
