@@ -437,8 +437,35 @@ def main():
         L = curve_length(net, res.curve(torch.linspace(0, 1, 2001, dtype=torch.float64)))
         add("latentgeo connecting_geodesic tol=1e-6", n_ref, secs, rel_err(L, ref), f"{int(res.converged.sum())}/{n_ref}")
         add("  (its reported .length)", n_ref, secs, rel_err(res.length, ref), "")
+        meth = {m: res.method.count(m) for m in set(res.method)}
+        print(f"  certified by: {meth}; collocation nodes: {torch.unique(res.nodes, return_counts=True)}")
+        results["ours_methods"] = meth
+        secs_r, res_r = run_ours(metric, z0, z1, recheck=True)
+        L = curve_length(net, res_r.curve(torch.linspace(0, 1, 2001, dtype=torch.float64)))
+        add("latentgeo tol=1e-6, recheck=True", n_ref, secs_r, rel_err(L, ref), f"{int(res_r.converged.sum())}/{n_ref}",
+            "+ IVP re-integration of every solution")
+        secs_s, res_s = run_ours(metric, z0, z1, method="shooting")
+        L = curve_length(net, res_s.curve(torch.linspace(0, 1, 2001, dtype=torch.float64)))
+        add("latentgeo method='shooting' (previous)", n_ref, secs_s, rel_err(L, ref), f"{int(res_s.converged.sum())}/{n_ref}",
+            "discrete energy + Newton shooting")
+        # floor: one sweep of geodesic accelerations at 16 collocation nodes per pair — the least
+        # work that can check the ODE at all (a certificate needs at least this)
+        from latentgeo.geodesics.spectral import _second_order
+        from latentgeo.geodesics.ode import acceleration_fn
+
+        acc = acceleration_fn(metric)
+        tq = torch.linspace(0, 1, 16, dtype=torch.float64)
+        yq = (z0[:, None] + tq[None, :, None] * (z1 - z0)[:, None]).reshape(-1, 2)
+        vq = (z1 - z0)[:, None].expand(-1, 16, -1).reshape(-1, 2)
+        secs_f, _ = best_of(lambda: _second_order(metric, acc, None, yq, vq), 5)
+        add("floor: 16 accelerations per pair (one sweep)", n_ref, secs_f, None, "", "fx Taylor pass + least squares")
         prev = (n_ref, secs[0])
         for n in ([] if args.quick else args.sizes):
+            a, b = make_pairs(n, seed=2)
+            yq = (a[:, None] + tq[None, :, None] * (b - a)[:, None]).reshape(-1, 2)
+            vq = (b - a)[:, None].expand(-1, 16, -1).reshape(-1, 2)
+            secs_f, _ = best_of(lambda: _second_order(metric, acc, None, yq, vq), 3)
+            add("floor: 16 accelerations per pair (one sweep)", n, secs_f, None, "")
             predicted = prev[1] * n / prev[0]
             if predicted > args.budget_s:
                 print(f"latentgeo {n} pairs: skipped, predicted {predicted:.0f} s from {prev[0]} pairs > --budget-s {args.budget_s:g}")
@@ -478,7 +505,7 @@ def main():
             add(f"geomstats 2.8.0 LogODESolver (bvp tol {tol:g})", len(rs), secs, e, f"{len(good)}/{len(rs)}",
                 "per-pair loop" + (f"; errors: {errs}" if errs else ""))
     results["rows"] = rows
-    ours = next((r for r in rows if r["method"].startswith("latentgeo") and r["pairs"] == n_ref), None)
+    ours = next((r for r in rows if r["method"].startswith("latentgeo connecting") and r["pairs"] == n_ref), None)
     st = next((r for r in rows if r["method"].startswith("stochman 0.3.0 connecting")), None)
     if ours and st:
         print(f"\nstochman defaults / latentgeo time per pair: wall {st['ms_per_pair'] / ours['ms_per_pair']:.2f}x, "
