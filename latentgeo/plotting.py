@@ -311,7 +311,10 @@ def plot_magnification(
         norm = Normalize(vmin=float(mag.min()), vmax=float(mag.max()))
     im = ax.imshow(data, origin="lower", extent=extent, cmap=cmap, norm=norm, interpolation="nearest", aspect=aspect)
     if colorbar:
-        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        # with a class legend outside the right edge, the colour bar goes below the map (no overlap)
+        below = codes_np is not None and labels is not None and legend
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.12 if below else 0.02,
+                                **({"location": "bottom", "aspect": 40} if below else {}))
         cb.set_label("√det M(z)" + (" (log scale)" if log else ""))
     if codes_np is not None:
         _scatter_codes(ax, codes_np, labels, legend=legend, legend_title=legend_title, **(scatter_kw or {}))

@@ -371,9 +371,9 @@ class ReportContext:
 
         mag, xs, ys = self.magnification_grid
         x0, x1, y0, y1 = self.extent
-        # height to fit the equal-aspect map (the legend and colour bar take ~40 % of the width)
+        # height to fit the equal-aspect map (the legend takes ~25 % of the width, the colour bar sits below)
         w = float(figsize[0])
-        figsize = (w, min(max(0.6 * w * (y1 - y0) / (x1 - x0) + 1.1, 3.5), 2 * w))
+        figsize = (w, min(max(0.6 * w * (y1 - y0) / (x1 - x0) + 1.8, 3.5), 2 * w))
         fig, ax = self.new_figure(figsize=figsize)
         data = np.ma.masked_less_equal(mag, 0.0)
         pos = data.compressed()
@@ -382,7 +382,10 @@ class ReportContext:
         vmin, vmax = float(pos.min()), float(pos.max())
         im = ax.imshow(data, origin="lower", extent=self.extent, cmap=self.options.get("cmap", "bone"), interpolation="nearest",
                        norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10)), aspect="equal")
-        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        # the codes' legend sits outside the right edge, so the colour bar goes below the map
+        below = self.labels is not None
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.1 if below else 0.02,
+                          **({"location": "bottom", "aspect": 40} if below else {}))
         cb.set_label("√det M(z) (log scale)")
         name = getattr(self.dataset, "name", None)
         _scatter_codes(ax, self.codes.cpu().numpy(), self.labels, legend_title="digit" if name == "digits" else "label")
