@@ -159,6 +159,13 @@ def test_legendre_basis_matches_numpy_legval_and_legder(K):
     np.testing.assert_allclose(B[0], (-1.0) ** np.arange(K), rtol=0, atol=1e-13)
     np.testing.assert_allclose(B[2], np.ones(K), rtol=0, atol=1e-13)
     np.testing.assert_allclose(dB[2], np.arange(K) * (np.arange(K) + 1.0), rtol=1e-13, atol=0)
+    # second derivative (d²/dt² = 4 d²/dx²), used to start collocation from a curve's own accelerations
+    d2B = S.legendre_basis(torch.as_tensor(t), K, derivative=2).numpy()
+    for k in range(K):
+        ref = 4 * npleg.legval(x, npleg.legder(np.eye(K)[k], 2))
+        np.testing.assert_allclose(d2B[:, k], ref, rtol=1e-11, atol=1e-11 * max(1.0, float(np.abs(ref).max())))
+    with pytest.raises(ValueError, match="derivative"):
+        S.legendre_basis(torch.as_tensor(t), K, derivative=3)
 
 
 # ----------------------------------------------------------------------------- Gauss collocation map
@@ -508,3 +515,42 @@ def test_anderson_memory_accelerates_fixed_point_iteration():
     assert bool((full["iters"] <= 45).all()), full["iters"]
     assert not bool(one["conv"].any()), one["iters"]
     assert all(r for r in one["reasons"])
+
+
+# ----------------------------------------------------------------------------- Newton collocation
+HARD_Z0 = torch.tensor([[-1.8, -0.88], [1.47, 1.46]], dtype=D64)
+HARD_Z1 = torch.tensor([[0.71, 1.59], [-1.34, -0.59]], dtype=D64)
+
+
+def test_newton_collocation_converges_quadratically_where_the_fixed_point_iteration_does_not():
+    """Pairs on which the (Anderson) fixed-point iteration diverges from the stage-1 curve: damped
+    Newton with finite-difference ∂a/∂γ, ∂a/∂γ' converges in a handful of iterations, and
+    ``collocate`` switches to it by itself."""
+    metric = SPHERE
+    acc, mfn = acceleration_fn(metric), metric_tensor_fn(metric)
+    t = S.lgl_nodes(12)
+    er = S.minimize_spectral_energy(metric, HARD_Z0[:, None] + t[None, :, None] * (HARD_Z1 - HARD_Z0)[:, None])
+    start = S.nodes_to_series(er.nodes)
+    exact = great_circle(stereo(HARD_Z0), stereo(HARD_Z1))
+    with torch.no_grad():
+        fp = S._picard(metric, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 10)
+        nw = S._picard(metric, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 10, newton=True)
+    assert not bool(fp["conv"].any())
+    assert bool(nw["conv"].all()), nw["reasons"]
+    assert bool((nw["iters"] <= 8).all()), nw["iters"]
+    torch.testing.assert_close(nw["length"], exact, rtol=1e-9, atol=0)
+    res = S.collocate(metric, HARD_Z0, HARD_Z1, start, tol=1e-6)
+    assert bool(res.converged.all()), res.reasons
+    torch.testing.assert_close(res.length, exact, rtol=1e-9, atol=0)
+
+
+def test_escaping_trajectory_is_stopped_by_the_bound():
+    """A geodesic shot towards the north pole leaves every bounded chart region: with ``bound`` the
+    integrator stops it and says so instead of shrinking its steps until ``max_steps``."""
+    from latentgeo.geodesics.ivp import _geodesic_rhs, dopri5
+
+    acc = acceleration_fn(SPHERE)
+    y0 = torch.tensor([[1.0, 0.0, 3.0, 0.0]], dtype=D64)  # heads outwards: reaches the pole at finite τ
+    _, _, ok, ns, _, reasons, _ = dopri5(_geodesic_rhs(acc, 2), y0, rtol=1e-8, atol=1e-10, bound=50.0, bound_cols=2,
+                                         max_steps=5000)
+    assert not bool(ok[0]) and "left the region" in reasons[0] and int(ns[0]) < 500

@@ -93,6 +93,7 @@ def shoot(
     max_steps: int = 10_000,
     record: bool = True,
     jacobian: str = "ind",
+    bound=None,
 ):
     """Damped Newton shooting for a batch of pairs.
 
@@ -115,6 +116,8 @@ def shoot(
         max_iter: integrations per pair.
         record: keep the accepted trajectory's knots (for dense output).
         jacobian: ``"ind"`` or ``"variational"``.
+        bound: optional ``(N,)`` box size: an integration whose nominal position leaves
+            ``max |z| ≤ bound`` stops (failed) instead of running to ``max_steps``.
 
     Returns:
         dict with ``v (N, d)``, ``converged (N,)``, ``residual (N,)`` (Euclidean endpoint
@@ -151,7 +154,8 @@ def shoot(
             y0 = torch.cat([zs, vs], -1).reshape(k, -1)
             fun = f_ind
         y1, f1, ok, ns, _, reasons, trace = dopri5(
-            fun, y0, rtol=rtol, atol=atol, err_cols=2 * d, max_steps=max_steps, record=2 * d if record else None
+            fun, y0, rtol=rtol, atol=atol, err_cols=2 * d, max_steps=max_steps, record=2 * d if record else None,
+            bound=None if bound is None else bound[idx], bound_cols=d,
         )
         F = y1[:, :d] - z1[idx]
         if jacobian == "variational":

@@ -488,8 +488,17 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
         bad = torch.nonzero(~conv).reshape(-1)
         with torch.no_grad():
             v_init = _eval_series(series[bad], torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0]
+            # a geodesic's initial speed is its length: rescale the best curve's γ'(0) to the curve's
+            # length (an unconverged polynomial can have a wild end derivative; the length is robust)
+            L_best = metric.length(_eval_series(series[bad], torch.linspace(0, 1, 65, dtype=dt, device=dev)))
+            speed0 = torch.einsum("ni,nij,nj->n", v_init, mfn(z0[bad]), v_init).clamp_min(0).sqrt()
+            scale = torch.where((speed0 > 0) & torch.isfinite(L_best), L_best / speed0.clamp_min(tiny), torch.ones_like(speed0))
+            v_init = v_init * scale[:, None]
+            # a shortest path does not run off to infinity: trajectories leaving a box 100x the
+            # endpoints' scale are stopped (otherwise they shrink their steps until max_steps)
+            box = 100.0 * torch.maximum(z0[bad].abs().amax(1), z1[bad].abs().amax(1)).clamp_min(1.0)
             sh = shoot(acc, mfn, z0[bad], z1[bad], v_init, ftol=0.1 * tol, rtol=rtol, atol=atol,
-                       max_iter=max_iter, max_steps=max_steps)
+                       max_iter=max_iter, max_steps=max_steps, bound=box)
         iters[bad] += sh["iterations"]
         okb = sh["converged"] & (sh["rel_residual"] <= tol) & (sh["speed_drift"] <= max(tol, 100 * float(torch.finfo(dt).eps)))
         for j, i in enumerate(bad.tolist()):

@@ -74,6 +74,8 @@ def dopri5(
     max_steps: int = 10_000,
     record: Optional[int] = None,
     h_min: float = 1e-12,
+    bound=None,
+    bound_cols: Optional[int] = None,
 ):
     """Integrate ``y' = f(y)`` for a batch of autonomous systems over ``τ ∈ [0, 1]``.
 
@@ -87,6 +89,9 @@ def dopri5(
         max_steps: step attempts per trajectory before it is declared failed.
         record: if given, record the first ``record`` columns of ``y`` and ``f`` at every
             accepted step (for :func:`hermite5` dense output).
+        bound: optional float or ``(N,)`` tensor: a trajectory whose first ``bound_cols`` columns
+            leave the box ``max |y| ≤ bound`` stops as failed (e.g. a geodesic escaping to infinity
+            in the chart, where the step size would otherwise shrink until ``max_steps``).
 
     Returns:
         ``(y1 (N, D), f1 (N, D), success (N,), n_steps (N,), n_rejected (N,), reason list, trace)``.
@@ -189,11 +194,19 @@ def dopri5(
             trace.f.append(ks[6][accept][:, :record].clone())
         bad = (~accept) & ((hnew < h_min) | ~finite & (ha <= h_min * 10))
         too_many = (n_steps[ia] + n_rej[ia]) >= max_steps
-        newly_failed = (bad | too_many) & ~done
+        if bound is not None:
+            bnd = bound[ia] if isinstance(bound, torch.Tensor) else bound
+            escaped = accept & (ynew[:, : (bound_cols or dim)].abs().amax(1) > bnd)
+        else:
+            escaped = torch.zeros_like(accept)
+        newly_failed = (bad | too_many | escaped) & ~done
         if bool(newly_failed.any()):
             for k in torch.nonzero(newly_failed).reshape(-1).tolist():
                 i = int(ia[k])
-                if bool(too_many[k]):
+                if bool(escaped[k]):
+                    b = float(bnd[k]) if isinstance(bnd, torch.Tensor) else float(bnd)
+                    reason[i] = f"trajectory left the region max|z| ≤ {b:.3g} at τ={float(t[i]):.3g}"
+                elif bool(too_many[k]):
                     reason[i] = f"integrator stopped after {max_steps} step attempts at τ={float(t[i]):.3g}"
                 elif not bool(finite[k]):
                     reason[i] = f"right-hand side became non-finite at τ={float(t[i]):.3g}"

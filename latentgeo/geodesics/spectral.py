@@ -133,23 +133,28 @@ def lgl_nodes(N: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
     return _to(("lgl", int(N)), _lgl_np(int(N)), dtype, device)[0]
 
 
-def legendre_basis(t: torch.Tensor, K: int, derivative: bool = False) -> torch.Tensor:
-    """``P_k(2t − 1)`` for ``k < K`` at times ``t (M,)``: shape ``(M, K)``; with ``derivative``,
-    ``d/dt P_k(2t − 1)`` instead (three-term recurrences, stable on [0, 1])."""
+def legendre_basis(t: torch.Tensor, K: int, derivative: int = 0) -> torch.Tensor:
+    """``P_k(2t − 1)`` for ``k < K`` at times ``t (M,)``: shape ``(M, K)``; with ``derivative`` 1 or 2
+    (``True`` = 1), that derivative with respect to ``t`` instead (three-term recurrences, stable
+    on [0, 1]: ``P'_{k+1} = P'_{k−1} + (2k+1) P_k``, and the same one level up for ``P''``)."""
+    order = int(derivative)
+    if order not in (0, 1, 2):
+        raise ValueError(f"derivative must be 0, 1 or 2, got {derivative!r}")
     x = 2.0 * t - 1.0
     P = [torch.ones_like(x), x]
     for k in range(1, K - 1):
         P.append(((2 * k + 1) * x * P[k] - k * P[k - 1]) / (k + 1))
     P = P[:K]
-    if not derivative:
-        return torch.stack(P, 1)
-    dP = [torch.zeros_like(x), torch.ones_like(x)]
-    for k in range(1, K - 1):
-        dP.append(dP[k - 1] + (2 * k + 1) * P[k])
-    return 2.0 * torch.stack(dP[:K], 1)
+    for level in range(order):
+        # d/dx of the first two entries: P_0' = 0, P_1' = 1 (then 0 for the constant 2·P_1')
+        dP = [torch.zeros_like(x), torch.ones_like(x) if level == 0 else torch.zeros_like(x)]
+        for k in range(1, K - 1):
+            dP.append(dP[k - 1] + (2 * k + 1) * P[k])
+        P = [2.0 * p for p in dP[:K]]  # d/dt = 2 d/dx
+    return torch.stack(P, 1)
 
 
-def _eval_series(coef: torch.Tensor, t: torch.Tensor, derivative: bool = False) -> torch.Tensor:
+def _eval_series(coef: torch.Tensor, t: torch.Tensor, derivative: int = 0) -> torch.Tensor:
     """Legendre series ``coef (n, K, d)`` at ``t (M,)`` → ``(n, M, d)``."""
     B = legendre_basis(t, coef.shape[1], derivative)
     return torch.einsum("mk,nkd->nmd", B, coef)
@@ -404,7 +409,7 @@ def _pad(series, K):
     return torch.cat([series, series.new_zeros(series.shape[0], K - series.shape[1], series.shape[2])], 1)
 
 
-def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
+def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False):
     """Anderson-accelerated fixed-point iteration of the Gauss collocation equations at ``Q`` nodes.
 
     The unknowns are the accelerations ``x`` at the nodes; ``Φ(x) = a(γ_x, γ_x')`` with ``γ_x`` the
@@ -412,6 +417,12 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
     for long geodesics on curved metrics; Anderson mixing of the last ``memory`` residuals
     (Walker & Ni, SIAM J. Numer. Anal. 49, 2011 — type II, i.e. a multisecant quasi-Newton step)
     converges there too and needs fewer iterations everywhere.
+
+    With ``newton=True`` the equations ``Φ(x) − x = 0`` are solved by damped Newton instead:
+    ``∂a/∂γ`` and ``∂a/∂γ'`` at every node by forward differences (``2d`` extra accelerations per
+    node, in the same batch), ``∂Φ/∂x`` assembled from them and the collocation maps; a step that
+    does not lower the residual is halved. About ``2d + 1`` times dearer per iteration, for pairs on
+    which the fixed-point iteration diverges.
     """
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
@@ -426,16 +437,18 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
     line = _line_series(z0, z1, K)
     Ly = torch.einsum("qk,nkd->nqd", B0, line)
     Lyp = torch.einsum("qk,nkd->nqd", B1, line)
-    y = _eval_series(series, tau)  # the starting curve (its accelerations are unknown)
-    yp = _eval_series(series, tau, derivative=True)
-    x = torch.zeros(n, Q, d, dtype=dt, device=dev)
-    have_x = False
+    # the starting curve's own accelerations: they reproduce it exactly when its degree is ≤ Q + 1
+    x = _eval_series(series, tau, derivative=2)
     m = int(memory)
     hF = torch.zeros(n, m, Q * d, dtype=dt, device=dev)
     hG = torch.zeros(n, m, Q * d, dtype=dt, device=dev)
     f_prev = torch.zeros(n, Q * d, dtype=dt, device=dev)
     g_prev = torch.zeros(n, Q * d, dtype=dt, device=dev)
     nh = torch.zeros(n, dtype=torch.long, device=dev)
+    sqrt_eps = eps**0.5
+    x_acc = torch.zeros(n, Q * d, dtype=dt, device=dev)
+    d_acc = torch.zeros(n, Q * d, dtype=dt, device=dev)
+    alpha = torch.ones(n, dtype=dt, device=dev)
     target = max(0.05 * tol, 30 * eps)
     out_series = line.clone()
     length = torch.full((n,), float("nan"), dtype=dt, device=dev)
@@ -455,12 +468,22 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
             break
         iters[act] += 1
         k = act.numel()
-        if have_x:
-            ya = Ly[act] + torch.einsum("qp,npd->nqd", GY, x[act])
-            ypa = Lyp[act] + torch.einsum("qp,npd->nqd", GYp, x[act])
+        ya = Ly[act] + torch.einsum("qp,npd->nqd", GY, x[act])
+        ypa = Lyp[act] + torch.einsum("qp,npd->nqd", GYp, x[act])
+        if newton:
+            hz = sqrt_eps * (1.0 + ya.abs().amax(-1, keepdim=True))  # (k, Q, 1)
+            hv = sqrt_eps * (1.0 + ypa.abs().amax(-1, keepdim=True))
+            E = torch.eye(d, dtype=dt, device=dev)[:, None, None, :]  # (d, 1, 1, d)
+            Ys = torch.cat([ya[None], ya[None] + hz[None] * E, ya[None].expand(d, -1, -1, -1)], 0)
+            Vs = torch.cat([ypa[None], ypa[None].expand(d, -1, -1, -1), ypa[None] + hv[None] * E], 0)
+            gall, nall = _second_order(metric, acc, mfn, Ys.reshape(-1, d), Vs.reshape(-1, d))
+            gall = gall.reshape(2 * d + 1, k, Q, d)
+            g = gall[0]
+            Az = (gall[1 : d + 1] - g[None]) / hz[None]  # Az[j, n, q, i] = ∂a_i/∂γ_j at node q
+            Av = (gall[d + 1 :] - g[None]) / hv[None]
+            norm = _Norm(jac=nall.jac[: k * Q], ridge=nall.ridge) if nall.jac is not None else _Norm(m=nall.m[: k * Q])
         else:
-            ya, ypa = y[act], yp[act]
-        g, norm = _second_order(metric, acc, mfn, ya.reshape(-1, d), ypa.reshape(-1, d))
+            g, norm = _second_order(metric, acc, mfn, ya.reshape(-1, d), ypa.reshape(-1, d))
         g = g.reshape(k, Q, d)
         sp = norm(ypa.reshape(-1, d)).reshape(k, Q)
         L = (sp * wq).sum(1)
@@ -483,11 +506,14 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
         # truncation estimate: the last two Legendre coefficients, in the metric at the middle node
         tnorm = _Norm(jac=norm.jac[mid::Q], ridge=norm.ridge) if norm.jac is not None else _Norm(m=norm.m[mid::Q])
         tail[act] = torch.maximum(tnorm(coef[:, -2]), tnorm(coef[:, -1])) / L.clamp_min(tiny)
-        grow[act] = torch.where(rel > best[act], grow[act] + 1, torch.zeros_like(grow[act]))
+        worse = rel > best[act]
+        grow[act] = torch.where(worse, grow[act] + 1, torch.zeros_like(grow[act]))
         best[act] = torch.minimum(best[act], rel)
         done = finite & (rel <= target)
         conv[act] = done
-        bad = ~finite | (grow[act] >= 6) | (rel > 1e3 * best[act].clamp_min(target))
+        # diverging: many iterations without a new best, or a residual far above both the best one
+        # and the level at which the iteration is clearly near its fixed point
+        bad = ~finite | (grow[act] >= (12 if newton else 8)) | (~torch.tensor(newton, device=dev) & (rel > 1e3 * best[act].clamp_min(1e-4)))
         for j in torch.nonzero(bad & ~done).reshape(-1).tolist():
             i = int(act[j])
             dead[i] = True
@@ -498,8 +524,26 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
             )
         # next iterate: Anderson mixing of the residuals f = Φ(x) − x
         gf = g.reshape(k, -1)
-        if not have_x:
-            xn = gf  # the first evaluation has no x: a plain Picard step
+        if newton:
+            f = gf - x[act].reshape(k, -1)
+            # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
+            JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
+            JP = JP.reshape(k, Q * d, Q * d)
+            eye = torch.eye(Q * d, dtype=dt, device=dev)
+            delta, info = torch.linalg.solve_ex(eye - JP, f.unsqueeze(-1))
+            delta = delta.squeeze(-1)
+            good = (info == 0) & torch.isfinite(delta).all(1) & ~worse
+            # accepted point: a full Newton step from it; rejected: halve the previous step
+            alpha[act] = torch.where(good, torch.ones_like(alpha[act]), 0.5 * alpha[act])
+            base_x = torch.where(good[:, None], x[act].reshape(k, -1), x_acc[act])
+            base_d = torch.where(good[:, None], delta, d_acc[act])
+            x_acc[act], d_acc[act] = base_x, base_d
+            xn = base_x + alpha[act, None] * base_d
+            for j in torch.nonzero(alpha[act] < 1e-3).reshape(-1).tolist():
+                i = int(act[j])
+                if not bool(conv[i]) and not bool(dead[i]):
+                    dead[i] = True
+                    reasons[i] = f"collocation Newton line search stalled (residual {float(best[i]):.2e})"
         else:
             f = gf - x[act].reshape(k, -1)
             hn = nh[act]
@@ -520,12 +564,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=4):
             xn = torch.where(ok[:, None], xn, gf)
             f_prev[act], g_prev[act] = f, gf
             nh[act] = hn + 1
-        if not have_x:
-            # first step: no residual history yet (x was the unknown acceleration of the start curve)
-            f_prev[act] = 0.0
-            g_prev[act] = gf
         x[act] = xn.reshape(k, Q, d)
-        have_x = True
     v0 = torch.einsum("k,nkd->nd", e0, out_series)
     for i in torch.nonzero(~conv & ~dead).reshape(-1).tolist():
         reasons[i] = (
@@ -581,35 +620,56 @@ def collocate(
     )
     reasons = [""] * n
     out["series"][:, : min(series.shape[1], Kmax)] = series[:, :Kmax]
+    drift_tol = max(tol, 100 * eps)
+    newt = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def attempt(sel, Q, mode):
+        """One collocation attempt; returns the pairs to retry with Newton (same Q) and with 2Q."""
+        start = out["series"][sel].clone()
+        # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
+        # pairs it does not settle go to Newton at the same resolution
+        r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, 10), newton=mode)
+        ok = r["conv"] & (r["tail"] <= tol) & (r["drift"] <= drift_tol)
+        # a diverged attempt keeps its starting curve (the diverged iterate is worthless)
+        keep = ~r["dead"] | ok
+        out["series"][sel] = torch.where(keep[:, None, None], _pad(r["series"], Kmax), start)
+        out["length"][sel] = r["length"]
+        out["velocity0"][sel] = r["v0"]
+        out["residual"][sel] = r["residual"]
+        out["rel_residual"][sel] = torch.maximum(r["rel"], r["tail"].nan_to_num(float("inf")))
+        out["speed_drift"][sel] = r["drift"]
+        out["iterations"][sel] += r["iters"]
+        out["nodes"][sel] = Q
+        out["converged"][sel[ok]] = True
+        same, nxt = [], []
+        for j, i in enumerate(sel.tolist()):
+            if bool(ok[j]):
+                reasons[i] = ""
+                continue
+            reasons[i] = r["reasons"][j] or (
+                f"collocation not resolved with {Q} nodes (speed drift {float(r['drift'][j]):.2e}, "
+                f"trailing coefficients {float(r['tail'][j]):.2e}; tol {tol:g})"
+            )
+            if not mode and not bool(r["conv"][j]):
+                newt[i] = True  # the fixed-point iteration diverged or is slow: Newton, same resolution
+                same.append(i)
+            elif bool(r["conv"][j]) and 2 * Q <= max_nodes:  # converged but unresolved: more nodes
+                nxt.append(i)
+        return same, nxt
+
     todo = torch.arange(n, device=dev)
     Q = int(nodes)
-    drift_tol = max(tol, 100 * eps)
     with torch.no_grad():
         while todo.numel():
-            r = _picard(metric, acc, mfn, z0[todo], z1[todo], out["series"][todo], Q, tol, max_iter)
-            out["series"][todo] = _pad(r["series"], Kmax)
-            out["length"][todo] = r["length"]
-            out["velocity0"][todo] = r["v0"]
-            out["residual"][todo] = r["residual"]
-            out["rel_residual"][todo] = torch.maximum(r["rel"], r["tail"].nan_to_num(float("inf")))
-            out["speed_drift"][todo] = r["drift"]
-            out["iterations"][todo] += r["iters"]
-            out["nodes"][todo] = Q
-            resolved = (r["tail"] <= tol) & (r["drift"] <= drift_tol)
-            ok = r["conv"] & resolved
-            out["converged"][todo[ok]] = True
-            retry = []
-            for j, i in enumerate(todo.tolist()):
-                if bool(ok[j]):
-                    reasons[i] = ""
-                    continue
-                reasons[i] = r["reasons"][j] or (
-                    f"collocation not resolved with {Q} nodes (speed drift {float(r['drift'][j]):.2e}, "
-                    f"trailing coefficients {float(r['tail'][j]):.2e}; tol {tol:g})"
-                )
-                # unresolved, or still converging: more nodes (a diverging iteration is not retried)
-                if not bool(r["dead"][j]) and 2 * Q <= max_nodes:
-                    retry.append(i)
-            todo = torch.tensor(retry, dtype=torch.long, device=dev)
+            nxt = []
+            same = []
+            plain = todo[~newt[todo]]
+            if plain.numel():
+                same, nxt = attempt(plain, Q, False)
+            nsel = torch.cat([todo[newt[todo]], torch.tensor(same, dtype=torch.long, device=dev)])
+            if nsel.numel():
+                _, nxt2 = attempt(nsel, Q, True)
+                nxt += nxt2
+            todo = torch.tensor(sorted(nxt), dtype=torch.long, device=dev)
             Q *= 2
     return CollocationResult(reasons=reasons, **out)
