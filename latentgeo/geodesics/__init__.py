@@ -1,8 +1,10 @@
 """Geodesics: ODE right-hand side, exp map (IVP), connecting geodesics (energy + BVP), distances.
 
 Modules: :mod:`.ode` (geodesic acceleration, Christoffel symbols), :mod:`.ivp` (batched
-Dormand–Prince, exp map), :mod:`.energy` (discrete energy minimisation), :mod:`.bvp`
-(Newton shooting), :mod:`.connecting` (connecting geodesics, log map, distance matrices).
+Dormand–Prince, exp map), :mod:`.spectral` (pseudospectral energy minimisation and
+Gauss–Legendre collocation: the default connecting-geodesic solver), :mod:`.energy` (discrete
+energy minimisation), :mod:`.bvp` (Newton shooting), :mod:`.connecting` (connecting geodesics,
+log map, distance matrices), :mod:`.graph` (kNN/grid graphs, graph distances).
 """
 
 from .connecting import (
