@@ -154,6 +154,16 @@ def legendre_basis(t: torch.Tensor, K: int, derivative: int = 0) -> torch.Tensor
     return torch.stack(P, 1)
 
 
+def _gauss_basis(Q: int, K: int, order: int, dtype, device) -> torch.Tensor:
+    """Cached ``legendre_basis(τ, K, order)`` at the ``Q`` Gauss nodes (the recurrences cost more
+    than a small solve otherwise)."""
+    key = ("gbasis", Q, K, order, dtype, str(device))
+    if key not in _CACHE:
+        tau = _to(("gauss", Q), _gauss_np(Q), dtype, device)[0]
+        _CACHE[key] = legendre_basis(tau, K, order)
+    return _CACHE[key]
+
+
 def _eval_series(coef: torch.Tensor, t: torch.Tensor, derivative: int = 0) -> torch.Tensor:
     """Legendre series ``coef (n, K, d)`` at ``t (M,)`` → ``(n, M, d)``."""
     B = legendre_basis(t, coef.shape[1], derivative)
@@ -430,15 +440,17 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     K = Q + 2
     eps = float(torch.finfo(dt).eps)
     tiny = torch.finfo(dt).tiny
-    B0 = legendre_basis(tau, K)
-    B1 = legendre_basis(tau, K, derivative=True)
-    GY, GYp = B0 @ C, B1 @ C  # node values / derivatives of the correction per node acceleration
-    e0 = legendre_basis(torch.zeros(1, dtype=dt, device=dev), K, derivative=True)[0]
+    B0 = _gauss_basis(Q, K, 0, dt, dev)
+    B1 = _gauss_basis(Q, K, 1, dt, dev)
+    key = ("colloc", Q, dt, str(dev))
+    if key not in _CACHE:
+        _CACHE[key] = (B0 @ C, B1 @ C, legendre_basis(torch.zeros(1, dtype=dt, device=dev), K, derivative=1)[0])
+    GY, GYp, e0 = _CACHE[key]  # node values / derivatives of the correction per node acceleration; γ'(0) row
     line = _line_series(z0, z1, K)
     Ly = torch.einsum("qk,nkd->nqd", B0, line)
     Lyp = torch.einsum("qk,nkd->nqd", B1, line)
     # the starting curve's own accelerations: they reproduce it exactly when its degree is ≤ Q + 1
-    x = _eval_series(series, tau, derivative=2)
+    x = torch.einsum("qk,nkd->nqd", _gauss_basis(Q, series.shape[1], 2, dt, dev), series)
     m = int(memory)
     hF = torch.zeros(n, m, Q * d, dtype=dt, device=dev)
     hG = torch.zeros(n, m, Q * d, dtype=dt, device=dev)
