@@ -7,9 +7,11 @@ For a model with a 2-D latent space and labelled data, the section
 2. solves the connecting geodesics under the report's metric (``ctx.metric``: the expected
    pullback metric of the decoder) with :func:`latentgeo.geodesics.connecting_geodesic` at
    ``tol = options["geodesic_tol"]`` (default ``1e-6``; float32 models are solved on a float64
-   copy, since 1e-6 needs float64) with bounded work (``geodesic_max_iter`` 20 Newton iterations, ``geodesic_max_steps``
-   2000 RK steps; pairs that do not converge are reported, drawn dotted, with the solver's
-   reason in ``summary.json``), initialised from shortest paths in a
+   copy, since 1e-6 needs float64) with bounded work (``geodesic_max_iter`` 20 collocation /
+   Newton iterations, ``geodesic_max_nodes`` 256 collocation nodes — the RBF-variance metric's
+   geodesics need 128–256 —, ``geodesic_max_steps`` 2000 RK steps in the shooting fallback;
+   pairs that do not converge are reported, drawn dotted, with the solver's reason in
+   ``summary.json``, which also says what certified each pair), initialised from shortest paths in a
    grid graph over the plot extent (:class:`~latentgeo.geodesics.graph.LatentGraph`, which
    falls back to the straight line only where that is shorter);
 3. writes ``geodesics.png`` (geodesics over the magnification map, straight lines dashed) and
@@ -90,7 +92,11 @@ def geodesics_section(ctx: ReportContext) -> dict:
     graph = LatentGraph.grid(metric, [(x0, x1), (y0, y1)], grid_res, dtype=codes.dtype, device=codes.device)
     graph_s = time.perf_counter() - t
     t = time.perf_counter()
-    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph, max_iter=max_iter, max_steps=max_steps)
+    # the demo's RBF-variance metric has sharp features: its geodesics need 128-256 collocation
+    # nodes (with fewer, the shooting fallback certifies them, just as well but slower)
+    max_nodes = int(ctx.options.get("geodesic_max_nodes", 256))
+    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph, max_iter=max_iter, max_steps=max_steps,
+                              max_nodes=max_nodes)
     solve_s = time.perf_counter() - t
     s = torch.linspace(0, 1, 513, dtype=z0.dtype, device=z0.device)[None, :, None]
     lines = z0[:, None] + s * (z1 - z0)[:, None]
@@ -131,6 +137,8 @@ def geodesics_section(ctx: ReportContext) -> dict:
         "n_converged": int(conv.sum()),
         "n_pairs": n,
         "init_used": list(getattr(res, "init", ["graph"] * n)),
+        "certified_by": list(getattr(res, "method", [""] * n)),
+        "max_nodes": max_nodes,
         "reasons": list(getattr(res, "reasons", [""] * n)),
         "tol": tol,
         "max_iter": max_iter,
