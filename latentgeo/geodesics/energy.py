@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..metric import Metric
+from ._lm import damped_step, update_damping
 from .ode import _rowwise_jac
 
 __all__ = ["minimize_discrete_energy", "EnergyResult"]
@@ -140,15 +141,8 @@ def minimize_discrete_energy(
             iters[act] += 1
             H = _assemble(Dg[act], Of[act])
             P = H.shape[-1]
-            dH = torch.diagonal(H, dim1=-2, dim2=-1)
-            damp = lam[act, None] * dH.clamp_min(1e-12 * dH.amax(-1, keepdim=True).clamp_min(1e-300))
-            A = H + torch.diag_embed(damp)
-            rhs = -G[act].reshape(-1, P)
-            L, info = torch.linalg.cholesky_ex(A)
-            ok = info == 0
-            step = torch.cholesky_solve(rhs.unsqueeze(-1), torch.where(ok[:, None, None], L, torch.eye(P, dtype=c.dtype, device=c.device))).squeeze(-1)
-            step = torch.where(ok[:, None], step, torch.zeros_like(step))
-            pred = -(2.0 * (T - 1)) * ((-rhs * step).sum(-1) + 0.5 * (step.unsqueeze(1) @ H @ step.unsqueeze(-1)).reshape(-1))
+            step, q, ok = damped_step(H, G[act].reshape(-1, P), lam[act])
+            pred = -(2.0 * (T - 1)) * q
             ct = c[act].clone()
             ct[:, 1:-1] = ct[:, 1:-1] + step.reshape(-1, T - 2, d)
             Et, Gt, Dt, Ot = terms(ct)
@@ -161,10 +155,6 @@ def minimize_discrete_energy(
             ia = act[accept]
             c[ia] = ct[accept]
             E[ia], G[ia], Dg[ia], Of[ia] = Et[accept], Gt[accept], Dt[accept], Ot[accept]
-            lam_a = lam[act]
-            lam_a = torch.where(accept & (rho > 0.75), lam_a / 3.0, lam_a)
-            lam_a = torch.where(accept & (rho < 0.25), lam_a * 2.0, lam_a)
-            lam_a = torch.where(~accept, lam_a * 4.0, lam_a).clamp(1e-12, 1e12)
-            lam[act] = lam_a
+            lam[act] = update_damping(lam[act], accept, rho, down=3.0, up=2.0, reject=4.0, lo=1e-12, hi=1e12)
             conv[act] = newconv
     return EnergyResult(curve=c, energy=E, converged=conv, iterations=iters)

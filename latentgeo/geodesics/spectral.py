@@ -59,7 +59,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -69,6 +68,7 @@ from numpy.polynomial import legendre as npleg
 
 from .._fxtaylor import embedding_second_order
 from ..metric import Metric
+from ._lm import damped_step, update_damping
 from .ode import _rowwise_jac, acceleration_fn, acceleration_from_jet, metric_tensor_fn
 
 __all__ = [
@@ -322,7 +322,6 @@ def minimize_spectral_energy(
     rtol = 100 * float(torch.finfo(dt).eps) if rtol is None else float(rtol)
     mfn = None if metric.is_embedded else metric_tensor_fn(metric)
     c = nodes.detach().clone()
-    P = (T - 2) * d
     reasons = [""] * n
     with torch.no_grad():
         E, G, H, ends = _energy_terms(metric, mfn, D, w, A, c)
@@ -333,21 +332,13 @@ def minimize_spectral_energy(
         for i in torch.nonzero(dead).reshape(-1).tolist():
             reasons[i] = "the energy of the initial curve is not finite"
         scale = (c[:, -1] - c[:, 0]).abs().amax(1).clamp_min(1.0)
-        eye = torch.eye(P, dtype=dt, device=dev)
         for _ in range(int(max_iter)):
             act = torch.nonzero(~(conv | dead)).reshape(-1)
             if act.numel() == 0:
                 break
             iters[act] += 1
-            Ha, Ga = H[act], G[act]
-            dH = torch.diagonal(Ha, dim1=-2, dim2=-1)
-            damp = lam[act, None] * dH.clamp_min(1e-12 * dH.amax(-1, keepdim=True).clamp_min(torch.finfo(dt).tiny))
-            L, info = torch.linalg.cholesky_ex(Ha + torch.diag_embed(damp))
-            ok = info == 0
-            L = torch.where(ok[:, None, None], L, eye)
-            s = torch.cholesky_solve(-Ga.unsqueeze(-1), L).squeeze(-1)
-            s = torch.where(ok[:, None], s, torch.zeros_like(s))
-            pred = -(2 * (Ga * s).sum(-1) + (s.unsqueeze(1) @ Ha @ s.unsqueeze(-1)).reshape(-1))
+            s, q, ok = damped_step(H[act], G[act], lam[act])
+            pred = -2.0 * q  # E(c + s) ≈ E + 2 gᵀs + sᵀHs with the half-gradient and half-matrix
             ct = c[act].clone()
             ct[:, 1:-1] += s.reshape(-1, T - 2, d)
             Et, Gt, Ht, _ = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act])
@@ -359,10 +350,7 @@ def minimize_spectral_energy(
             done = (accept & (gain <= rtol * Ea)) | (ok & (pred <= rtol * Ea)) | (ok & small)
             ia = act[accept]
             c[ia], E[ia], G[ia], H[ia] = ct[accept], Et[accept], Gt[accept], Ht[accept]
-            la = lam[act]
-            la = torch.where(accept & (rho > 0.75), la / 5.0, la)
-            la = torch.where(accept & (rho < 0.25), la * 3.0, la)
-            la = torch.where(~accept, la * 10.0, la).clamp(1e-15, 1e15)
+            la = update_damping(lam[act], accept, rho, down=5.0, up=3.0, reject=10.0, lo=1e-15, hi=1e15)
             lam[act] = la
             conv[act] = done
             stuck = ~done & (la >= 1e15)
