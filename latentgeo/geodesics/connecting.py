@@ -375,6 +375,19 @@ def _certify_ivp(acc, mfn, z0, z1, v, length, rtol, atol, max_steps):
     return dict(ok=ok, reasons=rs, rel=rel, drift=drift, resid=mis.norm(dim=1), knots=(kt, Y[..., :d], Y[..., d:], F[..., d:]))
 
 
+def _certificate_failure(ok: bool, why: str, rel: float, drift: float, tol: float, dt, what: str) -> str:
+    """Why an integrated geodesic fails the certificate (``""`` if it passes): the integration
+    finished, the endpoint mismatch (metric norm, relative to the length) and the speed drift are
+    ``≤ tol`` (the drift test is floored at ``100·eps`` of the dtype)."""
+    if not ok:
+        return f"{what} integration failed: {why}"
+    if not rel <= tol:
+        return f"{what} failed: endpoint mismatch {rel:.2e} (relative, metric norm) > tol {tol:g}"
+    if not drift <= max(tol, 100 * float(torch.finfo(dt).eps)):
+        return f"{what} failed: speed drift {drift:.2e} > tol {tol:g}"
+    return ""
+
+
 def _flag_longer_than_line(metric, z0, z1, length, conv, reasons):
     """Minimality: a shortest path is never longer than the straight line (a feasible curve). A
     certified ODE solution longer than it is a geodesic, but not the shortest one: flag it rather
@@ -438,7 +451,7 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
     length, v = cr.length.clone(), cr.velocity0.clone()
     rel, drift, resid = cr.rel_residual.clone(), cr.speed_drift.clone(), cr.residual.clone()
     iters, e_iters, nq = cr.iterations.clone(), er.iterations.clone(), cr.nodes.clone()
-    reasons = [r or e for r, e in zip(cr.reasons, [""] * n)]
+    reasons = list(cr.reasons)
     for i in range(n):
         if not bool(conv[i]) and er.reasons[i]:
             reasons[i] = f"{er.reasons[i]}; {reasons[i]}" if reasons[i] else er.reasons[i]
@@ -500,14 +513,14 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
             sh = shoot(acc, mfn, z0[bad], z1[bad], v_init, ftol=0.1 * tol, rtol=rtol, atol=atol,
                        max_iter=max_iter, max_steps=max_steps, bound=box)
         iters[bad] += sh["iterations"]
-        okb = sh["converged"] & (sh["rel_residual"] <= tol) & (sh["speed_drift"] <= max(tol, 100 * float(torch.finfo(dt).eps)))
+        okb = sh["converged"].clone()
         for j, i in enumerate(bad.tolist()):
+            why = sh["reasons"][j] or _certificate_failure(True, "", float(sh["rel_residual"][j]),
+                                                           float(sh["speed_drift"][j]), tol, dt, "certification")
+            okb[j] = bool(okb[j]) and not why
             if bool(okb[j]):
                 reasons[i], how_cert[i] = "", "shooting"
             else:
-                why = sh["reasons"][j] or (
-                    f"endpoint mismatch {float(sh['rel_residual'][j]):.2e}, speed drift {float(sh['speed_drift'][j]):.2e} > tol {tol:g}"
-                )
                 reasons[i] = f"{reasons[i]}; shooting fallback: {why}"
         fi = bad[okb]
         conv[fi] = True
@@ -526,14 +539,10 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
             with torch.no_grad():
                 rc = _certify_ivp(acc, mfn, z0[idx], z1[idx], v[idx], length[idx], 0.1 * rtol, 0.1 * atol, max_steps)
             for j, i in enumerate(idx.tolist()):
-                if not bool(rc["ok"][j]):
-                    conv[i], reasons[i] = False, f"recheck integration failed: {rc['reasons'][j]}"
-                elif not bool(rc["rel"][j] <= tol):
-                    conv[i] = False
-                    reasons[i] = f"recheck failed: the IVP from γ'(0) misses z1 by {float(rc['rel'][j]):.2e} (relative, metric norm) > tol {tol:g}"
-                elif not bool(rc["drift"][j] <= max(tol, 100 * float(torch.finfo(dt).eps))):
-                    conv[i] = False
-                    reasons[i] = f"recheck failed: speed drift {float(rc['drift'][j]):.2e} > tol {tol:g}"
+                why = _certificate_failure(bool(rc["ok"][j]), rc["reasons"][j], float(rc["rel"][j]),
+                                           float(rc["drift"][j]), tol, dt, "recheck (IVP from γ'(0))")
+                if why:
+                    conv[i], reasons[i] = False, why
             rel[idx] = torch.maximum(rel[idx], rc["rel"])
             drift[idx] = torch.maximum(drift[idx], rc["drift"])
 
@@ -627,18 +636,10 @@ def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
         with torch.no_grad():
             rc = _certify_ivp(acc, mfn, z0, z1, v, length, 0.1 * rtol, 0.1 * atol, max_steps)
         ok, rs, rel, drift, resid, knots = rc["ok"], rc["reasons"], rc["rel"], rc["drift"], rc["resid"], rc["knots"]
-    for i in range(n):
-        if not bool(conv[i]):
-            continue
-        if not bool(ok[i]):
-            reasons[i] = f"certification integration failed: {rs[i]}"
-            conv[i] = False
-        elif not bool(rel[i] <= tol):
-            reasons[i] = f"certification failed: endpoint mismatch {float(rel[i]):.2e} (relative, metric norm) > tol {tol:g}"
-            conv[i] = False
-        elif not bool(drift[i] <= max(tol, 100 * torch.finfo(dt).eps)):
-            reasons[i] = f"certification failed: speed drift {float(drift[i]):.2e} > tol {tol:g}"
-            conv[i] = False
+    for i in torch.nonzero(conv).reshape(-1).tolist():
+        why = _certificate_failure(bool(ok[i]), rs[i], float(rel[i]), float(drift[i]), tol, dt, "certification")
+        if why:
+            conv[i], reasons[i] = False, why
     _flag_longer_than_line(metric, z0, z1, length, conv, reasons)
     # non-converged pairs: report the discrete curve (flagged), never the ODE guess
     disc_len = metric.length(curve_d) if n else torch.zeros(0, dtype=dt)

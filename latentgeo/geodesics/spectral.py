@@ -462,7 +462,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     iters = torch.zeros(n, dtype=torch.long, device=dev)
     grow = torch.zeros(n, dtype=torch.long, device=dev)
     reasons = [""] * n
-    for it in range(int(max_iter)):
+    for _ in range(int(max_iter)):
         act = torch.nonzero(~(conv | dead)).reshape(-1)
         if act.numel() == 0:
             break
@@ -513,7 +513,9 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
         conv[act] = done
         # diverging: many iterations without a new best, or a residual far above both the best one
         # and the level at which the iteration is clearly near its fixed point
-        bad = ~finite | (grow[act] >= (12 if newton else 8)) | (~torch.tensor(newton, device=dev) & (rel > 1e3 * best[act].clamp_min(1e-4)))
+        bad = ~finite | (grow[act] >= (12 if newton else 8))
+        if not newton:  # (Newton has its own line search)
+            bad |= rel > 1e3 * best[act].clamp_min(1e-4)
         for j in torch.nonzero(bad & ~done).reshape(-1).tolist():
             i = int(act[j])
             dead[i] = True
