@@ -32,7 +32,7 @@ from .geodesics import (
 )
 from .report import register_section, report_sections, write_report
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Decoder",

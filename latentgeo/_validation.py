@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["as_latent_batch", "check_finite", "describe_bad_rows"]
+__all__ = ["as_latent_batch", "check_finite", "describe_bad_rows", "check_int", "check_real", "check_choice", "check_on_failure", "ON_FAILURE"]
 
 
 def describe_bad_rows(mask: torch.Tensor, max_show: int = 5) -> str:
@@ -74,3 +74,69 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         if bool(torch.isinf(x).any()):
             kinds.append("inf")
         raise ValueError(f"{name} contains {'/'.join(kinds)} at {describe_bad_rows(bad)}")
+
+
+# ---------------------------------------------------------------------------------------
+# scalar options: one message shape ("NAME must be EXPECTED, got GIVEN") for every entry point
+# ---------------------------------------------------------------------------------------
+def check_int(value, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """``value`` as an ``int`` (bools and non-integral floats refused) within ``[minimum, maximum]``."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_real(
+    value,
+    name: str,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    *,
+    strict_min: bool = False,
+    strict_max: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` within the given bounds (``strict_*``: open bound)."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+            value = float(value)
+        else:
+            raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict_min else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value}")
+    if maximum is not None and (value >= maximum if strict_max else value > maximum):
+        raise ValueError(f"{name} must be {'<' if strict_max else '<='} {maximum}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"unknown {name} {value!r}; expected one of {opts}")
+    return value
+
+
+ON_FAILURE = ("raise", "warn", "ignore")
+
+
+def check_on_failure(value, name: str = "on_failure", choices=ON_FAILURE) -> str:
+    """The package's one failure vocabulary: ``"raise"`` (an exception naming the failed items),
+    ``"warn"`` (a ``RuntimeWarning`` with the count; the result flags them) or ``"ignore"``
+    (the result flags them, silently). Entry points may accept a subset."""
+    return check_choice(value, name, choices)

@@ -127,7 +127,7 @@ def save_checkpoint(path: PathLike, state_dict: Mapping[str, torch.Tensor], conf
     """
     from safetensors.torch import save as st_save
 
-    from . import __version__
+    from ._version import __version__
 
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")

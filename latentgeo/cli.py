@@ -106,7 +106,7 @@ def _latent_kinds() -> tuple[str, ...]:
 # parser
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = argparse.ArgumentParser(
         prog=PROG,

@@ -705,7 +705,7 @@ def write_report(
         the given ``timings``), ``sections`` (names in run order) and ``files`` (everything
         written, relative to ``out_dir``, ``summary.json`` included).
     """
-    from . import __version__
+    from ._version import __version__
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ReportError(f"seed must be an integer, got {seed!r}")
