@@ -1,4 +1,4 @@
-"""Pluggable latent spaces for :class:`~latentgeo.models.VAE`.
+"""The latent-space interface of :class:`~latentgeo.models.VAE`.
 
 A :class:`Latent` bundles everything a VAE needs to know about its latent space:
 
@@ -32,15 +32,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
-from torch.nn import functional as F
+from torch.distributions import Distribution, kl_divergence
 
-__all__ = ["Latent", "EuclideanLatent", "register_latent", "get_latent", "LATENTS"]
+__all__ = ["Latent", "register_latent", "get_latent", "LATENTS"]
 
 LATENTS: dict[str, type] = {}
 
@@ -137,52 +135,3 @@ class Latent(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
-
-
-class EuclideanLatent(Latent):
-    """``z ∈ R^d``: diagonal Gaussian posterior, standard normal prior (Kingma & Welling 2014).
-
-    Encoder features ``[m, s]`` (``2d`` of them) give ``q = N(m, diag(σ²))`` with
-    ``σ = softplus(s) + min_scale``; the KL to ``N(0, I)`` is in closed form,
-    ``½ Σ (σ² + m² − 1 − log σ²)``.
-
-    Args:
-        dim: latent dimension ``d``.
-        min_scale: floor on the posterior standard deviation (numerical safety).
-    """
-
-    def __init__(self, dim: int, min_scale: float = 1e-4):
-        super().__init__(dim)
-        if not (isinstance(min_scale, (int, float)) and min_scale >= 0):
-            raise ValueError(f"min_scale must be a non-negative number, got {min_scale!r}")
-        self.min_scale = float(min_scale)
-
-    @property
-    def n_params(self) -> int:
-        return 2 * self.dim
-
-    @property
-    def code_dim(self) -> int:
-        return self.dim
-
-    def kwargs(self) -> dict:
-        return {"min_scale": self.min_scale}
-
-    def posterior(self, params):
-        loc, raw = params[..., : self.dim], params[..., self.dim :]
-        scale = F.softplus(raw) + self.min_scale
-        return Independent(Normal(loc, scale), 1)
-
-    def prior_like(self, q):
-        loc = q.base_dist.loc
-        return Independent(Normal(torch.zeros_like(loc), torch.ones_like(loc)), 1)
-
-    def kl(self, q, z=None):
-        m, s = q.base_dist.loc, q.base_dist.scale
-        return 0.5 * (s.pow(2) + m.pow(2) - 1.0 - 2.0 * s.log()).sum(-1)
-
-    def log_prior(self, z):
-        return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))
-
-
-register_latent("euclidean", EuclideanLatent)

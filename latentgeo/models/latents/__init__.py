@@ -1,0 +1,13 @@
+"""Pluggable latent spaces for :class:`~latentgeo.models.VAE`: one module per latent.
+
+* :mod:`.base` — the :class:`Latent` interface, :func:`register_latent`, :func:`get_latent`;
+* :mod:`.euclidean` — :class:`EuclideanLatent` (``"euclidean"``).
+
+A new latent (hyperspherical, hyperbolic) is a module here that subclasses :class:`Latent`
+and calls :func:`register_latent`; this ``__init__`` imports it so it is registered.
+"""
+
+from .base import LATENTS, Latent, get_latent, register_latent
+from .euclidean import EuclideanLatent
+
+__all__ = ["Latent", "EuclideanLatent", "register_latent", "get_latent", "LATENTS"]
