@@ -8,6 +8,7 @@ Entry points::
     G = metric.tensor(z)                 # (N, d, d)
 """
 
+from ._version import __version__
 from .decoders import BernoulliDecoder, CategoricalDecoder, Decoder, DeterministicDecoder, GaussianDecoder
 from .metric import Metric, MetricField, PullbackMetric
 from .variance import RBFPrecision, fit_rbf_variance
@@ -16,13 +17,11 @@ from .datasets import Dataset, load_dataset
 from .models import VAE
 from .training import History, TrainConfig, Trainer, iwae_log_likelihood, train_vae
 from . import geodesics, plotting, report
-from . import report_geodesics  # noqa: F401  (registers the report section "geodesics")
 from .geodesics import (
     DistanceMatrix,
     ExpMapResult,
     GeodesicConvergenceError,
     GeodesicResult,
-    LatentGraph,
     christoffel,
     connecting_geodesic,
     distance_matrix,
@@ -32,9 +31,9 @@ from .geodesics import (
 )
 from .report import register_section, report_sections, write_report
 
-from ._version import __version__
 
 __all__ = [
+    "__version__",
     "Decoder",
     "GaussianDecoder",
     "BernoulliDecoder",
@@ -74,3 +73,12 @@ __all__ = [
     "report_sections",
     "write_report",
 ]
+
+
+def __getattr__(name):
+    # heavy optional pieces load on first use, so `import latentgeo` stays cheap
+    if name == "LatentGraph":
+        from .geodesics.graph import LatentGraph
+
+        return LatentGraph
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Data sets that ship with the package or are generated from a seed (no downloads).
+"""Data sets that ship with the package or are generated from a random_state (no downloads).
 
 * ``"digits"`` — scikit-learn's bundled 8×8 handwritten digits (1797 images), scaled to
   [0, 1], labels kept, optional class subset (:func:`load_digits`).
@@ -12,11 +12,11 @@
   through noisy siblings of every node (:func:`make_tree`).
 
 :func:`load_dataset` dispatches by name; :func:`train_val_split` makes seeded splits.
-Every generator takes ``seed`` and the same seed gives the same data.
+Every generator takes ``random_state`` and the same random_state gives the same data.
 
 Example:
     >>> from latentgeo.datasets import load_dataset
-    >>> ds = load_dataset("moons", n_samples=200, dim=10, seed=0)
+    >>> ds = load_dataset("moons", n_samples=200, dim=10, random_state=0)
     >>> ds.data.shape, ds.labels.shape, ds.item_shape
     (torch.Size([200, 10]), torch.Size([200]), (10,))
 """
@@ -39,6 +39,7 @@ __all__ = [
     "make_circles",
     "make_tree",
     "train_val_split",
+    "split_indices",
     "DATASETS",
 ]
 
@@ -152,7 +153,7 @@ def load_digits(classes=None) -> Dataset:
     return _finish(x, y, (8, 8), "digits", params)
 
 
-def make_moons(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, seed: int = 0) -> Dataset:
+def make_moons(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, random_state: int = 0) -> Dataset:
     """Two interleaved half circles in a random 2-plane of ``R^dim``, plus noise.
 
     Clean points (the scikit-learn geometry): moon 0 ``(cos t, sin t)``, moon 1
@@ -162,8 +163,8 @@ def make_moons(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, seed: 
     n = _int("n_samples", n_samples, 2)
     dim = _int("dim", dim, 2)
     noise = _num("noise", noise)
-    seed = _int("seed", seed, 0)
-    rng = np.random.default_rng(seed)
+    random_state = _int("random_state", random_state, 0)
+    rng = np.random.default_rng(random_state)
     labels = np.arange(n) % 2
     rng.shuffle(labels)
     t = rng.uniform(0.0, math.pi, n)
@@ -172,10 +173,10 @@ def make_moons(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, seed: 
                    np.stack([1.0 - np.cos(t), 0.5 - np.sin(t)], 1))
     pts = pts - np.array([0.5, 0.25])
     x = pts @ _isometry(rng, dim).T + noise * rng.standard_normal((n, dim))
-    return _finish(x, labels, (dim,), "moons", {"n_samples": n, "dim": dim, "noise": noise, "seed": seed})
+    return _finish(x, labels, (dim,), "moons", {"n_samples": n, "dim": dim, "noise": noise, "random_state": random_state})
 
 
-def make_circles(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, factor: float = 0.5, seed: int = 0) -> Dataset:
+def make_circles(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, factor: float = 0.5, random_state: int = 0) -> Dataset:
     """Two concentric circles (radii 1 and ``factor``) in a random 2-plane of ``R^dim``, plus noise.
 
     Labels: 0 outer, 1 inner circle. Noise is ``N(0, noise²·I_dim)`` after the seeded isometry.
@@ -186,8 +187,8 @@ def make_circles(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, fact
     factor = _num("factor", factor, 0.0, strict=True)
     if factor >= 1:
         raise ValueError(f"factor must be in (0, 1) (inner/outer radius ratio), got {factor}")
-    seed = _int("seed", seed, 0)
-    rng = np.random.default_rng(seed)
+    random_state = _int("random_state", random_state, 0)
+    rng = np.random.default_rng(random_state)
     labels = np.arange(n) % 2
     rng.shuffle(labels)
     t = rng.uniform(0.0, 2 * math.pi, n)
@@ -195,7 +196,7 @@ def make_circles(n_samples: int = 1000, dim: int = 10, noise: float = 0.05, fact
     pts = r[:, None] * np.stack([np.cos(t), np.sin(t)], 1)
     x = pts @ _isometry(rng, dim).T + noise * rng.standard_normal((n, dim))
     return _finish(x, labels, (dim,), "circles",
-                   {"n_samples": n, "dim": dim, "noise": noise, "factor": factor, "seed": seed})
+                   {"n_samples": n, "dim": dim, "noise": noise, "factor": factor, "random_state": random_state})
 
 
 def make_tree(
@@ -206,7 +207,7 @@ def make_tree(
     n_noisy_siblings: int = 5,
     sibling_noise: float = 0.1,
     decay: float = 0.5,
-    seed: int = 0,
+    random_state: int = 0,
 ) -> Dataset:
     """Branching diffusion: hierarchical data for hyperbolic latents (Mathieu et al. 2019, §5.1).
 
@@ -227,11 +228,11 @@ def make_tree(
     n_sib = _int("n_noisy_siblings", n_noisy_siblings, 1)
     sibling_noise = _num("sibling_noise", sibling_noise)
     decay = _num("decay", decay, 0.0, strict=True, hi=1.0)
-    seed = _int("seed", seed, 0)
+    random_state = _int("random_state", random_state, 0)
     n_nodes = sum(branching**k for k in range(depth + 1))
     if n_nodes * n_sib > 5_000_000:
         raise ValueError(f"tree would have {n_nodes * n_sib} items; reduce depth/branching/n_noisy_siblings")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     pos = np.empty((n_nodes, dim))
     parent = np.full(n_nodes, -1, dtype=np.int64)
     node_depth = np.zeros(n_nodes, dtype=np.int64)
@@ -260,46 +261,58 @@ def make_tree(
         "node_parent": torch.as_tensor(parent),
     }
     params = {"depth": depth, "branching": branching, "dim": dim, "noise": noise, "n_noisy_siblings": n_sib,
-              "sibling_noise": sibling_noise, "decay": decay, "seed": seed}
+              "sibling_noise": sibling_noise, "decay": decay, "random_state": random_state}
     return _finish(x, item_node, (dim,), "tree", params, extras)
 
 
 DATASETS = {"digits": load_digits, "moons": make_moons, "circles": make_circles, "tree": make_tree}
 
 
-def load_dataset(name: str, *, seed: int = 0, **params) -> Dataset:
+def load_dataset(name: str, *, random_state: int = 0, **params) -> Dataset:
     """Build the data set ``name`` (one of :data:`DATASETS`) with ``params``.
 
-    ``seed`` is passed to the synthetic generators (the digits are fixed and ignore it).
+    ``random_state`` is passed to the synthetic generators (the digits are fixed and ignore it).
     Unknown names or parameters raise ``ValueError`` listing what exists.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
     fn = DATASETS[name]
-    accepted = [p for p in inspect.signature(fn).parameters if p != "seed"]
+    accepted = [p for p in inspect.signature(fn).parameters if p != "random_state"]
     bad = sorted(set(params) - set(accepted))
     if bad:
         raise ValueError(f"unknown parameter(s) {bad} for data set {name!r}; accepted: {', '.join(accepted) or 'none'}")
-    if "seed" in inspect.signature(fn).parameters:
-        return fn(seed=seed, **params)
-    _int("seed", seed, 0)
+    if "random_state" in inspect.signature(fn).parameters:
+        return fn(random_state=random_state, **params)
+    _int("random_state", random_state, 0)
     return fn(**params)
 
 
-def train_val_split(ds: Union[Dataset, torch.Tensor], val_fraction: float = 0.1, seed: int = 0):
+def split_indices(n: int, val_fraction: float, random_state: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random split of ``range(n)`` into ``(train_idx, val_idx)``; ``round(n·f)`` go to validation."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    gen = torch.Generator().manual_seed(int(random_state))
+    perm = torch.randperm(n, generator=gen)
+    n_val = int(round(n * val_fraction))
+    if n_val >= n:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training data out of {n} items")
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def train_val_split(ds: Union[Dataset, torch.Tensor], val_fraction: float = 0.1, random_state: int = 0):
     """Seeded random split into ``(train, val)`` of the same type as ``ds``.
 
     ``round(N·val_fraction)`` items go to validation (the same indices as the trainer's
-    split for the same seed, see :func:`latentgeo.training.split_indices`).
+    split for the same random_state, see :func:`split_indices`).
     """
-    from .training import split_indices
-
     if isinstance(ds, Dataset):
-        tr, va = split_indices(len(ds), val_fraction, seed)
+        tr, va = split_indices(len(ds), val_fraction, random_state)
         return ds.subset(tr), ds.subset(va)
     if isinstance(ds, torch.Tensor):
         if ds.dim() == 0:
             raise ValueError("cannot split a 0-d tensor")
-        tr, va = split_indices(int(ds.shape[0]), val_fraction, seed)
+        tr, va = split_indices(int(ds.shape[0]), val_fraction, random_state)
         return ds[tr], ds[va]
     raise ValueError(f"train_val_split needs a Dataset or a tensor, got {type(ds).__name__}")

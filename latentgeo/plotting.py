@@ -35,6 +35,8 @@ import torch
 
 __all__ = [
     "default_extent",
+    "scatter_codes",
+    "history_records",
     "latent_grid",
     "magnification_grid",
     "plot_magnification",
@@ -206,7 +208,7 @@ def _label_colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, label_names=None,
+def scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, label_names=None,
                    legend_title="label", **kw):
     size = size if size is not None else max(5.0, min(14.0, 4000.0 / len(codes)))
     many = len(codes) > 500
@@ -317,7 +319,7 @@ def plot_magnification(
                                 **({"location": "bottom", "aspect": 40} if below else {}))
         cb.set_label("√det M(z)" + (" (log scale)" if log else ""))
     if codes_np is not None:
-        _scatter_codes(ax, codes_np, labels, legend=legend, legend_title=legend_title, **(scatter_kw or {}))
+        scatter_codes(ax, codes_np, labels, legend=legend, legend_title=legend_title, **(scatter_kw or {}))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel("$z_1$")
@@ -428,7 +430,7 @@ def _image_shape(x: np.ndarray, item_shape) -> tuple[int, int]:
     return item_shape[0], item_shape[1]
 
 
-def _history_records(history) -> list[dict]:
+def history_records(history) -> list[dict]:
     if isinstance(history, (str, bytes)) or hasattr(history, "__fspath__"):
         import json
         from pathlib import Path
@@ -476,7 +478,7 @@ def plot_training_curves(
     Returns:
         the Axes.
     """
-    recs = _history_records(history)
+    recs = history_records(history)
     if not recs:
         raise ValueError("history is empty: nothing to plot")
     # keep epoch records (a log may hold other events, e.g. the RBF-variance fit)

@@ -18,7 +18,7 @@
   a tighter lower bound on ``log p(x)`` than the ELBO that increases with ``K``.
 
 Seeds: the data split, the shuffling and the reparameterisation noise all come from
-``seed`` (the trainer runs in a forked, locally seeded RNG), so the same seed and data give
+``random_state`` (the trainer runs in a forked, locally seeded RNG), so the same random_state and data give
 bitwise-identical weights, and the caller's global RNG state is not touched.
 
 Example:
@@ -26,7 +26,7 @@ Example:
     >>> from latentgeo.models import VAE
     >>> from latentgeo.training import train_vae, iwae_log_likelihood
     >>> x = torch.rand(200, 16)
-    >>> vae = VAE(16, 2, hidden=(16,), seed=0)
+    >>> vae = VAE(16, 2, hidden=(16,), random_state=0)
     >>> hist = train_vae(vae, x, epochs=3, variance="rbf", rbf_centers=8, quiet=True)
     >>> [r["phase"] for r in hist][-1], hist.rbf["n_centers"], vae.variance
     ('mean', 8, 'rbf')
@@ -55,10 +55,11 @@ from typing import Iterator, Optional
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .datasets import split_indices
 from .models.likelihoods import GaussianLikelihood
 from .models.vae import VAE
 
-__all__ = ["TrainConfig", "Trainer", "History", "train_vae", "iwae_log_likelihood", "elbo_estimate", "split_indices"]
+__all__ = ["TrainConfig", "Trainer", "History", "train_vae", "iwae_log_likelihood", "elbo_estimate"]
 
 _VARIANCE_CHOICES = ("constant", "learned", "rbf")
 _ARCH_KEYS = ("data_dim", "latent_dim", "latent", "likelihood", "hidden", "activation", "item_shape", "min_std", "dtype")
@@ -80,7 +81,7 @@ class TrainConfig:
         patience: stop a phase after this many epochs without a better validation loss
             (counted after the warm-up); ``None`` disables early stopping. The best weights
             are restored at the end of each phase either way when there is a validation set.
-        seed: seeds the split, shuffling and sampling.
+        random_state: seeds the split, shuffling and sampling.
         quiet: no progress bars (they are also off when stderr is not a terminal).
         log_path: JSON-lines file receiving one record per epoch.
         variance: Gaussian only: ``"constant"``, ``"learned"`` or ``"rbf"`` (see module docstring).
@@ -104,7 +105,7 @@ class TrainConfig:
     kl_warmup_epochs: int = 10
     val_fraction: float = 0.1
     patience: Optional[int] = 20
-    seed: int = 0
+    random_state: int = 0
     quiet: bool = False
     log_path: Optional[str] = None
     variance: str = "constant"
@@ -129,7 +130,7 @@ class TrainConfig:
         int_at_least("batch_size", 1)
         int_at_least("kl_warmup_epochs", 0)
         int_at_least("patience", 1, allow_none=True)
-        int_at_least("seed", 0)
+        int_at_least("random_state", 0)
         int_at_least("variance_epochs", 0, allow_none=True)
         int_at_least("rbf_centers", 1)
         int_at_least("n_samples", 1)
@@ -221,20 +222,6 @@ class History:
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random split of ``range(n)`` into ``(train_idx, val_idx)``; ``round(n·f)`` go to validation."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=gen)
-    n_val = int(round(n * val_fraction))
-    if n_val >= n:
-        raise ValueError(f"val_fraction={val_fraction} leaves no training data out of {n} items")
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
-
-
 def _as_data(model: VAE, data) -> tuple[torch.Tensor, Optional[dict]]:
     info = None
     if hasattr(data, "data") and hasattr(data, "name") and hasattr(data, "params"):  # a latentgeo Dataset
@@ -287,7 +274,7 @@ class Trainer:
     Example:
         >>> import torch
         >>> from latentgeo.models import VAE
-        >>> vae = VAE(8, 2, hidden=(8,), seed=0)
+        >>> vae = VAE(8, 2, hidden=(8,), random_state=0)
         >>> hist = Trainer(vae, TrainConfig(epochs=2, quiet=True)).fit(torch.rand(50, 8))
         >>> len(hist.epochs("mean"))
         2
@@ -403,10 +390,10 @@ class Trainer:
                  for k in _ARCH_KEYS if saved_model.get(k) != current.get(k)]
         if diffs:
             raise CheckpointError(f"checkpoint {path} was written for a different model: " + "; ".join(diffs))
-        if tr["train_config"].get("seed") != self.config.seed:
+        if tr["train_config"].get("random_state") != self.config.random_state:
             raise CheckpointError(
-                f"checkpoint {path} was trained with seed {tr['train_config'].get('seed')} but this trainer uses "
-                f"seed {self.config.seed}; the data split would differ"
+                f"checkpoint {path} was trained with random_state {tr['train_config'].get('random_state')} but this trainer uses "
+                f"random_state {self.config.random_state}; the data split would differ"
             )
         if tr.get("data_sha256") != _data_digest(x):
             raise CheckpointError(f"checkpoint {path} was trained on different data (sha256 mismatch)")
@@ -459,12 +446,12 @@ class Trainer:
         if info is not None:
             self.model.metadata["dataset"] = info
         self._data_sha = _data_digest(x)
-        tr_idx, va_idx = split_indices(x.shape[0], cfg.val_fraction, cfg.seed)
+        tr_idx, va_idx = split_indices(x.shape[0], cfg.val_fraction, cfg.random_state)
         xtr, xva = x[tr_idx.to(x.device)], (x[va_idx.to(x.device)] if len(va_idx) else None)
         log_file = None
         with torch.random.fork_rng(devices=[]), _threads(cfg.num_threads):
             self._reset()
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.random_state)
             if resume_from is not None:
                 self._restore(resume_from, x)
             elif self.phases:
@@ -587,7 +574,7 @@ class Trainer:
             m.eval()
             if cfg.variance == "rbf":
                 t0 = time.perf_counter()
-                kwargs = {"random_state": cfg.seed, **cfg.rbf_kwargs}
+                kwargs = {"random_state": cfg.random_state, **cfg.rbf_kwargs}
                 n_centers = min(cfg.rbf_centers, xtr.shape[0])
                 rbf = m.fit_rbf_variance(xtr, n_centers=n_centers, **kwargs)
                 self._log(log_file, {"epoch": global_epoch, "phase": "rbf", "n_centers": n_centers,
@@ -612,7 +599,7 @@ def train_vae(
     variance_epochs: Optional[int] = None,
     rbf_centers: int = 32,
     rbf_kwargs: Optional[dict] = None,
-    seed: int = 0,
+    random_state: int = 0,
     quiet: bool = False,
     log_path=None,
     checkpoint_path=None,
@@ -638,7 +625,7 @@ def train_vae(
         kl_warmup_epochs = min(10, epochs // 4) if isinstance(epochs, int) else 0
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, kl_warmup_epochs=kl_warmup_epochs,
-        val_fraction=val_fraction, patience=patience, seed=seed, quiet=quiet,
+        val_fraction=val_fraction, patience=patience, random_state=random_state, quiet=quiet,
         log_path=None if log_path is None else str(log_path), variance=variance,
         variance_epochs=variance_epochs, rbf_centers=rbf_centers, rbf_kwargs=dict(rbf_kwargs or {}),
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path), num_threads=num_threads,
@@ -649,16 +636,16 @@ def train_vae(
 # ---------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------
-def _chunk_size(chunk, n, d, k):
-    if chunk is None:
+def _chunk_size(chunk_size, n, d, k):
+    if chunk_size is None:
         return max(1, min(k, (1 << 22) // max(1, n * d)))
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    return min(chunk, k)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return min(chunk_size, k)
 
 
 @torch.no_grad()
-def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0, chunk: Optional[int] = None) -> torch.Tensor:
+def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, random_state: int = 0, chunk_size: Optional[int] = None) -> torch.Tensor:
     """Importance-weighted bound on ``log p(x)`` per item, shape ``(N,)``.
 
     ``L_K(x) = log (1/K) Σ_k p(x | z_k) p(z_k) / q(z_k | x)``, ``z_k ~ q(z | x)``
@@ -667,8 +654,8 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0
 
     Args:
         k: number of importance samples.
-        seed: seeds the samples (global RNG untouched).
-        chunk: samples drawn per pass (bounds memory; default keeps ``chunk·N·D ≲ 4M``).
+        random_state: seeds the samples (global RNG untouched).
+        chunk_size: samples drawn per pass (bounds memory; default keeps ``chunk_size·N·D ≲ 4M``).
     """
     if not isinstance(model, VAE):
         raise ValueError(f"iwae_log_likelihood needs a latentgeo VAE, got {type(model).__name__}")
@@ -676,12 +663,12 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0
         raise ValueError(f"k must be a positive integer, got {k!r}")
     x = model._check_x(x)
     n = x.shape[0]
-    step = _chunk_size(chunk, n, model.data_dim, k)
+    step = _chunk_size(chunk_size, n, model.data_dim, k)
     was_training = model.training
     model.eval()
     out = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(random_state)
         q = model.latent.posterior(model.encoder(x))
         done = 0
         while done < k:
@@ -701,12 +688,12 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0
 
 
 @torch.no_grad()
-def elbo_estimate(model: VAE, x: torch.Tensor, n_samples: int = 100, seed: int = 0) -> torch.Tensor:
+def elbo_estimate(model: VAE, x: torch.Tensor, n_samples: int = 100, random_state: int = 0) -> torch.Tensor:
     """Seeded Monte-Carlo ELBO per item (``n_samples`` draws, closed-form KL when available), ``(N,)``."""
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(random_state)
         out = model.elbo(x, n_samples=n_samples)
     model.train(was_training)
     return out

@@ -21,7 +21,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    vae = VAE(16, 2, hidden=(12,), item_shape=(4, 4), seed=0)
+    vae = VAE(16, 2, hidden=(12,), item_shape=(4, 4), random_state=0)
     x = torch.rand(80, 16, generator=torch.Generator().manual_seed(0))
     vae.fit_rbf_variance(x, n_centers=6, n_iter=30)
     vae.metadata["dataset"] = {"name": "toy", "params": {"n": 80}}
@@ -139,7 +139,7 @@ def test_interrupted_save_keeps_previous(model, tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     model.save(path)
     before = path.read_bytes()
-    other = VAE(16, 2, hidden=(12,), item_shape=(4, 4), seed=1)
+    other = VAE(16, 2, hidden=(12,), item_shape=(4, 4), random_state=1)
 
     def boom(*a, **k):
         raise OSError("simulated crash before rename")

@@ -152,10 +152,10 @@ def test_demo_in_process_writes_the_report(tmp_path, capsys):
     for f in PROMISED:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     s = json.loads((out / "summary.json").read_text())
-    for key in ("latentgeo_version", "seed", "dataset", "model", "training", "checkpoint", "magnification",
+    for key in ("latentgeo_version", "random_state", "dataset", "model", "training", "checkpoint", "magnification",
                 "iwae", "timings", "files", "sections", "command"):
         assert key in s, key
-    assert s["seed"] == 1 and s["dataset"]["name"] == "digits" and s["dataset"]["n_items"] == 400
+    assert s["random_state"] == 1 and s["dataset"]["name"] == "digits" and s["dataset"]["n_items"] == 400
     assert s["model"]["latent_dim"] == 2 and s["model"]["config"]["likelihood"] == "gaussian"
     assert s["model"]["config"]["variance"] == "rbf"
     tr = s["training"]
@@ -238,7 +238,7 @@ def test_train_command_and_report(tmp_path, capsys):
         assert torch.equal(a, b), k
     capsys.readouterr()
     assert main([*base[:-1], "5", "--out", str(out), *tail, "--resume"]) == 2  # another seed
-    assert "seed" in capsys.readouterr().err
+    assert "random_state" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "fresh"), *tail, "--resume"]) == 2
     assert "no trainer state" in capsys.readouterr().err
     # --report on a 3-D latent: the 2-D maps say why they are skipped

@@ -47,7 +47,7 @@ def test_digits_bad_classes(bad):
 
 @pytest.mark.parametrize("maker", [make_moons, make_circles])
 def test_lifted_2d_sets_seeded(maker):
-    a, b, c = maker(300, dim=7, seed=3), maker(300, dim=7, seed=3), maker(300, dim=7, seed=4)
+    a, b, c = maker(300, dim=7, random_state=3), maker(300, dim=7, random_state=3), maker(300, dim=7, random_state=4)
     assert a.data.shape == (300, 7) and a.item_shape == (7,) and a.labels.shape == (300,)
     assert torch.equal(a.data, b.data) and torch.equal(a.labels, b.labels)
     assert not torch.allclose(a.data, c.data)
@@ -55,7 +55,7 @@ def test_lifted_2d_sets_seeded(maker):
 
 
 def test_circles_noise_free_radii_and_plane():
-    ds = make_circles(400, dim=12, noise=0.0, factor=0.3, seed=1)
+    ds = make_circles(400, dim=12, noise=0.0, factor=0.3, random_state=1)
     r = ds.data.double().norm(dim=1)
     want = torch.where(ds.labels == 0, 1.0, 0.3).double()
     torch.testing.assert_close(r, want, rtol=0, atol=1e-6)
@@ -65,8 +65,8 @@ def test_circles_noise_free_radii_and_plane():
 
 def test_moons_noise_variance_off_plane():
     sigma, dim = 0.1, 10
-    clean = make_moons(4000, dim=dim, noise=0.0, seed=5).data.double()
-    noisy = make_moons(4000, dim=dim, noise=sigma, seed=5).data.double()
+    clean = make_moons(4000, dim=dim, noise=0.0, random_state=5).data.double()
+    noisy = make_moons(4000, dim=dim, noise=sigma, random_state=5).data.double()
     sv = torch.linalg.svdvals(clean)
     assert float(sv[2] / sv[0]) < 1e-6
     # the component orthogonal to the clean plane is pure noise: variance sigma^2 per dim
@@ -74,7 +74,7 @@ def test_moons_noise_variance_off_plane():
     ortho = noisy @ vh[2:].T
     assert abs(float(ortho.var(0).mean()) / sigma**2 - 1) < 0.05
     # in plane coordinates each clean moon is an arc of the unit circle: fit |p - c|^2 = 1
-    labels = make_moons(4000, dim=dim, noise=0.0, seed=5).labels
+    labels = make_moons(4000, dim=dim, noise=0.0, random_state=5).labels
     plane = clean @ vh[:2].T  # (N, 2) coordinates in the data plane (the map is an isometry)
     for lab in (0, 1):
         pts = plane[labels == lab]
@@ -89,7 +89,7 @@ def test_moons_noise_variance_off_plane():
 def test_tree_structure_and_noise_scales():
     depth, b, dim, noise, sibs, decay, sn = 3, 4, 200, 2.0, 20, 0.5, 0.1
     ds = make_tree(depth=depth, branching=b, dim=dim, noise=noise, n_noisy_siblings=sibs, sibling_noise=sn,
-                   decay=decay, seed=0)
+                   decay=decay, random_state=0)
     n_nodes = sum(b**k for k in range(depth + 1))
     assert ds.data.shape == (n_nodes * sibs, dim) and len(ds.labels.unique()) == n_nodes
     pos, parent = ds.extras["node_positions"].double(), ds.extras["node_parent"]
@@ -116,9 +116,9 @@ def test_tree_structure_and_noise_scales():
 
 
 def test_tree_seeded():
-    a, b, c = make_tree(seed=1), make_tree(seed=1), make_tree(seed=2)
+    a, b, c = make_tree(random_state=1), make_tree(random_state=1), make_tree(random_state=2)
     assert torch.equal(a.data, b.data) and not torch.allclose(a.data, c.data)
-    assert load_dataset("tree", seed=1, depth=4).data.shape == a.data.shape
+    assert load_dataset("tree", random_state=1, depth=4).data.shape == a.data.shape
 
 
 def test_load_dataset_errors():
@@ -139,19 +139,19 @@ def test_load_dataset_errors():
     ]:
         with pytest.raises(ValueError, match=msg):
             load_dataset(name, **kw)
-    with pytest.raises(ValueError, match="seed"):
-        load_dataset("moons", seed=-1)
+    with pytest.raises(ValueError, match="random_state"):
+        load_dataset("moons", random_state=-1)
 
 
 def test_train_val_split():
-    ds = make_moons(101, seed=0)
-    tr, va = train_val_split(ds, 0.2, seed=7)
+    ds = make_moons(101, random_state=0)
+    tr, va = train_val_split(ds, 0.2, random_state=7)
     assert isinstance(tr, Dataset) and len(tr) == 81 and len(va) == 20
     both = torch.cat([tr.data, va.data])
     assert torch.equal(both[torch.argsort(both[:, 0])], ds.data[torch.argsort(ds.data[:, 0])])
-    tr2, va2 = train_val_split(ds, 0.2, seed=7)
+    tr2, va2 = train_val_split(ds, 0.2, random_state=7)
     assert torch.equal(va.data, va2.data)
-    tr3, _ = train_val_split(ds.data, 0.2, seed=8)
+    tr3, _ = train_val_split(ds.data, 0.2, random_state=8)
     assert not torch.equal(tr3, tr.data)
     with pytest.raises(ValueError, match="val_fraction"):
         train_val_split(ds, 1.0)

@@ -277,7 +277,7 @@ def test_plot_geodesics_and_strips():
 
 
 def test_class_centre_pairs():
-    from latentgeo.report_geodesics import class_centre_pairs
+    from latentgeo.report.geodesics import class_centre_pairs
 
     codes = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0], [9.0, 9.0]], dtype=F64)
     labels = np.array([3, 3, 7, 7, 1])

@@ -15,7 +15,7 @@ def _x(n=7, d=12, seed=0):
 
 
 def test_shapes_and_item_shape():
-    vae = VAE(12, 3, hidden=(8, 6), item_shape=(3, 4), seed=0)
+    vae = VAE(12, 3, hidden=(8, 6), item_shape=(3, 4), random_state=0)
     x = _x()
     q = vae.encode(x)
     assert q.batch_shape == (7,) and q.event_shape == (3,)
@@ -30,7 +30,7 @@ def test_shapes_and_item_shape():
 
 def test_seeded_init_and_global_rng_untouched():
     state = torch.get_rng_state()
-    a, b, c = VAE(12, 2, seed=5), VAE(12, 2, seed=5), VAE(12, 2, seed=6)
+    a, b, c = VAE(12, 2, random_state=5), VAE(12, 2, random_state=5), VAE(12, 2, random_state=6)
     assert torch.equal(torch.get_rng_state(), state)
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), k
@@ -38,7 +38,7 @@ def test_seeded_init_and_global_rng_untouched():
 
 
 def test_euclidean_kl_closed_form_and_elbo_decomposition():
-    vae = VAE(12, 3, hidden=(8,), seed=0).double()
+    vae = VAE(12, 3, hidden=(8,), random_state=0).double()
     x = _x().double()
     q = vae.encode(x)
     prior = Independent(Normal(torch.zeros(7, 3, dtype=x.dtype), torch.ones(7, 3, dtype=x.dtype)), 1)
@@ -57,7 +57,7 @@ def test_euclidean_kl_closed_form_and_elbo_decomposition():
 
 
 def test_bernoulli_likelihood_matches_torch():
-    vae = VAE(12, 2, likelihood="bernoulli", hidden=(8,), seed=0).double()
+    vae = VAE(12, 2, likelihood="bernoulli", hidden=(8,), random_state=0).double()
     x = (_x() > 0.5).double()
     torch.manual_seed(1)
     elbo = vae.elbo(x)
@@ -84,7 +84,7 @@ def _expected_metric_reference(mean_fn, std_fn, z):
 @pytest.mark.parametrize("variance", ["constant", "learned", "rbf"])
 def test_decoder_for_analysis_metric_matches_autograd(variance):
     torch.manual_seed(0)
-    vae = VAE(12, 2, hidden=(10,), seed=0).double()
+    vae = VAE(12, 2, hidden=(10,), random_state=0).double()
     x = _x(60).double()
     if variance == "rbf":
         vae.fit_rbf_variance(x, n_centers=5, n_iter=20)
@@ -112,7 +112,7 @@ def test_decoder_for_analysis_metric_matches_autograd(variance):
 
 
 def test_rbf_requires_fit_and_gaussian():
-    vae = VAE(12, 2, seed=0)
+    vae = VAE(12, 2, random_state=0)
     with pytest.raises(ValueError, match="fit_rbf_variance"):
         vae.set_variance("rbf")
     with pytest.raises(ValueError, match="unknown variance"):
@@ -124,7 +124,7 @@ def test_rbf_requires_fit_and_gaussian():
 
 
 def test_config_round_trip():
-    vae = VAE(12, 3, hidden=(9, 5), activation="softplus", item_shape=(3, 4), min_std=0.01, seed=0)
+    vae = VAE(12, 3, hidden=(9, 5), activation="softplus", item_shape=(3, 4), min_std=0.01, random_state=0)
     vae.metadata["dataset"] = {"name": "x"}
     import json
 
@@ -148,7 +148,7 @@ def test_config_round_trip():
         (dict(hidden="abc"), "hidden"),
         (dict(item_shape=(5, 5)), "item_shape"),
         (dict(min_std=0.0), "min_std"),
-        (dict(seed=1.5), "seed"),
+        (dict(random_state=1.5), "random_state"),
     ],
 )
 def test_bad_constructor_args(kwargs, msg):
@@ -159,7 +159,7 @@ def test_bad_constructor_args(kwargs, msg):
 
 
 def test_bad_inputs():
-    vae = VAE(12, 2, seed=0)
+    vae = VAE(12, 2, random_state=0)
     with pytest.raises(ValueError, match=r"shape \(N, 12\)"):
         vae.encode(torch.rand(3, 11))
     with pytest.raises(ValueError, match="NaN"):
@@ -189,7 +189,7 @@ class _MCLatent(EuclideanLatent):
 def test_pluggable_latent_monte_carlo_kl():
     register_latent("_test_mc", _MCLatent)
     try:
-        vae = VAE(12, 2, latent="_test_mc", hidden=(8,), seed=0).double()
+        vae = VAE(12, 2, latent="_test_mc", hidden=(8,), random_state=0).double()
         assert vae.config["latent"] == "_test_mc"
         x = _x().double()
         q = vae.encode(x)

@@ -96,14 +96,14 @@ def _history():
 
 def test_report_files_summary_and_numbers(tmp_path, digits, model):
     out = tmp_path / "rep"
-    summary = write_report(model, digits, _history(), out, seed=3, sections=NO_IWAE, resolution=40,
+    summary = write_report(model, digits, _history(), out, random_state=3, sections=NO_IWAE, resolution=40,
                            timings={"train_s": 1.5}, extra={"command": ["test"]})
     for f in ("magnification.png", "decoded_grid.png", "training_curves.png", "summary.json", "model.safetensors"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
         assert f in summary["files"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
-    assert summary["seed"] == 3 and summary["latentgeo_version"] == lg.__version__
+    assert summary["random_state"] == 3 and summary["latentgeo_version"] == lg.__version__
     assert summary["command"] == ["test"]
     assert summary["sections"] == NO_IWAE
     assert summary["dataset"]["n_items"] == 300 and summary["dataset"]["data_dim"] == 64
@@ -212,8 +212,8 @@ def test_report_bad_arguments(tmp_path, digits, model):
         write_report(model, digits, None, tmp_path, sections=["nope"])
     with pytest.raises(ReportError, match="resolution"):
         write_report(model, digits, None, tmp_path, resolution=1)
-    with pytest.raises(ReportError, match="seed"):
-        write_report(model, digits, None, tmp_path, seed=1.5)
+    with pytest.raises(ReportError, match="random_state"):
+        write_report(model, digits, None, tmp_path, random_state=1.5)
     with pytest.raises(ReportError, match="dataset"):
         write_report(model, object(), None, tmp_path)
     f = tmp_path / "file"
@@ -228,9 +228,9 @@ def test_report_bad_arguments(tmp_path, digits, model):
 
 def test_max_points_subset_is_seeded(tmp_path, digits, model):
     a = write_report(model, digits, None, tmp_path / "a", sections=["dataset", "magnification"], max_points=50,
-                     seed=1, resolution=10, checkpoint_name=None)
+                     random_state=1, resolution=10, checkpoint_name=None)
     b = write_report(model, digits, None, tmp_path / "b", sections=["dataset", "magnification"], max_points=50,
-                     seed=1, resolution=10, checkpoint_name=None)
+                     random_state=1, resolution=10, checkpoint_name=None)
     assert a["dataset"]["n_analysed"] == 50 and a["magnification"]["on_data"]["n"] == 50
     assert a["magnification"]["on_data"] == b["magnification"]["on_data"]
 

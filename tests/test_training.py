@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from latentgeo.checkpoint import CheckpointError
-from latentgeo.datasets import load_digits
+from latentgeo.datasets import load_digits, split_indices
 from latentgeo.models import VAE
 from latentgeo.training import (
     TrainConfig,
     Trainer,
     elbo_estimate,
     iwae_log_likelihood,
-    split_indices,
     train_vae,
 )
 
@@ -34,10 +33,10 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    vae = VAE(64, 2, hidden=(32,), item_shape=(8, 8), seed=0)
+    vae = VAE(64, 2, hidden=(32,), item_shape=(8, 8), random_state=0)
     before = float(-elbo_estimate(vae, digits, n_samples=8).mean())
     hist = train_vae(vae, digits, epochs=25, batch_size=64, lr=3e-3, variance="rbf", rbf_centers=16,
-                     rbf_kwargs={"n_iter": 200}, quiet=True, seed=0)
+                     rbf_kwargs={"n_iter": 200}, quiet=True, random_state=0)
     return vae, hist, before
 
 
@@ -60,10 +59,10 @@ def test_training_reduces_negative_elbo(trained, digits):
 def test_iwae_bounds(trained, digits):
     vae, _, _ = trained
     x = digits[:100]
-    elbo = elbo_estimate(vae, x, n_samples=200, seed=1).double()
-    iw1 = iwae_log_likelihood(vae, x, k=1, seed=2).double()
-    iw5 = iwae_log_likelihood(vae, x, k=5, seed=3).double()
-    iw50 = iwae_log_likelihood(vae, x, k=50, seed=4, chunk=7).double()
+    elbo = elbo_estimate(vae, x, n_samples=200, random_state=1).double()
+    iw1 = iwae_log_likelihood(vae, x, k=1, random_state=2).double()
+    iw5 = iwae_log_likelihood(vae, x, k=5, random_state=3).double()
+    iw50 = iwae_log_likelihood(vae, x, k=50, random_state=4, chunk_size=7).double()
     assert iw50.shape == (100,)
     # E[L_1] = ELBO (up to Monte-Carlo error), and the bound tightens with K
     se = float(iw1.std() / math.sqrt(100))
@@ -71,8 +70,8 @@ def test_iwae_bounds(trained, digits):
     assert float(iw50.mean()) >= float(elbo.mean())
     assert float(iw1.mean()) < float(iw5.mean()) < float(iw50.mean())
     # seeded; chunking changes only which normal draws are used, not the estimate's law
-    torch.testing.assert_close(iwae_log_likelihood(vae, x, k=50, seed=4, chunk=7), iw50.float())
-    one_pass = iwae_log_likelihood(vae, x, k=50, seed=4, chunk=50).double()
+    torch.testing.assert_close(iwae_log_likelihood(vae, x, k=50, random_state=4, chunk_size=7), iw50.float())
+    one_pass = iwae_log_likelihood(vae, x, k=50, random_state=4, chunk_size=50).double()
     assert abs(float(one_pass.mean() - iw50.mean())) < 4 * float((one_pass - iw50).std() / 10) + 1e-6
     with pytest.raises(ValueError, match="k must"):
         iwae_log_likelihood(vae, x, k=0)
@@ -103,8 +102,8 @@ def test_same_seed_identical_weights(digits):
     state = torch.get_rng_state()
     runs = []
     for seed in (0, 0, 1):
-        vae = VAE(64, 2, hidden=(8,), seed=0)
-        train_vae(vae, x, epochs=3, batch_size=32, variance="constant", quiet=True, seed=seed)
+        vae = VAE(64, 2, hidden=(8,), random_state=0)
+        train_vae(vae, x, epochs=3, batch_size=32, variance="constant", quiet=True, random_state=seed)
         runs.append(_weights(vae))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -113,7 +112,7 @@ def test_same_seed_identical_weights(digits):
 
 def test_learned_variance_phase_freezes_mean(digits, tmp_path):
     x = digits[:120]
-    vae = VAE(64, 2, hidden=(8,), seed=0)
+    vae = VAE(64, 2, hidden=(8,), random_state=0)
     log = tmp_path / "log.jsonl"
     tr = Trainer(vae, TrainConfig(epochs=3, variance="learned", variance_epochs=2, quiet=True, batch_size=40,
                                   log_path=str(log), kl_warmup_epochs=0))
@@ -121,7 +120,7 @@ def test_learned_variance_phase_freezes_mean(digits, tmp_path):
     assert [r["phase"] for r in hist] == ["mean"] * 3 + ["variance"] * 2
     assert vae.variance == "learned"
     # a second run stopped after phase 1 gives the phase-1 weights: encoder and mean must be equal
-    vae1 = VAE(64, 2, hidden=(8,), seed=0)
+    vae1 = VAE(64, 2, hidden=(8,), random_state=0)
     Trainer(vae1, TrainConfig(epochs=3, quiet=True, batch_size=40, kl_warmup_epochs=0)).fit(x)
     w, w1 = vae.state_dict(), vae1.state_dict()
     for k in w:
@@ -138,9 +137,9 @@ def test_learned_variance_phase_freezes_mean(digits, tmp_path):
 
 def test_kl_warmup_and_early_stopping(digits):
     x = digits[:120]
-    vae = VAE(64, 2, hidden=(8,), seed=0)
+    vae = VAE(64, 2, hidden=(8,), random_state=0)
     hist = train_vae(vae, x, epochs=40, kl_warmup_epochs=4, lr=0.05, batch_size=20, patience=2,
-                     variance="constant", quiet=True, seed=0)
+                     variance="constant", quiet=True, random_state=0)
     betas = hist.column("beta")
     assert betas[:4] == [0.25, 0.5, 0.75, 1.0] and set(betas[4:]) <= {1.0}
     assert hist.stopped_early["mean"] and len(hist) < 40
@@ -152,13 +151,13 @@ def test_kl_warmup_and_early_stopping(digits):
 
 def test_resume_is_bitwise_identical(digits, tmp_path):
     x = digits[:100]
-    cfg = dict(epochs=4, variance="learned", variance_epochs=3, kl_warmup_epochs=2, quiet=True, batch_size=32, seed=3)
+    cfg = dict(epochs=4, variance="learned", variance_epochs=3, kl_warmup_epochs=2, quiet=True, batch_size=32, random_state=3)
 
-    ref = VAE(64, 2, hidden=(8,), seed=1)
+    ref = VAE(64, 2, hidden=(8,), random_state=1)
     href = Trainer(ref, TrainConfig(checkpoint_path=str(tmp_path / "ref.safetensors"), **cfg)).fit(x)
 
     ck = tmp_path / "run.safetensors"
-    vae = VAE(64, 2, hidden=(8,), seed=1)
+    vae = VAE(64, 2, hidden=(8,), random_state=1)
     tr = Trainer(vae, TrainConfig(checkpoint_path=str(ck), **cfg))
     calls = [0]
     orig = tr._epoch
@@ -172,7 +171,7 @@ def test_resume_is_bitwise_identical(digits, tmp_path):
     tr._epoch = crash
     with pytest.raises(KeyboardInterrupt):
         tr.fit(x)
-    fresh = VAE(64, 2, hidden=(8,), seed=99)  # different init: everything comes from the checkpoint
+    fresh = VAE(64, 2, hidden=(8,), random_state=99)  # different init: everything comes from the checkpoint
     log = tmp_path / "log.jsonl"
     log.write_text('{"epoch": 99, "phase": "stale"}\n')
     hres = Trainer(fresh, TrainConfig(checkpoint_path=str(ck), log_path=str(log), **cfg)).fit(x, resume_from=ck)
@@ -197,7 +196,7 @@ def test_resume_is_bitwise_identical(digits, tmp_path):
 
 def test_bernoulli_trains_in_one_phase(digits):
     x = digits[:120]
-    vae = VAE(64, 2, likelihood="bernoulli", hidden=(8,), seed=0)
+    vae = VAE(64, 2, likelihood="bernoulli", hidden=(8,), random_state=0)
     hist = train_vae(vae, x, epochs=6, quiet=True, lr=1e-2, batch_size=30)
     assert set(hist.column("phase")) == {"joint"} and hist.rbf is None
     losses = hist.column("train_loss")
@@ -207,7 +206,7 @@ def test_bernoulli_trains_in_one_phase(digits):
 
 
 def test_bad_training_options(digits):
-    vae = VAE(64, 2, hidden=(8,), seed=0)
+    vae = VAE(64, 2, hidden=(8,), random_state=0)
     for kw, msg in [
         (dict(epochs=-1), "epochs"),
         (dict(val_fraction=1.0), "val_fraction"),

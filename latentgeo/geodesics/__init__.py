@@ -16,7 +16,6 @@ from .connecting import (
     log_map,
 )
 from .energy import EnergyResult, minimize_discrete_energy
-from .graph import LatentGraph
 from .ivp import ExpMapResult, exp_map
 from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
 
@@ -37,3 +36,12 @@ __all__ = [
     "GeodesicConvergenceError",
     "LatentGraph",
 ]
+
+
+def __getattr__(name):
+    # LatentGraph needs scipy.sparse/csgraph/spatial (~0.4 s to import): loaded on first use
+    if name == "LatentGraph":
+        from .graph import LatentGraph
+
+        return LatentGraph
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

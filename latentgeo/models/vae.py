@@ -12,7 +12,7 @@ References:
 Example:
     >>> import torch
     >>> from latentgeo.models import VAE
-    >>> vae = VAE(data_dim=64, latent_dim=2, hidden=(32,), seed=0)
+    >>> vae = VAE(data_dim=64, latent_dim=2, hidden=(32,), random_state=0)
     >>> x = torch.rand(5, 64)
     >>> vae.elbo(x).shape, vae.encode_mean(x).shape
     (torch.Size([5]), torch.Size([5, 2]))
@@ -60,7 +60,7 @@ class VAE(nn.Module):
         activation: hidden activation (default ``"tanh"``: smooth, so the pullback metric is).
         item_shape: shape of one data item for reshaping (e.g. ``(8, 8)``); default ``(D,)``.
         min_std: floor of the decoder's constant/learned std.
-        seed: if given, the initial weights depend on it only (drawn inside a forked RNG);
+        random_state: if given, the initial weights depend on it only (drawn inside a forked RNG);
             ``None`` uses torch's global generator.
 
     Attributes:
@@ -80,7 +80,7 @@ class VAE(nn.Module):
         activation: str = "tanh",
         item_shape=None,
         min_std: float = 1e-3,
-        seed: Optional[int] = None,
+        random_state: Optional[int] = None,
     ):
         super().__init__()
         _posint(data_dim, "data_dim")
@@ -98,8 +98,8 @@ class VAE(nn.Module):
         if math.prod(item_shape) != data_dim:
             raise ValueError(f"item_shape {item_shape} has {math.prod(item_shape)} entries but data_dim is {data_dim}")
         latent_kwargs = dict(latent_kwargs or {})
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int)):
+            raise ValueError(f"random_state must be an integer or None, got {random_state!r}")
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.latent_name, self.latent_kwargs = latent, latent_kwargs
         self.likelihood_name = likelihood
@@ -114,11 +114,11 @@ class VAE(nn.Module):
                 self.latent.code_dim, data_dim, tuple(reversed(hidden)), activation, min_std
             )
 
-        if seed is None:
+        if random_state is None:
             build()
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.manual_seed(random_state)
                 build()
 
     # -- config / persistence ----------------------------------------------------------

@@ -19,7 +19,7 @@ and checkpoints record ``name`` and ``kwargs`` (so kwargs must be JSON-serialisa
 
 Randomness: samplers draw from torch's global generator; the trainer and the IWAE
 evaluator run inside :func:`torch.random.fork_rng` seeded locally, so results depend on
-their ``seed`` only and the caller's global RNG state is left untouched.
+their ``random_state`` only and the caller's global RNG state is left untouched.
 
 Example:
     >>> import torch

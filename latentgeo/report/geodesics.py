@@ -20,11 +20,10 @@ For a model with a 2-D latent space and labelled data, the section
 4. returns geodesic and straight-line lengths, their ratio, per-pair convergence and timings
    for ``summary.json``.
 
-Importing this module registers the section (``order=70``) with :mod:`latentgeo.report`.
+Its options and their defaults are :data:`SECTION.defaults <SECTION>`.
 
 Example:
     >>> from latentgeo.report import report_sections
-    >>> import latentgeo.report_geodesics
     >>> "geodesics" in [s.name for s in report_sections()]
     True
 """
@@ -38,9 +37,9 @@ import time
 import numpy as np
 import torch
 
-from .report import ReportContext, register_section
+from .context import ReportContext, ReportSection
 
-__all__ = ["geodesics_section", "class_centre_pairs"]
+__all__ = ["SECTION", "geodesics_section", "class_centre_pairs"]
 
 
 def class_centre_pairs(codes: torch.Tensor, labels, n_classes: int = 4):
@@ -62,29 +61,29 @@ def class_centre_pairs(codes: torch.Tensor, labels, n_classes: int = 4):
     return centres[i], centres[j], names
 
 
-@register_section("geodesics", order=70, description="geodesics.png, geodesic_strips.png: geodesics between class centres vs straight lines")
 def geodesics_section(ctx: ReportContext) -> dict:
-    from .geodesics import connecting_geodesic
-    from .geodesics.graph import LatentGraph
-    from .geodesics.plotting import plot_decoded_strips, plot_geodesics
+    from ..geodesics import connecting_geodesic
+    from ..geodesics.graph import LatentGraph
+    from ..geodesics.plotting import plot_decoded_strips, plot_geodesics
 
     if ctx.latent_dim != 2:
         return {"skipped": f"geodesic figures need a 2-D latent space, the model has {ctx.latent_dim}"}
     if ctx.labels is None:
         return {"skipped": "the data set has no labels, so there are no class centres"}
-    n_classes = int(ctx.options.get("geodesic_classes", 4))
+    n_classes = int(ctx.options["geodesic_classes"])
     metric, codes = ctx.metric, ctx.codes
     if codes.dtype != torch.float64 and hasattr(ctx.model, "double") and hasattr(ctx.model, "decoder_for_analysis"):
         # certifying a geodesic to 1e-6 relative length needs float64 (float32 stalls near 1e-5):
         # solve on a float64 copy of the model, leaving the model itself untouched
-        from .metric import PullbackMetric
+        from ..metric import PullbackMetric
 
         model64 = copy.deepcopy(ctx.model).double().eval()
         metric, codes = PullbackMetric(model64.decoder_for_analysis()), codes.double()
-    tol = float(ctx.options.get("geodesic_tol", 1e-6 if codes.dtype == torch.float64 else 1e-4))
-    max_iter = int(ctx.options.get("geodesic_max_iter", 20))
-    max_steps = int(ctx.options.get("geodesic_max_steps", 2000))
-    grid_res = int(ctx.options.get("geodesic_grid", 41))
+    tol = ctx.options["geodesic_tol"]
+    tol = float(tol if tol is not None else (1e-6 if codes.dtype == torch.float64 else 1e-4))
+    max_iter = int(ctx.options["geodesic_max_iter"])
+    max_steps = int(ctx.options["geodesic_max_steps"])
+    grid_res = int(ctx.options["geodesic_grid"])
     z0, z1, names = class_centre_pairs(codes, ctx.labels, n_classes)
 
     t = time.perf_counter()
@@ -94,7 +93,7 @@ def geodesics_section(ctx: ReportContext) -> dict:
     t = time.perf_counter()
     # the demo's RBF-variance metric has sharp features: its geodesics need 128-256 collocation
     # nodes (with fewer, the shooting fallback certifies them, just as well but slower)
-    max_nodes = int(ctx.options.get("geodesic_max_nodes", 256))
+    max_nodes = int(ctx.options["geodesic_max_nodes"])
     res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph, max_iter=max_iter, max_steps=max_steps,
                               max_nodes=max_nodes)
     solve_s = time.perf_counter() - t
@@ -149,3 +148,17 @@ def geodesics_section(ctx: ReportContext) -> dict:
         "strips": strips if strips else "skipped: items are not square images",
         "message": getattr(res, "message", ""),
     }
+
+
+SECTION = ReportSection(
+    "geodesics", geodesics_section, order=70,
+    description="geodesics.png, geodesic_strips.png: geodesics between class centres vs straight lines",
+    defaults={
+        "geodesic_classes": 4,  # class centres of the first classes in sorted order
+        "geodesic_tol": None,  # None: 1e-6 (float64 solve; float32 models are solved on a float64 copy)
+        "geodesic_max_iter": 20,
+        "geodesic_max_steps": 2000,
+        "geodesic_grid": 41,  # grid-graph resolution for the initial curves
+        "geodesic_max_nodes": 256,
+    },
+)
