@@ -17,13 +17,13 @@ from .connecting import (
 )
 from .energy import EnergyResult, minimize_discrete_energy
 from .ivp import ExpMapResult, exp_map
-from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
+from .ode import acceleration_fn, acceleration_from_jet, christoffel, geodesic_acceleration
 
 __all__ = [
     "geodesic_acceleration",
     "christoffel",
     "acceleration_fn",
-    "metric_tensor_fn",
+    "acceleration_from_jet",
     "exp_map",
     "ExpMapResult",
     "minimize_discrete_energy",

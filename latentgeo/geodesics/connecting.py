@@ -55,7 +55,7 @@ from .._validation import as_latent_batch
 from .bvp import _merge_knots, shoot
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5, hermite5
-from .ode import _check_metric, acceleration_fn, metric_tensor_fn
+from .ode import _check_metric, acceleration_fn
 from .spectral import _eval_series, collocate, lgl_nodes, minimize_spectral_energy, nodes_to_series
 
 __all__ = [
@@ -428,7 +428,7 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
     dt, dev = z0.dtype, z0.device
     t_lgl = lgl_nodes(degree, dt, dev)
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     tiny = torch.finfo(dt).tiny
 
     def attempt(idx, how):
@@ -572,7 +572,7 @@ def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     tgrid = torch.linspace(0, 1, n_points, dtype=dt, device=dev)
 
     def attempt(idx, how):

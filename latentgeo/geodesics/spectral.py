@@ -66,10 +66,10 @@ import numpy as np
 import torch
 from numpy.polynomial import legendre as npleg
 
-from .._fxtaylor import embedding_second_order
 from ..metric import Metric
 from ._lm import damped_step, update_damping
-from .ode import _rowwise_jac, acceleration_fn, acceleration_from_jet, metric_tensor_fn
+from .._autodiff import value_and_columns
+from .ode import acceleration_fn, acceleration_from_jet
 
 __all__ = [
     "lgl_nodes",
@@ -192,7 +192,7 @@ def _embedding_jacobian(metric: Metric, z: torch.Tensor):
             jac = torch.cat(list(cols), 2).permute(1, 2, 0)
             if g.shape[0] == z.shape[0]:
                 return g, jac
-    return _rowwise_jac(metric.embedding, z)
+    return value_and_columns(metric.embedding, z)
 
 
 class _Norm:
@@ -215,8 +215,8 @@ _ROWS = 2048  # points per decoder evaluation: larger batches fall out of cache 
 
 
 def _second_order(metric, acc, mfn, y, yp):
-    """Geodesic acceleration at ``(y, y')`` and the metric norm there (one fx Taylor pass for
-    ``nn.Module`` decoders of embedded metrics; ``acceleration_fn`` + ``M(y)`` otherwise)."""
+    """Geodesic acceleration at ``(y, y')`` and the metric norm there (the metric's jet for
+    embedded metrics: ``J`` and ``∂²g`` at once; ``acceleration_fn`` + ``M(y)`` otherwise)."""
     if y.shape[0] > _ROWS:
         parts = [_second_order(metric, acc, mfn, y[s : s + _ROWS], yp[s : s + _ROWS]) for s in range(0, y.shape[0], _ROWS)]
         a = torch.cat([p[0] for p in parts], 0)
@@ -224,9 +224,8 @@ def _second_order(metric, acc, mfn, y, yp):
             return a, _Norm(jac=torch.cat([p[1].jac for p in parts], 0), ridge=parts[0][1].ridge)
         return a, _Norm(m=torch.cat([p[1].m for p in parts], 0))
     ridge = float(getattr(metric, "ridge", 0.0))
-    r = embedding_second_order(metric, y, yp) if metric.is_embedded else None
-    if r is not None:
-        _, jac, h = r
+    if metric.is_embedded:
+        _, jac, h = metric.jet(y, yp)
         return acceleration_from_jet(jac, h, ridge), _Norm(jac=jac, ridge=ridge)
     return acc(y, yp), _Norm(m=mfn(y))
 
@@ -320,7 +319,7 @@ def minimize_spectral_energy(
     _, w, D, _ = _to(("lgl", N), _lgl_np(N), dt, dev)
     A = D.T @ (w[:, None] * D)
     rtol = 100 * float(torch.finfo(dt).eps) if rtol is None else float(rtol)
-    mfn = None if metric.is_embedded else metric_tensor_fn(metric)
+    mfn = None if metric.is_embedded else metric.tensor_fn()
     c = nodes.detach().clone()
     reasons = [""] * n
     with torch.no_grad():
@@ -606,7 +605,7 @@ def collocate(
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     eps = float(torch.finfo(dt).eps)
     Kmax = max_nodes + 2
     out = dict(
