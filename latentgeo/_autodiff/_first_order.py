@@ -14,7 +14,7 @@ from torch.utils import _pytree as pytree
 
 from ._interpreter import Mode
 from ._trace import (
-    _ACT, _NO, _Decline, _Unsupported, _arg, _call, _fit, _has_tangent, _lift, _resolve, _shift_dim,
+    _ACT, _NO, _tangent_tree, _Decline, _Unsupported, _arg, _call, _fit, _has_tangent, _lift, _resolve, _shift_dim,
     _zeros_like_tangent,
 )
 
@@ -268,20 +268,6 @@ def _r_reduce(step, root, a, at, kw, d):
     tdims = tuple(i % n + 1 for i in dims)
     r = t.sum(tdims, keepdim=keepdim) if step.params == "sum" else t.mean(tdims, keepdim=keepdim)
     return y, _fit(r, y)
-
-
-def _tangent_tree(v, t):
-    """Tangent pytree aligned with value ``v``: tensors where there is a tangent, ``_NO`` elsewhere."""
-    if isinstance(t, torch.Tensor):
-        return t
-    if isinstance(t, (tuple, list)) and isinstance(v, (tuple, list)) and len(t) == len(v) and _has_tangent(t):
-        parts = [_tangent_tree(vi, ti) for vi, ti in zip(v, t)]
-        return type(v)(*parts) if _is_namedtuple(v) else type(v)(parts)
-    return pytree.tree_map(lambda _: _NO, v)
-
-
-def _is_namedtuple(v) -> bool:
-    return isinstance(v, tuple) and hasattr(v, "_fields")
 
 
 def _r_generic(step, root, a, at, kw, d, kwt=None):

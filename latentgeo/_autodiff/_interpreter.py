@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch.fx.node import map_aggregate
 
-from ._trace import _Decline, _Program, _Ref, _Unsupported, _call, _has_tangent, _resolve
+from ._trace import _Decline, _Program, _Ref, _Unsupported, _call, _has_tangent, _resolve, _tangent_tree
 
 __all__ = ["Mode", "run"]
 
@@ -79,8 +79,6 @@ def run(prog: _Program, root, z: torch.Tensor, mode: Mode, v=None):
             vals[i] = _call(s, root, a, kw)
             continue
         if kw_has_t:  # tangents in keyword arguments: only the generic rule aligns them
-            from ._first_order import _tangent_tree
-
             vals[i], tans[i] = generic(s, root, a, at, kw, D, {k: _tangent_tree(kw[k], kwt[k]) for k in kw})
             continue
         rule = rules.get(s.rule)

@@ -79,7 +79,7 @@ from torch.utils import _pytree as pytree
 
 from . import _first_order as fo
 from ._interpreter import Mode
-from ._trace import _NO, _Decline, _Unsupported, _arg, _call, _fit, _resolve
+from ._trace import _NO, _Decline, _Unsupported, _arg, _call, _fit, _resolve, _tangent_tree
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -277,7 +277,7 @@ RULES.update(activation=_s_activation, unary=_s_unary, mul=_s_mul, div=_s_div, m
 def _s_generic(step, root, a, at, kw, D, kwt=None):
     """``vmap(jvp(node))`` over the ``D`` slots plus ``∂²node[ẋ, ẋ]`` (jvp of jvp) in the last one."""
     leaves, spec = pytree.tree_flatten((list(a), kw))
-    tleaves, _ = pytree.tree_flatten(([fo._tangent_tree(v, t) for v, t in zip(a, at)], kwt or {
+    tleaves, _ = pytree.tree_flatten(([_tangent_tree(v, t) for v, t in zip(a, at)], kwt or {
         k: pytree.tree_map(lambda _: _NO, v) for k, v in kw.items()}))
     if len(tleaves) != len(leaves):
         raise _Unsupported(f"cannot align tangents with the arguments of {step.target!r}")

@@ -18,6 +18,7 @@ from torch import nn
 from torch.fx import Node, symbolic_trace
 from torch.fx.node import map_aggregate
 from torch.nn.modules import module as _module_mod
+from torch.utils import _pytree as pytree
 
 _aten = torch.ops.aten
 
@@ -120,6 +121,20 @@ def _has_tangent(t) -> bool:
     if isinstance(t, dict):
         return any(_has_tangent(x) for x in t.values())
     return False
+
+
+def _tangent_tree(v, t):
+    """Tangent pytree aligned with value ``v``: tensors where there is a tangent, ``_NO`` elsewhere."""
+    if isinstance(t, torch.Tensor):
+        return t
+    if isinstance(t, (tuple, list)) and isinstance(v, (tuple, list)) and len(t) == len(v) and _has_tangent(t):
+        parts = [_tangent_tree(vi, ti) for vi, ti in zip(v, t)]
+        return type(v)(*parts) if _is_namedtuple(v) else type(v)(parts)
+    return pytree.tree_map(lambda _: _NO, v)
+
+
+def _is_namedtuple(v) -> bool:
+    return isinstance(v, tuple) and hasattr(v, "_fields")
 
 
 # ----------------------------------------------------------------------------- elementwise rules
