@@ -251,3 +251,22 @@ def test_bad_input(kwargs, exc, text):
 def test_bad_log_prob_shape():
     with pytest.raises(ValueError, match="log_prob"):
         lg.random_walk(_ball(2), torch.zeros(4, 2), 3, method="mmala", log_prob=lambda z: z)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_embedded_brownian_terms_match_generic_drift(d):
+    # the jet-based fast paths (polarised for d ≤ 2, two-pass above) against ½ Σ a(z, l_m)
+    from latentgeo.walks.geometry import brownian_terms_fn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.Tanh(), torch.nn.Linear(16, 7))
+    for ridge in (0.0, 1e-2):
+        metric = lg.PullbackMetric(lg.GaussianDecoder(mean=net, std=lambda z: 0.5 + torch.sigmoid(z.sum(-1, keepdim=True)) * torch.ones(1, 7)),
+                                   ridge=ridge)
+        z = torch.randn(25, d, generator=torch.Generator().manual_seed(1))
+        lfac, ok, b = brownian_terms_fn(metric)(z)
+        m = metric.tensor(z)
+        torch.testing.assert_close(lfac @ lfac.transpose(1, 2), torch.linalg.inv(m))
+        ref = brownian_drift(lg.geodesics.acceleration_fn(metric), z, inverse_factor(m)[0])
+        torch.testing.assert_close(b, ref)
+        assert bool(ok.all())

@@ -27,7 +27,7 @@ class WalkStatus(IntEnum):
 _MESSAGES = {
     WalkStatus.SUCCESS: "",
     WalkStatus.NONFINITE_STEP: "the step became non-finite (NaN/inf position, drift or diffusion); walker stopped",
-    WalkStatus.METRIC_NOT_PD: "the metric tensor is not positive definite here (Cholesky failed); walker stopped",
+    WalkStatus.METRIC_NOT_PD: "the metric tensor is not positive definite here (Cholesky failed, or NaN/inf entries); walker stopped",
     WalkStatus.EXP_MAP_FAILED: "the exponential map did not reach the end of the step; walker stopped",
     WalkStatus.NONFINITE_TARGET: "the log-density or its gradient is NaN/inf at the current position; walker stopped",
 }

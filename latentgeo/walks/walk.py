@@ -11,7 +11,7 @@ import torch
 from .._progress import progress_bar
 from .._random import as_generator
 from .._validation import as_latent_batch, check_choice, check_int, check_real
-from .geometry import brownian_drift, exp_step, inverse_factor
+from .geometry import brownian_terms_fn, exp_step, inverse_factor
 from .mmala import mmala_log_q, mmala_state
 from .result import WalkResult, WalkStatus
 
@@ -114,10 +114,7 @@ def random_walk(
 
     if metric is not None:
         tfn = metric.tensor_fn()
-    if method == "brownian":
-        from ..geodesics import acceleration_fn
-
-        acc = acceleration_fn(metric)
+    terms = brownian_terms_fn(metric) if method == "brownian" else None
     state = None
     if method == "mmala":
         state = mmala_state(log_prob, tfn, z, h)
@@ -145,7 +142,7 @@ def random_walk(
                     z[idx] = _mmala_step(idx, zc, xc, u[idx], state, log_prob, tfn, h, sqh, accepted, rejected, nonfinite)
                 else:
                     znew, code = _plain_step(method, metric, zc, xc, h, sqh, tfn if metric is not None else None,
-                                             acc if method == "brownian" else None)
+                                             terms)
                     good = code == 0
                     if not bool(good.all()):
                         bad = ~good
@@ -160,13 +157,18 @@ def random_walk(
     return WalkResult(traj, method, h, status, steps_taken, accepted, rejected, nonfinite, stats, mh=method == "mmala")
 
 
-def _plain_step(method, metric, z, xi, h, sqh, tfn, acc):
+def _plain_step(method, metric, z, xi, h, sqh, tfn, terms):
     """One step of a drift/diffusion walk: ``(z' (n, d), status code (n,))`` (no MH)."""
     n = z.shape[0]
     code = torch.zeros(n, dtype=torch.long, device=z.device)
     with torch.no_grad():
         if method == "euclidean":
             znew = z + sqh * xi
+        elif method == "brownian":
+            lfac, ok, drift = terms(z)
+            code[~ok] = int(WalkStatus.METRIC_NOT_PD)
+            znew = z + h * drift + sqh * (lfac @ xi.unsqueeze(-1)).squeeze(-1)
+            code[ok & ~torch.isfinite(drift).all(1)] = int(WalkStatus.NONFINITE_STEP)
         else:
             m = tfn(z)
             lfac, ok = inverse_factor(m)
@@ -175,8 +177,6 @@ def _plain_step(method, metric, z, xi, h, sqh, tfn, acc):
             noise = sqh * (lfac @ xi.unsqueeze(-1)).squeeze(-1)
             if method == "lso":
                 znew = z + noise
-            elif method == "brownian":
-                znew = z + h * brownian_drift(acc, z, lfac) + noise
             else:  # geodesic
                 znew = z.clone()
                 if bool(ok.any()):
