@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import latentgeo as lg
+from latentgeo import walks as W
 from latentgeo.walks import support_fraction, support_threshold
 from latentgeo.walks.geometry import brownian_drift, brownian_terms_fn, inverse_factor
 
@@ -146,12 +147,10 @@ def part_c(args, rows):
     codes = model.encode_mean(ds.data).detach()
     g = torch.Generator().manual_seed(3)
     z0 = codes[torch.randint(len(codes), (args.walkers,), generator=g)]
-    # step sizes: the Euclidean walk's RMS step is 2 % of the codes' spread; metric walks take
-    # h so that their median RMS step on the codes, sqrt(h tr M⁻¹), is the same
+    # step sizes: the Euclidean walk's RMS step is --relative-step of the codes' spread; metric walks
+    # take h so that their median RMS step on the codes, sqrt(h tr M⁻¹), is the same
     spread = float(codes.std(0).mean())
-    h_e = (0.02 * spread) ** 2
-    tr_inv = torch.diagonal(torch.linalg.inv(metric.tensor(codes)), dim1=1, dim2=2).sum(1)
-    h_m = h_e * 2 / float(tr_inv.median())
+    h_e, h_m = W.matched_step_sizes(metric, codes, args.relative_step)
     lg.random_walk(metric, z0[:10], 3, h_m, random_state=0, progress=False)
     w, t = timed(lambda: lg.random_walk(metric, z0, args.steps, h_m, random_state=0, progress=False))
     ws = args.walkers * args.steps
@@ -161,12 +160,9 @@ def part_c(args, rows):
     tau = support_threshold(codes)
     prior = torch.distributions.Normal(0.0, 1.0)
     # aggregate posterior q(z) = mean_i N(z; μ_i, σ_i²) over the training items (a data density)
-    post = model.encode(ds.data)
-    mu, sd = post.mean.detach(), post.stddev.detach()
-
-    def log_agg(z):
-        comp = torch.distributions.Normal(mu, sd).log_prob(z[:, None, :]).sum(-1)  # (N, C)
-        return torch.logsumexp(comp, 1) - math.log(mu.shape[0])
+    with torch.no_grad():
+        post = model.encode(ds.data)
+    log_agg = W.mixture_log_prob(post.mean, post.stddev)
 
     def log_prior_vol(z):
         return prior.log_prob(z).sum(-1) + metric.log_volume(z)
@@ -187,8 +183,8 @@ def part_c(args, rows):
         exp.append((label, float(frac.mean()), float(final.mean()), disp, acc, int(wk.stopped.sum()), tt,
                     wk.step_size))
         strips.append((label, wk.decode(dec, steps=slice(None, None, max(1, es // 10)))[0]))
-    print(f"\nExperiment: digits VAE, {ew} walkers from training codes, {es} steps; support threshold "
-          f"{tau:.3f} (codes' spread {spread:.3f})")
+    print(f"\nExperiment: digits VAE, {ew} walkers from training codes, {es} steps, RMS step "
+          f"{args.relative_step:g} × the codes' spread ({spread:.3f}); support threshold {tau:.3f}")
     print("| walk | step size h | steps within support | final positions within support | median displacement / spread | acceptance | stopped | time (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for label, f, fin, disp, acc, stopped, tt, hh in exp:
@@ -225,11 +221,13 @@ def main(argv=None):
                    help="torch threads (default 1: on the shared 2-core machine 2 threads were 10x slower)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
     p.add_argument("--strips", default="", help="PNG path for the decoded strips of (c)")
+    p.add_argument("--exp-steps", type=int, default=1000, help="steps per walker in the experiment of (c)")
+    p.add_argument("--exp-walkers", type=int, default=100, help="walkers in the experiment of (c)")
+    p.add_argument("--relative-step", type=float, default=0.05, help="RMS step / codes' spread in (c)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.walkers, args.steps, args.epochs = 1000, 1000, 300
     args.gs_sphere, args.gs_mlp = (20, 50), (2, 10)
-    args.exp_walkers, args.exp_steps = 100, 300
     if args.quick:
         args.walkers, args.steps, args.epochs = 100, 50, 20
         args.gs_sphere, args.gs_mlp = (2, 3), (1, 2)

@@ -270,3 +270,34 @@ def test_embedded_brownian_terms_match_generic_drift(d):
         ref = brownian_drift(lg.geodesics.acceleration_fn(metric), z, inverse_factor(m)[0])
         torch.testing.assert_close(b, ref)
         assert bool(ok.all())
+
+
+def test_matched_step_sizes_and_mixture_log_prob():
+    from latentgeo.walks import matched_step_sizes, mixture_log_prob
+
+    codes = torch.randn(300, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 3.0])
+    mf = lg.MetricField(lambda z: 4.0 * torch.eye(2).expand(z.shape[0], 2, 2))
+    h_e, h_m = matched_step_sizes(mf, codes, 0.1)
+    assert h_e == pytest.approx((0.1 * float(codes.std(0).mean())) ** 2) and h_m == pytest.approx(4 * h_e)
+    mu = torch.tensor([[0.0, 0.0], [2.0, -1.0]])
+    sd = torch.tensor([[1.0, 0.5], [0.3, 2.0]])
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    ref = 0.5 * sum(stats.multivariate_normal(mu[i].numpy(), torch.diag(sd[i] ** 2).numpy()).pdf(z.numpy())
+                    for i in range(2))
+    torch.testing.assert_close(mixture_log_prob(mu, sd)(z), torch.as_tensor(ref).log())
+
+
+def test_report_section_walks(tmp_path):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    ds = lg.Dataset(torch.tensor(x[:200] / 16.0, dtype=torch.float32), torch.tensor(y[:200]), (8, 8), "digits", {})
+    torch.set_default_dtype(torch.float32)
+    model = lg.VAE(64, 2, likelihood="gaussian", hidden=(16,), item_shape=(8, 8), random_state=0).eval()
+    s = lg.write_report(model, ds, None, tmp_path, sections=["walks"], resolution=16, walks_walkers=4, walks_steps=8)
+    w = s["walks"]
+    assert set(w["methods"]) == {"euclidean", "lso", "brownian", "geodesic", "mmala"}
+    for m, r in w["methods"].items():
+        assert 1 / 9 - 1e-9 <= r["within_support"] <= 1.0, m  # the start point is a training code
+        assert (r["acceptance"] is None) == (m != "mmala")
+    assert (tmp_path / "walks.png").is_file() and (tmp_path / "walks_strips.png").is_file()

@@ -8,8 +8,8 @@ Brownian drift from one batched geodesic-acceleration call, ``∇·M⁻¹``, the
 """
 
 from .result import WalkResult, WalkStatus, decode_trajectories
-from .support import support_fraction, support_threshold
+from .support import matched_step_sizes, mixture_log_prob, nearest_code_distance, support_fraction, support_threshold
 from .walk import METHODS, random_walk
 
 __all__ = ["random_walk", "METHODS", "WalkResult", "WalkStatus", "decode_trajectories", "support_fraction",
-           "support_threshold"]
+           "support_threshold", "nearest_code_distance", "matched_step_sizes", "mixture_log_prob"]

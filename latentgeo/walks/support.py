@@ -19,7 +19,7 @@ import torch
 
 from .._validation import as_latent_batch, check_int, check_real
 
-__all__ = ["support_threshold", "support_fraction", "nearest_code_distance"]
+__all__ = ["support_threshold", "support_fraction", "nearest_code_distance", "matched_step_sizes", "mixture_log_prob"]
 
 
 def nearest_code_distance(points: torch.Tensor, codes: torch.Tensor, *, chunk_size: int = 4096) -> torch.Tensor:
@@ -71,3 +71,53 @@ def support_fraction(walk, codes, threshold: Optional[float] = None) -> torch.Te
     dist = nearest_code_distance(traj.reshape(w * t, d).to(codes.dtype), codes).reshape(w, t)
     inside = (dist <= threshold) & mask
     return inside.sum(1).double() / mask.sum(1).double()
+
+
+def matched_step_sizes(metric, codes, relative_step: float = 0.02) -> tuple[float, float]:
+    """``(h_euclidean, h_metric)``: step sizes that make the walks comparable on ``codes``.
+
+    The Euclidean walk's RMS step ``√(h d)`` is ``relative_step`` times the codes' spread (mean
+    per-coordinate standard deviation); a metric walk's RMS step ``√(h tr M⁻¹)`` equals it at
+    the median code.
+    """
+    codes, _ = as_latent_batch(codes, metric.latent_dim, name="codes", allow_single=False)
+    relative_step = check_real(relative_step, "relative_step", minimum=0.0, strict_min=True)
+    d = codes.shape[1]
+    spread = float(codes.std(0).mean())
+    h_e = (relative_step * spread) ** 2
+    with torch.no_grad():
+        tr_inv = torch.diagonal(torch.linalg.inv(metric.tensor(codes)), dim1=1, dim2=2).sum(1)
+    return h_e, h_e * d / float(tr_inv.median())
+
+
+def mixture_log_prob(means: torch.Tensor, stds: torch.Tensor):
+    """``log q(z)`` of the equal-weight diagonal-Gaussian mixture ``mean_i N(z; μ_i, σ_i²)``.
+
+    With the encoder's posterior means and standard deviations of the training items this is
+    the aggregate posterior, an estimate of where the data live in the latent space (a target
+    for ``random_walk(..., method="mmala", log_prob=...)``). Returns a callable ``(N, d) -> (N,)``.
+
+    Example:
+        >>> import torch
+        >>> from latentgeo.walks import mixture_log_prob
+        >>> lp = mixture_log_prob(torch.zeros(1, 2), torch.ones(1, 2))
+        >>> round(float(lp(torch.zeros(1, 2))), 4)  # log N(0; 0, I) in 2-D = −log 2π
+        -1.8379
+    """
+    import math
+
+    means = torch.as_tensor(means).detach()
+    stds = torch.as_tensor(stds, dtype=means.dtype).detach()
+    if means.dim() != 2 or stds.shape != means.shape:
+        raise ValueError(f"means and stds must both have shape (C, d), got {tuple(means.shape)} and {tuple(stds.shape)}")
+    if not bool((stds > 0).all()):
+        raise ValueError("stds must be positive")
+    log_norm = -torch.log(stds).sum(1) - 0.5 * means.shape[1] * math.log(2 * math.pi)  # (C,)
+    inv = 1.0 / stds
+
+    def log_prob(z):
+        r = (z[:, None, :] - means[None]) * inv[None]  # (N, C, d)
+        comp = log_norm[None] - 0.5 * (r * r).sum(-1)
+        return torch.logsumexp(comp, 1) - math.log(means.shape[0])
+
+    return log_prob
