@@ -69,11 +69,15 @@ def _section_walks(ctx: ReportContext) -> dict:
         }
     if ctx.latent_dim == 2 and results:
         fig, ax = ctx.magnification_figure(title="Random walks from a training code (one per method)")
+        codes_legend = ax.get_legend()
+        lines = []
         for m, res in results.items():
             tr = res.trajectories[0, : int(res.steps_taken[0]) + 1].cpu().numpy()
-            ax.plot(tr[:, 0], tr[:, 1], lw=1.0, label=m)
+            lines += ax.plot(tr[:, 0], tr[:, 1], lw=1.0, label=m)
         ax.plot([float(z0[0, 0])], [float(z0[0, 1])], "k*", ms=9)
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(handles=lines, loc="lower left", fontsize=7, title="walk", title_fontsize=7)
+        if codes_legend is not None:
+            ax.add_artist(codes_legend)  # keep the codes' legend next to the walks'
         ctx.save_figure(fig, "walks.png")
     item_shape = tuple(getattr(ctx.dataset, "item_shape", None) or ())
     if len(item_shape) == 2 and results:
