@@ -134,7 +134,7 @@ def part_b(args, rows, net):
 def train_demo_vae(args):
     ds = lg.load_dataset("digits")
     model = lg.VAE(ds.dim, 2, likelihood="gaussian", hidden=(64, 64), item_shape=tuple(ds.item_shape), random_state=0)
-    _, t = timed(lambda: lg.train_vae(model, ds, epochs=args.epochs, random_state=0, quiet=True, val_fraction=0.1,
+    _, t = timed(lambda: lg.train_vae(model, ds, epochs=args.epochs, random_state=0, progress=False, val_fraction=0.1,
                                       variance="rbf"))
     print(f"demo VAE trained in {t:.1f} s ({args.epochs} epochs)")
     return model, ds
