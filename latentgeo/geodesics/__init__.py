@@ -3,18 +3,14 @@
 Modules: :mod:`.ode` (geodesic acceleration, Christoffel symbols), :mod:`.ivp` (batched
 Dormand–Prince, exp map), :mod:`.spectral` (pseudospectral energy minimisation and
 Gauss–Legendre collocation: the default connecting-geodesic solver), :mod:`.energy` (discrete
-energy minimisation), :mod:`.bvp` (Newton shooting), :mod:`.connecting` (connecting geodesics,
+energy minimisation), :mod:`.bvp` (Newton shooting), :mod:`.solvers` (``Collocation``, ``Shooting``),
+:mod:`.result` (``GeodesicResult``, ``GeodesicStatus``), :mod:`.connecting` (connecting geodesics,
 log map, distance matrices), :mod:`.graph` (kNN/grid graphs, graph distances).
 """
 
-from .connecting import (
-    DistanceMatrix,
-    GeodesicConvergenceError,
-    GeodesicResult,
-    connecting_geodesic,
-    distance_matrix,
-    log_map,
-)
+from .connecting import DistanceMatrix, connecting_geodesic, distance_matrix, float64_metric, log_map
+from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus
+from .solvers import Collocation, Shooting
 from .energy import EnergyResult, minimize_discrete_energy
 from .ivp import ExpMapResult, exp_map
 from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
@@ -29,7 +25,11 @@ __all__ = [
     "minimize_discrete_energy",
     "EnergyResult",
     "connecting_geodesic",
+    "Collocation",
+    "Shooting",
     "GeodesicResult",
+    "GeodesicStatus",
+    "float64_metric",
     "log_map",
     "distance_matrix",
     "DistanceMatrix",

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -76,6 +78,7 @@ def dopri5(
     h_min: float = 1e-12,
     bound=None,
     bound_cols: Optional[int] = None,
+    deadline: Optional[float] = None,
 ):
     """Integrate ``y' = f(y)`` for a batch of autonomous systems over ``τ ∈ [0, 1]``.
 
@@ -194,6 +197,9 @@ def dopri5(
             trace.f.append(ks[6][accept][:, :record].clone())
         bad = (~accept) & ((hnew < h_min) | ~finite & (ha <= h_min * 10))
         too_many = (n_steps[ia] + n_rej[ia]) >= max_steps
+        late = deadline is not None and time.perf_counter() > deadline
+        if late:
+            too_many = torch.ones_like(too_many)
         if bound is not None:
             bnd = bound[ia] if isinstance(bound, torch.Tensor) else bound
             escaped = accept & (ynew[:, : (bound_cols or dim)].abs().amax(1) > bnd)
@@ -206,6 +212,8 @@ def dopri5(
                 if bool(escaped[k]):
                     b = float(bnd[k]) if isinstance(bnd, torch.Tensor) else float(bnd)
                     reason[i] = f"trajectory left the region max|z| ≤ {b:.3g} at τ={float(t[i]):.3g}"
+                elif late:
+                    reason[i] = f"time budget exhausted during integration at τ={float(t[i]):.3g}"
                 elif bool(too_many[k]):
                     reason[i] = f"integrator stopped after {max_steps} step attempts at τ={float(t[i]):.3g}"
                 elif not bool(finite[k]):
