@@ -685,7 +685,9 @@ def collocate(
             if not mode and not bool(r["conv"][j]):
                 newt[i] = True  # the fixed-point iteration diverged or is slow: Newton, same resolution
                 same.append(i)
-            elif bool(r["conv"][j]) and 2 * Q <= max_nodes:  # converged but unresolved: more nodes
+            elif 2 * Q <= max_nodes:
+                # converged but unresolved, or Newton failed at this resolution (a curve with sharp
+                # features the Q-node polynomial cannot follow): more nodes, from the kept curve
                 nxt.append(i)
         return same, nxt
 
