@@ -552,9 +552,11 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
             JP = JP.reshape(k, Q * d, Q * d)
             eye = torch.eye(Q * d, dtype=dt, device=dev)
-            delta, info = torch.linalg.solve_ex(eye - JP, f.unsqueeze(-1))
+            fin = torch.isfinite(JP).all(2).all(1) & torch.isfinite(f).all(1)
+            JP = torch.where(fin[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN)
+            delta, info = torch.linalg.solve_ex(eye - JP, torch.where(fin[:, None], f, torch.zeros_like(f)).unsqueeze(-1))
             delta = delta.squeeze(-1)
-            good = (info == 0) & torch.isfinite(delta).all(1) & ~worse
+            good = (info == 0) & torch.isfinite(delta).all(1) & ~worse & fin
             # accepted point: a full Newton step from it; rejected: halve the previous step
             alpha[act] = torch.where(good, torch.ones_like(alpha[act]), 0.5 * alpha[act])
             base_x = torch.where(good[:, None], x[act].reshape(k, -1), x_acc[act])
