@@ -12,7 +12,7 @@ from .connecting import DistanceMatrix, connecting_geodesic, distance_matrix, fl
 from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus
 from .solvers import Collocation, Shooting
 from .energy import EnergyResult, minimize_discrete_energy
-from .ivp import ExpMapResult, exp_map
+from .ivp import exp_map
 from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "acceleration_fn",
     "metric_tensor_fn",
     "exp_map",
-    "ExpMapResult",
     "minimize_discrete_energy",
     "EnergyResult",
     "connecting_geodesic",

@@ -570,6 +570,7 @@ def _finalize(metric, r, tol, n_points):
 
 def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
     degree, nodes, max_nodes, max_iter = solver.degree, solver.nodes, solver.max_nodes, solver.max_iter
+    first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
     energy_max_iter, max_steps = solver.energy_max_iter, 10_000
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
@@ -584,7 +585,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)),
                                           deadline=deadline)
             ser = nodes_to_series(er.nodes)
-            cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=max_nodes, max_iter=max_iter,
+            cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
                            deadline=deadline)
         evals[idx] += cr.evaluations + er.iterations * (degree + 1)
         budget[idx] = cr.budget | (_expired(deadline) & ~cr.converged)
@@ -665,10 +666,10 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                 alt_curves = (bad[alt], padk(ser2)[alt])
 
     # escalation: pairs still not certified (and not out of time) get one finer pass from their
-    # best curve — twice the degree, the first nodes and the finest nodes (sharp features of
-    # RBF variances need up to 512 nodes; most pairs never get here)
+    # best curve — twice the degree and the first nodes, up to max_nodes (sharp features of RBF
+    # variances need up to 512 nodes; most pairs never get here)
     esc = ~conv & ~budget & ~same
-    if bool(esc.any()) and not _expired(deadline):
+    if bool(esc.any()) and 2 * nodes <= max_nodes and not _expired(deadline):
         ei = torch.nonzero(esc).reshape(-1)
         with torch.no_grad():
             t2 = lgl_nodes(2 * degree, dt, dev)
@@ -677,13 +678,13 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             er3 = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter,
                                            rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
             ser3 = nodes_to_series(er3.nodes)
-            cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=2 * max_nodes,
+            cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
                             max_iter=max_iter, deadline=deadline)
         evals[ei] += cr3.evaluations + er3.iterations * (2 * degree + 1)
         budget[ei] |= cr3.budget
         iters[ei] += cr3.iterations
         e_iters[ei] += er3.iterations
-        K3 = max(Kmax, 2 * max_nodes + 2)
+        K3 = max(Kmax, max_nodes + 2)
         if K3 > series.shape[1]:
             series = torch.cat([series, series.new_zeros(n, K3 - series.shape[1], d)], 1)
             Kmax = K3

@@ -99,6 +99,11 @@ class GeodesicResult:
         discrete_curve: ``(N, n_points, d)`` the reported curves at evenly spaced times.
 
     ``curve(t)`` evaluates the reported curves at ``t ∈ [0, 1]``; ``result[idx]`` selects pairs.
+
+    From :func:`~latentgeo.geodesics.exp_map`: ``z1`` is the endpoint, ``end_velocity`` the
+    velocity there, ``initial_velocity`` the given ``v``, ``method == "ivp"``; ``stats`` has
+    ``rejected`` steps too, and with ``return_path=True`` ``knot_times``/``knot_points`` hold the
+    accepted steps and ``curve(s)`` the dense output at fractions ``s`` of the integration.
     """
 
     def __init__(self, **kw):
@@ -124,6 +129,8 @@ class GeodesicResult:
         """Points ``(N, Q, d)`` at times ``t (Q,)`` in ``[0, 1]``: the Legendre series of the
         collocation solution (or of the best curve where not converged), the quintic Hermite dense
         output of shooting solutions, or the piecewise-linear discrete curve."""
+        if self.__dict__.get("_needs_path"):
+            raise ValueError("exp_map was called without return_path=True; no dense output is stored")
         dt, dev = self.z0.dtype, self.z0.device
         t = torch.as_tensor(t, dtype=dt, device=dev)
         if t.dim() == 0:

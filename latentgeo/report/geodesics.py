@@ -8,8 +8,8 @@ For a model with a 2-D latent space and labelled data, the section
    pullback metric of the decoder) with :func:`latentgeo.geodesics.connecting_geodesic` at
    ``tol = options["geodesic_tol"]`` (default ``1e-6``; float32 models are solved on a float64
    copy, since 1e-6 needs float64) with bounded work (``geodesic_max_iter`` 20 collocation /
-   Newton iterations, ``geodesic_max_nodes`` 256 collocation nodes — the RBF-variance metric's
-   geodesics need 128–256 —, ``geodesic_budget`` 1 s per pair; pairs that are not certified are
+   Newton iterations, ``geodesic_max_nodes`` 512 collocation nodes — the RBF-variance metric's
+   geodesics need 128–512 —, ``geodesic_budget`` 1 s per pair; pairs that are not certified are
    reported, drawn in a distinct style, with their status and reason in ``summary.json``), initialised
    from shortest paths in a kNN graph over the data's codes
    (:class:`~latentgeo.geodesics.graph.LatentGraph`; a grid over the plot extent when there are
@@ -96,7 +96,7 @@ def geodesics_section(ctx: ReportContext) -> dict:
         graph = LatentGraph.grid(metric, [(x0, x1), (y0, y1)], grid_res, dtype=codes.dtype, device=codes.device)
     graph_s = time.perf_counter() - t
     t = time.perf_counter()
-    # the demo's RBF-variance metric has sharp features: its geodesics need 128-256 collocation
+    # the demo's RBF-variance metric has sharp features: its geodesics need 128-512 collocation
     # nodes; the per-pair time budget bounds the section on any model
     max_nodes = int(ctx.options["geodesic_max_nodes"])
     solver = Collocation(max_iter=max_iter, max_nodes=max_nodes)
@@ -170,6 +170,6 @@ SECTION = ReportSection(
         "geodesic_max_iter": 20,
         "geodesic_budget": 1.0,  # seconds per pair (None: unbounded); pairs that run out are reported
         "geodesic_grid": 41,  # grid-graph resolution for the initial curves
-        "geodesic_max_nodes": 256,
+        "geodesic_max_nodes": 512,
     },
 )
