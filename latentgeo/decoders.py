@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 from torch.func import jvp, vmap
 
+from ._autodiff import compose_second_order, function_module, jacobian_columns, second_order
 from ._validation import as_latent_batch, describe_bad_rows
 
 __all__ = [
@@ -59,12 +60,39 @@ _STATEFUL_TRAIN_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._B
 
 
 def _traced(f, z):
-    """``(f(z), tangent columns (d, *out.shape))`` through the fx forward-mode engine, or ``None``."""
-    if not isinstance(f, nn.Module):
-        return None
-    from ._fxjac import traced_jvp_columns
+    """``(f(z), tangent columns (d, *out.shape))`` through the fx interpreter, or ``None``.
 
-    return traced_jvp_columns(f, z)
+    Modules and plain functions alike (a function is wrapped by
+    :func:`latentgeo._autodiff.function_module`, which registers the modules it uses).
+    """
+    m = function_module(f)
+    return None if m is None else jacobian_columns(m, z)
+
+
+def _traced2(f, z, v):
+    """``(f(z), columns (d, *out.shape), ∂²f[v, v])`` through the fx interpreter (Taylor mode), or ``None``."""
+    m = function_module(f)
+    return None if m is None else second_order(m, z, v)
+
+
+def _jet_flat(r, n: int, d: int):
+    """A traced jet ``(out, cols, h)`` flattened to ``((n, K), (d, n, K), (n, K))``, or ``None``."""
+    if r is None:
+        return None
+    out, cols, h = r
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+        return None  # the generic path raises the decoder's error message
+    return out.reshape(n, -1), cols.reshape(d, n, -1), h.reshape(n, -1)
+
+
+def _jet_cat(parts):
+    """Concatenate flattened jets and return ``(g (N, K), J (N, K, d), h (N, K))`` (``None`` if any is)."""
+    if not parts or any(p is None for p in parts):
+        return None
+    g = torch.cat([p[0] for p in parts], 1)
+    cols = torch.cat([p[1] for p in parts], 2)
+    h = torch.cat([p[2] for p in parts], 1)
+    return g, cols.permute(1, 2, 0), h
 
 
 def _outer_columns(outer, raw, cols):
@@ -122,9 +150,19 @@ class Decoder:
     def coordinate_blocks_jvp(self, z: torch.Tensor, kind: Optional[str] = None):
         """Fast path for the metric: ``(blocks, columns)`` with ``columns[b]`` of shape ``(d, N, K_b)``.
 
-        Decoders built from ``nn.Module``s that :func:`torch.fx.symbolic_trace` can trace go
-        through :func:`latentgeo._fxjac.traced_jvp_columns` (one matmul per linear layer, no
-        vmap/jvp dispatch overhead); ``None`` means "use the generic ``vmap(jvp)`` path".
+        Decoders whose callables (``nn.Module`` s or plain functions) :func:`torch.fx.symbolic_trace`
+        can trace go through :func:`latentgeo._autodiff.jacobian_columns` (one matmul per linear
+        layer, no vmap/jvp dispatch overhead); ``None`` means "use the generic ``vmap(jvp)`` path".
+        """
+        return None
+
+    def embedding_jet(self, z: torch.Tensor, v: torch.Tensor, kind: Optional[str] = None):
+        """Fast path for the geodesic ODE: ``(g (N, K), J (N, K, d), ∂²g[v, v] (N, K))`` or ``None``.
+
+        The embedding ``g`` of an embedded ``kind`` (:meth:`coordinates`), its Jacobian and its
+        second directional derivative along ``v``, in one Taylor-mode pass through the fx trace
+        of the decoder's callables (:func:`latentgeo._autodiff.second_order`). ``None`` means
+        "use nested ``torch.func.jvp``" (untraceable callables, a non-embedded kind). No input checks.
         """
         return None
 
@@ -285,6 +323,26 @@ class GaussianDecoder(Decoder):
             raise ValueError(f"decoder mean has {mu.shape[1]} outputs per code but std has {sd.shape[1]}")
         return (mu, sd), (tmu.reshape(d, n, -1), tsd.reshape(d, n, -1))
 
+    def embedding_jet(self, z, v, kind=None):
+        kind = self.resolve_kind(kind)
+        if kind not in self.embedded_kinds:
+            return None
+        n, d = z.shape
+        if self.model is not None:
+            r = _traced2(self.model, z, v)
+            if r is None or not (isinstance(r[0], (tuple, list)) and len(r[0]) == 2):
+                return None
+            parts = [_jet_flat((r[0][k], r[1][k], r[2][k]), n, d) for k in range(2)]
+        else:
+            parts = [_jet_flat(_traced2(self.mean, z, v), n, d)]
+            if kind != "mean":
+                parts.append(_jet_flat(_traced2(self.std, z, v), n, d))
+        if kind == "mean":
+            parts = parts[:1]
+        if len(parts) == 2 and all(p is not None for p in parts) and parts[0][0].shape != parts[1][0].shape:
+            return None  # the generic path raises its error message
+        return _jet_cat(parts)
+
     def block_weights(self, blocks, kind=None):
         if self.resolve_kind(kind) != "fisher":
             return None
@@ -375,6 +433,18 @@ class BernoulliDecoder(Decoder):
             return _outer_columns(lambda x: (2.0 * torch.asin(torch.sqrt(x)),), raw, cols)
         return (raw,), (cols,)
 
+    def embedding_jet(self, z, v, kind=None):
+        kind = self.resolve_kind(kind)
+        n, d = z.shape
+        r = _jet_flat(_traced2(self.logits if self.logits is not None else self.probs, z, v), n, d)
+        if r is None:
+            return None
+        if self.logits is not None:
+            outer = _bernoulli_sqrt_embedding if kind == "fisher" else torch.sigmoid
+        else:
+            outer = (lambda p: 2.0 * torch.asin(torch.sqrt(p))) if kind == "fisher" else None
+        return _jet_cat([r if outer is None else compose_second_order(outer, *r, v)])
+
     def check_coordinates(self, eta, kind=None):
         super().check_coordinates(eta, kind)
         if self.probs is not None:
@@ -451,6 +521,18 @@ class CategoricalDecoder(Decoder):
         out, tcols = _outer_columns(lambda x: self._from_raw(x, kind), raw, cols)
         return (out,), (tcols,)
 
+    def embedding_jet(self, z, v, kind=None):
+        kind = self.resolve_kind(kind)
+        r = _traced2(self.logits if self.logits is not None else self.probs, z, v)
+        if r is None:
+            return None
+        raw, cols, h = r
+        if not isinstance(raw, torch.Tensor) or raw.dim() < 2 or raw.shape[0] != z.shape[0]:
+            return None
+        n, d = z.shape
+        out, ocols, oh = compose_second_order(lambda x: self._from_raw(x, kind), raw, cols, h, v)
+        return _jet_cat([(out, ocols.reshape(d, n, -1), oh.reshape(n, -1))])
+
     def coordinates(self, z, kind=None):
         kind = self.resolve_kind(kind)
         n = z.shape[0]
@@ -505,6 +587,11 @@ class DeterministicDecoder(Decoder):
             return None
         n, d = z.shape
         return (_flat(r[0], n, "output"),), (r[1].reshape(d, n, -1),)
+
+    def embedding_jet(self, z, v, kind=None):
+        self.resolve_kind(kind)
+        n, d = z.shape
+        return _jet_cat([_jet_flat(_traced2(self.f, z, v), n, d)])
 
     def distribution(self, z):
         raise NotImplementedError("a deterministic decoder has no likelihood; use coordinates(z)")

@@ -38,7 +38,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ._jacobian import auto_chunk_rows, rowwise_gram, rowwise_jacobian
+from ._autodiff import (
+    auto_chunk_rows, rowwise_gram, rowwise_jacobian, second_directional, transforms_active, value_and_columns,
+)
 from ._validation import as_latent_batch, check_finite, describe_bad_rows
 from .decoders import Decoder
 
@@ -88,6 +90,27 @@ class Metric:
     def segment_sq_lengths(self, curve: torch.Tensor) -> torch.Tensor:
         """Squared lengths of the segments of curves ``(N, T, d)`` → ``(N, T−1)``."""
         raise NotImplementedError
+
+    def _base_tensor_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    # -- pure functions (transformable) ---------------------------------------------------
+    def tensor_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A pure function ``z (N, d) -> M(z) (N, d, d)``, ridge included, without input checks.
+
+        Composable with :mod:`torch.func` (``jvp``, ``vmap``, ``jacfwd``): the geodesic
+        solvers differentiate it for Christoffel symbols.
+        """
+        base = self._base_tensor_fn()
+        ridge = self.ridge
+        if ridge <= 0.0:
+            return base
+
+        def with_ridge(z):
+            m = base(z)
+            return m + ridge * torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+
+        return with_ridge
 
     # -- shared ------------------------------------------------------------------------
     def _check_z(self, z, name="z"):
@@ -196,9 +219,10 @@ class PullbackMetric(Metric):
             default ``"auto"`` picks about ``2**24 / (K·d)`` points (≈ 64 MB in float32).
         ridge: add ``ridge·I`` to every metric tensor (for numerically singular metrics); a
             warning names the points where the metric was singular.
-        fast_path: compute ``tensor()`` through a :mod:`torch.fx` trace of ``nn.Module``
-            decoders when they trace (:mod:`latentgeo._fxjac`); modules that do not trace, and
-            plain functions, use the generic ``vmap(jvp)`` path. Both give the same numbers.
+        fast_path: compute ``tensor()`` and :meth:`jet` through a :mod:`torch.fx` trace of the
+            decoder's callables (``nn.Module`` s and plain functions) when they trace
+            (:mod:`latentgeo._autodiff`); callables that do not trace use the generic
+            ``vmap(jvp)`` path. Both give the same numbers.
 
     The metric is ``M(z) = Jᵀ W J`` with ``J = ∂η/∂z`` computed in one batched
     :func:`torch.func.jvp` (vectorised over the ``d`` directions) — about ``1 + d`` forward
@@ -302,6 +326,39 @@ class PullbackMetric(Metric):
             raise ValueError(f"decoder Jacobian contains NaN/inf at {describe_bad_rows(bad)}")
         return eta, jac
 
+    def _base_tensor_fn(self):
+        coords, weights, kind = self.coordinates, self.decoder.fisher_weights, self.kind
+        embedded = self.is_embedded
+
+        def base(z):
+            eta, jac = value_and_columns(coords, z)
+            jt = jac.transpose(1, 2)
+            w = None if embedded else weights(eta, kind)
+            return jt @ jac if w is None else jt @ (w.unsqueeze(-1) * jac)
+
+        return base
+
+    def jet(self, z: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(g(z) (N, K), J (N, K, d), ∂²g(z)[v, v] (N, K))`` of the embedding (embedded kinds).
+
+        What the geodesic ODE of a Euclidean pullback needs: ``γ'' = −J⁺ ∂²g[γ', γ']``. The
+        decoder's own jet (:meth:`~latentgeo.decoders.Decoder.embedding_jet`: one Taylor-mode
+        pass through the fx trace) when ``fast_path`` is on and it applies, else nested
+        :func:`torch.func.jvp` through :meth:`embedding` (under active ``torch.func`` transforms
+        too). Pure: no input checks.
+        """
+        if not self.is_embedded:
+            raise ValueError(
+                f"the {self.kind!r} metric of {type(self.decoder).__name__} is not a Euclidean pullback; "
+                "it has no embedding jet (use tensor_fn())"
+            )
+        if self.fast_path and not transforms_active():
+            r = self.decoder.embedding_jet(z, v, self.kind)
+            if r is not None:
+                return r
+        g, jac = value_and_columns(self.embedding, z)
+        return g, jac, second_directional(self.embedding, z, v)
+
     def _raw_tensor(self, z):
         kind = self.kind
         eta, g, self._out_dim = rowwise_gram(
@@ -373,6 +430,15 @@ class MetricField(Metric):
 
     def __repr__(self):
         return f"MetricField({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+    def _base_tensor_fn(self):
+        fn = self.fn
+
+        def base(z):
+            m = fn(z)
+            return 0.5 * (m + m.transpose(-1, -2))
+
+        return base
 
     def _raw_tensor(self, z):
         g = self.fn(z)

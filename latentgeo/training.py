@@ -27,7 +27,7 @@ Example:
     >>> from latentgeo.training import train_vae, iwae_log_likelihood
     >>> x = torch.rand(200, 16)
     >>> vae = VAE(16, 2, hidden=(16,), random_state=0)
-    >>> hist = train_vae(vae, x, epochs=3, variance="rbf", rbf_centers=8, quiet=True)
+    >>> hist = train_vae(vae, x, epochs=3, variance="rbf", rbf_centers=8, progress=False)
     >>> [r["phase"] for r in hist][-1], hist.rbf["n_centers"], vae.variance
     ('mean', 8, 'rbf')
     >>> iwae_log_likelihood(vae, x[:4], k=10).shape
@@ -46,7 +46,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from ._progress import progress_bar, show_progress
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import split_indices
 from .models.likelihoods import GaussianLikelihood
@@ -82,7 +82,8 @@ class TrainConfig:
             (counted after the warm-up); ``None`` disables early stopping. The best weights
             are restored at the end of each phase either way when there is a validation set.
         random_state: seeds the split, shuffling and sampling.
-        quiet: no progress bars (they are also off when stderr is not a terminal).
+        progress: progress bars: ``None`` (default) shows them in a terminal or a Jupyter
+            kernel only, ``True`` always, ``False`` never (``latentgeo._progress``).
         log_path: JSON-lines file receiving one record per epoch.
         variance: Gaussian only: ``"constant"``, ``"learned"`` or ``"rbf"`` (see module docstring).
         variance_epochs: epochs of the learned-variance phase (default ``max(1, epochs // 2)``).
@@ -106,7 +107,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     patience: Optional[int] = 20
     random_state: int = 0
-    quiet: bool = False
+    progress: Optional[bool] = None
     log_path: Optional[str] = None
     variance: str = "constant"
     variance_epochs: Optional[int] = None
@@ -146,6 +147,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.variance not in _VARIANCE_CHOICES:
             raise ValueError(f"TrainConfig.variance must be one of {_VARIANCE_CHOICES}, got {self.variance!r}")
+        show_progress(self.progress)  # None, True or False
         if not isinstance(self.rbf_kwargs, dict):
             raise ValueError("TrainConfig.rbf_kwargs must be a dict")
         return self
@@ -254,11 +256,6 @@ def _data_digest(x: torch.Tensor) -> str:
     return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm.auto import tqdm
-
-    disable = quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    return tqdm(total=total, desc=desc, disable=disable, leave=False, unit="epoch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,7 +272,7 @@ class Trainer:
         >>> import torch
         >>> from latentgeo.models import VAE
         >>> vae = VAE(8, 2, hidden=(8,), random_state=0)
-        >>> hist = Trainer(vae, TrainConfig(epochs=2, quiet=True)).fit(torch.rand(50, 8))
+        >>> hist = Trainer(vae, TrainConfig(epochs=2, progress=False)).fit(torch.rand(50, 8))
         >>> len(hist.epochs("mean"))
         2
     """
@@ -519,7 +516,7 @@ class Trainer:
                 p.requires_grad_(False)
             for p in self._trainable:
                 p.requires_grad_(True)
-            bar = _progress(n_epochs, phase, cfg.quiet)
+            bar = progress_bar(n_epochs, phase, cfg.progress, unit="epoch")
             bar.update(self.phase_epoch)
             stopped = False
             m.train()
@@ -600,7 +597,7 @@ def train_vae(
     rbf_centers: int = 32,
     rbf_kwargs: Optional[dict] = None,
     random_state: int = 0,
-    quiet: bool = False,
+    progress: Optional[bool] = None,
     log_path=None,
     checkpoint_path=None,
     resume_from=None,
@@ -625,7 +622,7 @@ def train_vae(
         kl_warmup_epochs = min(10, epochs // 4) if isinstance(epochs, int) else 0
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, kl_warmup_epochs=kl_warmup_epochs,
-        val_fraction=val_fraction, patience=patience, random_state=random_state, quiet=quiet,
+        val_fraction=val_fraction, patience=patience, random_state=random_state, progress=progress,
         log_path=None if log_path is None else str(log_path), variance=variance,
         variance_epochs=variance_epochs, rbf_centers=rbf_centers, rbf_kwargs=dict(rbf_kwargs or {}),
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path), num_threads=num_threads,

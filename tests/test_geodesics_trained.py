@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import latentgeo as lg
-from latentgeo.geodesics import Collocation, GeodesicStatus, acceleration_fn, connecting_geodesic, metric_tensor_fn
+from latentgeo.geodesics import Collocation, GeodesicStatus, acceleration_fn, connecting_geodesic
 
 D64 = torch.float64
 A = torch.tensor([[1.0, 0.3], [-0.4, 1.2], [0.7, -0.5]], dtype=D64)
@@ -54,7 +54,7 @@ def _scipy_length(metric, res, k):
     from scipy.integrate import solve_bvp
 
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     t = np.linspace(0, 1, 129)
     with torch.no_grad():
         c = res.curve(torch.as_tensor(t))[k].numpy()

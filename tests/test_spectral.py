@@ -18,7 +18,7 @@ from scipy import special
 
 import latentgeo as lg
 from latentgeo.geodesics import spectral as S
-from latentgeo.geodesics.ode import acceleration_fn, metric_tensor_fn
+from latentgeo.geodesics.ode import acceleration_fn
 
 D64 = torch.float64
 
@@ -255,7 +255,7 @@ def test_energy_gradient_and_gauss_newton_matrix_of_both_paths():
     c = torch.randn(n, N + 1, 2, generator=g, dtype=D64) * 0.5
 
     def check_grad(metric, energy_fn):
-        mfn = None if metric.is_embedded else metric_tensor_fn(metric)
+        mfn = None if metric.is_embedded else metric.tensor_fn()
         E, G, H, _ = S._energy_terms(metric, mfn, D, w, Amat, c)
         x = c.clone().requires_grad_(True)
         E_ref = energy_fn(x)
@@ -505,7 +505,7 @@ def test_anderson_memory_accelerates_fixed_point_iteration():
     45 iterations (about 20–40); memory 1 (a one-secant update) has not converged after 50
     (nor after 100: it stalls at a relative residual of ~1e-7–1e-6 or diverges)."""
     metric = SPHERE
-    acc, mfn = acceleration_fn(metric), metric_tensor_fn(metric)
+    acc, mfn = acceleration_fn(metric), metric.tensor_fn()
     Q = 16
     start = S._line_series(LONG_Z0, LONG_Z1, Q + 2)
     with torch.no_grad():
@@ -527,7 +527,7 @@ def test_newton_collocation_converges_quadratically_where_the_fixed_point_iterat
     Newton with finite-difference ∂a/∂γ, ∂a/∂γ' converges in a handful of iterations, and
     ``collocate`` switches to it by itself."""
     metric = SPHERE
-    acc, mfn = acceleration_fn(metric), metric_tensor_fn(metric)
+    acc, mfn = acceleration_fn(metric), metric.tensor_fn()
     t = S.lgl_nodes(12)
     er = S.minimize_spectral_energy(metric, HARD_Z0[:, None] + t[None, :, None] * (HARD_Z1 - HARD_Z0)[:, None])
     start = S.nodes_to_series(er.nodes)

@@ -36,7 +36,7 @@ def trained(digits):
     vae = VAE(64, 2, hidden=(32,), item_shape=(8, 8), random_state=0)
     before = float(-elbo_estimate(vae, digits, n_samples=8).mean())
     hist = train_vae(vae, digits, epochs=25, batch_size=64, lr=3e-3, variance="rbf", rbf_centers=16,
-                     rbf_kwargs={"n_iter": 200}, quiet=True, random_state=0)
+                     rbf_kwargs={"n_iter": 200}, progress=False, random_state=0)
     return vae, hist, before
 
 
@@ -103,7 +103,7 @@ def test_same_seed_identical_weights(digits):
     runs = []
     for seed in (0, 0, 1):
         vae = VAE(64, 2, hidden=(8,), random_state=0)
-        train_vae(vae, x, epochs=3, batch_size=32, variance="constant", quiet=True, random_state=seed)
+        train_vae(vae, x, epochs=3, batch_size=32, variance="constant", progress=False, random_state=seed)
         runs.append(_weights(vae))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -114,14 +114,14 @@ def test_learned_variance_phase_freezes_mean(digits, tmp_path):
     x = digits[:120]
     vae = VAE(64, 2, hidden=(8,), random_state=0)
     log = tmp_path / "log.jsonl"
-    tr = Trainer(vae, TrainConfig(epochs=3, variance="learned", variance_epochs=2, quiet=True, batch_size=40,
+    tr = Trainer(vae, TrainConfig(epochs=3, variance="learned", variance_epochs=2, progress=False, batch_size=40,
                                   log_path=str(log), kl_warmup_epochs=0))
     hist = tr.fit(x)
     assert [r["phase"] for r in hist] == ["mean"] * 3 + ["variance"] * 2
     assert vae.variance == "learned"
     # a second run stopped after phase 1 gives the phase-1 weights: encoder and mean must be equal
     vae1 = VAE(64, 2, hidden=(8,), random_state=0)
-    Trainer(vae1, TrainConfig(epochs=3, quiet=True, batch_size=40, kl_warmup_epochs=0)).fit(x)
+    Trainer(vae1, TrainConfig(epochs=3, progress=False, batch_size=40, kl_warmup_epochs=0)).fit(x)
     w, w1 = vae.state_dict(), vae1.state_dict()
     for k in w:
         if k.startswith(("encoder.", "likelihood.mean_net.", "likelihood.raw_const_std")):
@@ -139,7 +139,7 @@ def test_kl_warmup_and_early_stopping(digits):
     x = digits[:120]
     vae = VAE(64, 2, hidden=(8,), random_state=0)
     hist = train_vae(vae, x, epochs=40, kl_warmup_epochs=4, lr=0.05, batch_size=20, patience=2,
-                     variance="constant", quiet=True, random_state=0)
+                     variance="constant", progress=False, random_state=0)
     betas = hist.column("beta")
     assert betas[:4] == [0.25, 0.5, 0.75, 1.0] and set(betas[4:]) <= {1.0}
     assert hist.stopped_early["mean"] and len(hist) < 40
@@ -151,7 +151,7 @@ def test_kl_warmup_and_early_stopping(digits):
 
 def test_resume_is_bitwise_identical(digits, tmp_path):
     x = digits[:100]
-    cfg = dict(epochs=4, variance="learned", variance_epochs=3, kl_warmup_epochs=2, quiet=True, batch_size=32, random_state=3)
+    cfg = dict(epochs=4, variance="learned", variance_epochs=3, kl_warmup_epochs=2, progress=False, batch_size=32, random_state=3)
 
     ref = VAE(64, 2, hidden=(8,), random_state=1)
     href = Trainer(ref, TrainConfig(checkpoint_path=str(tmp_path / "ref.safetensors"), **cfg)).fit(x)
@@ -197,12 +197,12 @@ def test_resume_is_bitwise_identical(digits, tmp_path):
 def test_bernoulli_trains_in_one_phase(digits):
     x = digits[:120]
     vae = VAE(64, 2, likelihood="bernoulli", hidden=(8,), random_state=0)
-    hist = train_vae(vae, x, epochs=6, quiet=True, lr=1e-2, batch_size=30)
+    hist = train_vae(vae, x, epochs=6, progress=False, lr=1e-2, batch_size=30)
     assert set(hist.column("phase")) == {"joint"} and hist.rbf is None
     losses = hist.column("train_loss")
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="Gaussian likelihood"):
-        train_vae(vae, x, epochs=1, variance="learned", quiet=True)
+        train_vae(vae, x, epochs=1, variance="learned", progress=False)
 
 
 def test_bad_training_options(digits):
@@ -220,10 +220,10 @@ def test_bad_training_options(digits):
     with pytest.raises(ValueError, match="unknown training options"):
         Trainer(vae, epoch=3)
     with pytest.raises(ValueError, match="shape"):
-        train_vae(vae, digits[:, :10], epochs=1, quiet=True)
+        train_vae(vae, digits[:, :10], epochs=1, progress=False)
     bad = digits[:20].clone()
     bad[3, 3] = float("inf")
     with pytest.raises(ValueError, match="NaN/inf"):
-        train_vae(vae, bad, epochs=1, quiet=True)
+        train_vae(vae, bad, epochs=1, progress=False)
     with pytest.raises(ValueError, match="val_fraction"):
         split_indices(10, -0.1)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 __all__ = [
-    "CLIError", "int_at_least", "seed_arg", "widths", "latent_kinds", "progress_quiet", "say",
+    "CLIError", "int_at_least", "seed_arg", "widths", "latent_kinds", "say",
     "prepare_out", "subset_dataset", "train_model", "selected_sections", "write_cli_report", "fmt",
     "print_summary", "add_report_options", "common_parser", "PROG", "DATASETS", "LIKELIHOODS",
     "VARIANCES", "VAL_FRACTION", "TRAIN_STATE", "DEMO_EPOCHS",
@@ -72,10 +72,6 @@ def latent_kinds() -> tuple[str, ...]:
     return tuple(sorted(reg)) if isinstance(reg, dict) and reg else ("euclidean",)
 
 
-def progress_quiet(args) -> bool:
-    return bool(args.quiet) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-
-
 def say(args, msg: str) -> None:
     if not args.quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -127,7 +123,7 @@ def train_model(args, dataset, latent: str, latent_dim: int, likelihood: str, hi
     kwargs = dict(
         epochs=args.epochs,
         random_state=args.seed,
-        quiet=progress_quiet(args),
+        progress=False if args.quiet else None,
         log_path=out / "train_log.jsonl",
         val_fraction=VAL_FRACTION,
         variance=variance if likelihood == "gaussian" else None,

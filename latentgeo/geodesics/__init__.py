@@ -13,13 +13,13 @@ from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus
 from .solvers import Collocation, Shooting
 from .energy import EnergyResult, minimize_discrete_energy
 from .ivp import exp_map
-from .ode import acceleration_fn, christoffel, geodesic_acceleration, metric_tensor_fn
+from .ode import acceleration_fn, acceleration_from_jet, christoffel, geodesic_acceleration
 
 __all__ = [
     "geodesic_acceleration",
     "christoffel",
     "acceleration_fn",
-    "metric_tensor_fn",
+    "acceleration_from_jet",
     "exp_map",
     "minimize_discrete_energy",
     "EnergyResult",

@@ -58,7 +58,7 @@ from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
-from .ode import _check_metric, acceleration_fn, metric_tensor_fn
+from .ode import _check_metric, acceleration_fn
 from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus, _polyline
 from .solvers import Collocation, Shooting
 from .spectral import _eval_series, _expired, collocate, lgl_nodes, minimize_spectral_energy, nodes_to_series
@@ -114,7 +114,7 @@ def _probe_dtype(metric, z):
         try:
             if metric.is_embedded:
                 return metric.embedding(z[:1]).dtype
-            return metric_tensor_fn(metric)(z[:1]).dtype
+            return metric.tensor_fn()(z[:1]).dtype
         except (RuntimeError, TypeError):
             return None
 
@@ -576,7 +576,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     dt, dev = z0.dtype, z0.device
     t_lgl = lgl_nodes(degree, dt, dev)
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     tiny = torch.finfo(dt).tiny
 
     def attempt(idx, how):
@@ -769,7 +769,7 @@ def _solve_shooting(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     tgrid = torch.linspace(0, 1, n_points, dtype=dt, device=dev)
 
     def attempt(idx, how):

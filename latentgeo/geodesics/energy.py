@@ -28,7 +28,7 @@ import torch
 
 from ..metric import Metric
 from ._lm import damped_step, update_damping
-from .ode import _rowwise_jac
+from .._autodiff import value_and_columns
 
 __all__ = ["minimize_discrete_energy", "EnergyResult"]
 
@@ -54,7 +54,7 @@ def _embedded_terms(g, c):
     """Energy, gradient/2(T−1), GN blocks/2(T−1) for embedded metrics."""
     n, T, d = c.shape
     x = c[:, 1:-1].reshape(-1, d)
-    eta_i, jac = _rowwise_jac(g, x)
+    eta_i, jac = value_and_columns(g, x)
     k = eta_i.shape[1]
     eta_i = eta_i.reshape(n, T - 2, k)
     jac = jac.reshape(n, T - 2, k, d)

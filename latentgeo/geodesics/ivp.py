@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import torch
 
 from .._validation import as_latent_batch
-from .ode import _check_metric, acceleration_fn, metric_tensor_fn
+from .ode import _check_metric, acceleration_fn
 
 __all__ = ["dopri5", "exp_map", "hermite5"]
 
@@ -370,7 +370,7 @@ def exp_map(
             kt, Y, F = _trace_to_padded(trace, n, ns)
             knots = (kt, Y[..., :d], Y[..., d:], F[..., d:])
         vel = torch.where(tt[:, None] != 0, y1[:, d:] / torch.where(tt == 0, torch.ones_like(tt), tt)[:, None], v)
-        mfn = metric_tensor_fn(metric)
+        mfn = metric.tensor_fn()
         sp0 = torch.einsum("ni,nij,nj->n", v, mfn(z), v).clamp_min(0).sqrt()
         sp1 = torch.einsum("ni,nij,nj->n", vel, mfn(y1[:, :d]), vel).clamp_min(0).sqrt()
     tiny = torch.finfo(z.dtype).tiny

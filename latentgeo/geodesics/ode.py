@@ -14,8 +14,11 @@ A geodesic ``γ`` of a metric ``M`` solves ``γ'' = a(γ, γ')`` with
   not ``κ(J)²``). ``∂²g[v, v]`` is one nested :func:`torch.func.jvp`; no ``∂M/∂z`` and no
   Christoffel tensor are formed (Arvanitidis, Hansen, Hauberg, ICLR 2018, eq. 8 in this
   form; do Carmo, *Riemannian Geometry*, ch. 3 for the normal-acceleration characterisation).
+  ``J`` and ``∂²g[v, v]`` come from the metric's own jet (:meth:`PullbackMetric.jet
+  <latentgeo.metric.PullbackMetric.jet>`).
 * General metric fields (``MetricField``, Gaussian Fisher–Rao pullback): Christoffel symbols
-  of the second kind from forward-mode autodiff of ``M``,
+  of the second kind from forward-mode autodiff of ``M`` (:meth:`Metric.tensor_fn
+  <latentgeo.metric.Metric.tensor_fn>`),
   ``Γⁱ_{jk} = ½ Mⁱˡ (∂_j M_{lk} + ∂_k M_{lj} − ∂_l M_{jk})``, contracted directly:
   ``a = −M⁻¹ (∂M[v] v − ½ ∇_z(vᵀ M v))``.
 
@@ -39,11 +42,10 @@ from typing import Callable
 import torch
 from torch.func import jvp, vmap
 
-from .._fxtaylor import embedding_second_order
 from .._validation import as_latent_batch
-from ..metric import Metric, MetricField, PullbackMetric
+from ..metric import Metric
 
-__all__ = ["geodesic_acceleration", "christoffel", "acceleration_fn", "metric_tensor_fn"]
+__all__ = ["geodesic_acceleration", "christoffel", "acceleration_fn", "acceleration_from_jet"]
 
 
 def _check_metric(metric) -> Metric:
@@ -52,62 +54,6 @@ def _check_metric(metric) -> Metric:
             f"expected a latentgeo Metric (PullbackMetric or MetricField), got {type(metric).__name__}"
         )
     return metric
-
-
-def _rowwise_jac(g: Callable, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(g(z), J)`` with ``J (N, K, d)``: one jvp per coordinate direction, vectorised."""
-    n, d = z.shape
-    eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    tang = eye[:, None, :].expand(d, n, d)
-    out, cols = vmap(lambda t: jvp(g, (z,), (t,)), out_dims=(None, 0))(tang)
-    return out, cols.permute(1, 2, 0)
-
-
-def metric_tensor_fn(metric: Metric) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A pure (transformable) function ``z (N, d) -> M(z) (N, d, d)`` for ``metric``.
-
-    Uses ``metric.embedding`` (``JᵀJ``), the decoder's coordinates and Fisher weights
-    (``Jᵀ diag(w) J``), or a ``MetricField``'s function; the metric's ridge is included.
-    """
-    _check_metric(metric)
-    ridge = float(getattr(metric, "ridge", 0.0))
-
-    if metric.is_embedded:
-        g = metric.embedding
-
-        def base(z):
-            _, jac = _rowwise_jac(g, z)
-            return jac.transpose(1, 2) @ jac
-
-    elif isinstance(metric, PullbackMetric):
-        coords = metric.coordinates
-        weights = metric.decoder.fisher_weights
-        kind = metric.kind
-
-        def base(z):
-            eta, jac = _rowwise_jac(coords, z)
-            w = weights(eta, kind)
-            jt = jac.transpose(1, 2)
-            return jt @ jac if w is None else jt @ (w.unsqueeze(-1) * jac)
-
-    elif isinstance(metric, MetricField):
-        fn = metric.fn
-
-        def base(z):
-            m = fn(z)
-            return 0.5 * (m + m.transpose(-1, -2))
-
-    else:  # another Metric subclass: its unchecked tensor must be transformable
-        base = metric._raw_tensor
-
-    if ridge <= 0.0:
-        return base
-
-    def with_ridge(z):
-        m = base(z)
-        return m + ridge * torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
-
-    return with_ridge
 
 
 def _metric_derivatives(mfn, z):
@@ -138,32 +84,22 @@ def acceleration_from_jet(jac: torch.Tensor, h: torch.Tensor, ridge: float = 0.0
 def acceleration_fn(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A pure function ``(z (N, d), v (N, d)) -> γ'' (N, d)`` for ``metric`` (no input checks).
 
-    Embedded metrics use the least-squares form ``−J⁺ ∂²g[v, v]``; others contract
-    autodiff Christoffel symbols. Safe under :func:`torch.func.jvp`/``vmap``.
+    Embedded metrics use the least-squares form ``−J⁺ ∂²g[v, v]`` from the metric's
+    :meth:`~latentgeo.metric.PullbackMetric.jet` (one Taylor-mode pass through the decoder's fx
+    trace, or nested ``jvp``); others contract autodiff Christoffel symbols of
+    :meth:`~latentgeo.metric.Metric.tensor_fn`. Safe under :func:`torch.func.jvp`/``vmap``.
     """
     _check_metric(metric)
-    ridge = float(getattr(metric, "ridge", 0.0))
+    ridge = float(metric.ridge)
     if metric.is_embedded:
-        g = metric.embedding
 
         def acc(z, v):
-            # nn.Module decoders: J and ∂²g[v, v] in one Taylor-mode pass through a torch.fx
-            # trace (latentgeo._fxtaylor; 5-12x faster than nested jvp); None -> generic path
-            r = embedding_second_order(metric, z, v)
-            if r is not None:
-                _, jac, h = r  # (N, K, d), (N, K)
-            else:
-
-                def dg(x):
-                    return jvp(g, (x,), (v,))[1]
-
-                _, h = jvp(dg, (z,), (v,))  # ∂²g[v, v]  (N, K)
-                _, jac = _rowwise_jac(g, z)  # (N, K, d)
+            _, jac, h = metric.jet(z, v)  # (N, K), (N, K, d), (N, K)
             return acceleration_from_jet(jac, h, ridge)
 
         return acc
 
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
 
     def acc_general(z, v):
         m, dm = _metric_derivatives(mfn, z)
@@ -203,7 +139,7 @@ def christoffel(metric: Metric, z) -> torch.Tensor:
     """
     _check_metric(metric)
     z, single = as_latent_batch(z, metric.latent_dim, name="z")
-    m, dm = _metric_derivatives(metric_tensor_fn(metric), z)
+    m, dm = _metric_derivatives(metric.tensor_fn(), z)
     # lower-index symbols Γ_{l jk} = ½ (∂_j M_{lk} + ∂_k M_{lj} − ∂_l M_{jk})
     low = 0.5 * (dm.permute(0, 2, 1, 3) + dm.permute(0, 2, 3, 1) - dm)  # indices (n, l, j, k)
     d = z.shape[1]

@@ -67,10 +67,10 @@ import numpy as np
 import torch
 from numpy.polynomial import legendre as npleg
 
-from .._fxtaylor import embedding_second_order
 from ..metric import Metric
 from ._lm import damped_step, update_damping
-from .ode import _rowwise_jac, acceleration_fn, acceleration_from_jet, metric_tensor_fn
+from .._autodiff import value_and_columns
+from .ode import acceleration_fn, acceleration_from_jet
 
 __all__ = [
     "lgl_nodes",
@@ -193,7 +193,7 @@ def _embedding_jacobian(metric: Metric, z: torch.Tensor):
             jac = torch.cat(list(cols), 2).permute(1, 2, 0)
             if g.shape[0] == z.shape[0]:
                 return g, jac
-    return _rowwise_jac(metric.embedding, z)
+    return value_and_columns(metric.embedding, z)
 
 
 class _Norm:
@@ -221,8 +221,8 @@ _ROWS = 2048  # points per decoder evaluation: larger batches fall out of cache 
 
 
 def _second_order(metric, acc, mfn, y, yp):
-    """Geodesic acceleration at ``(y, y')`` and the metric norm there (one fx Taylor pass for
-    ``nn.Module`` decoders of embedded metrics; ``acceleration_fn`` + ``M(y)`` otherwise)."""
+    """Geodesic acceleration at ``(y, y')`` and the metric norm there (the metric's jet for
+    embedded metrics: ``J`` and ``∂²g`` at once; ``acceleration_fn`` + ``M(y)`` otherwise)."""
     if y.shape[0] > _ROWS:
         parts = [_second_order(metric, acc, mfn, y[s : s + _ROWS], yp[s : s + _ROWS]) for s in range(0, y.shape[0], _ROWS)]
         a = torch.cat([p[0] for p in parts], 0)
@@ -230,9 +230,8 @@ def _second_order(metric, acc, mfn, y, yp):
             return a, _Norm(jac=torch.cat([p[1].jac for p in parts], 0), ridge=parts[0][1].ridge)
         return a, _Norm(m=torch.cat([p[1].m for p in parts], 0))
     ridge = float(getattr(metric, "ridge", 0.0))
-    r = embedding_second_order(metric, y, yp) if metric.is_embedded else None
-    if r is not None:
-        _, jac, h = r
+    if metric.is_embedded:
+        _, jac, h = metric.jet(y, yp)
         return acceleration_from_jet(jac, h, ridge), _Norm(jac=jac, ridge=ridge)
     return acc(y, yp), _Norm(m=mfn(y))
 
@@ -327,7 +326,7 @@ def minimize_spectral_energy(
     _, w, D, _ = _to(("lgl", N), _lgl_np(N), dt, dev)
     A = D.T @ (w[:, None] * D)
     rtol = 100 * float(torch.finfo(dt).eps) if rtol is None else float(rtol)
-    mfn = None if metric.is_embedded else metric_tensor_fn(metric)
+    mfn = None if metric.is_embedded else metric.tensor_fn()
     c = nodes.detach().clone()
     reasons = [""] * n
     with torch.no_grad():
@@ -416,6 +415,23 @@ def _pad(series, K):
     if series.shape[1] >= K:
         return series
     return torch.cat([series, series.new_zeros(series.shape[0], K - series.shape[1], series.shape[2])], 1)
+
+
+def _solve_batch(A, b):
+    """``torch.linalg.solve_ex`` for a batch, pair by pair where the batched LAPACK call raises
+    (MKL's batched LU can fail on badly scaled matrices); failed systems get ``info = 1``."""
+    try:
+        return torch.linalg.solve_ex(A, b)
+    except RuntimeError:
+        x = torch.zeros_like(b)
+        info = torch.ones(A.shape[0], dtype=torch.int32, device=A.device)
+        for k in range(A.shape[0]):
+            try:
+                xk, ik = torch.linalg.solve_ex(A[k], b[k])
+            except RuntimeError:
+                continue
+            x[k], info[k] = xk, ik
+        return x, info
 
 
 def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None):
@@ -552,9 +568,11 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
             JP = JP.reshape(k, Q * d, Q * d)
             eye = torch.eye(Q * d, dtype=dt, device=dev)
-            fin = torch.isfinite(JP).all(2).all(1) & torch.isfinite(f).all(1)
-            JP = torch.where(fin[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN)
-            delta, info = torch.linalg.solve_ex(eye - JP, torch.where(fin[:, None], f, torch.zeros_like(f)).unsqueeze(-1))
+            huge = 1e100
+            fin = (JP.abs() < huge).all(2).all(1) & (f.abs() < huge).all(1)  # (also False for NaN)
+            JP = torch.where(fin[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
+            rhs = torch.where(fin[:, None], f, torch.zeros_like(f)).unsqueeze(-1)
+            delta, info = _solve_batch(eye - JP, rhs)
             delta = delta.squeeze(-1)
             good = (info == 0) & torch.isfinite(delta).all(1) & ~worse & fin
             # accepted point: a full Newton step from it; rejected: halve the previous step
@@ -631,7 +649,7 @@ def collocate(
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     acc = acceleration_fn(metric)
-    mfn = metric_tensor_fn(metric)
+    mfn = metric.tensor_fn()
     eps = float(torch.finfo(dt).eps)
     Kmax = max_nodes + 2
     out = dict(

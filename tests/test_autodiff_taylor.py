@@ -1,4 +1,4 @@
-"""Tests of latentgeo._fxtaylor.traced_second_order against nested torch.func.jvp / autograd jacobians."""
+"""Tests of latentgeo._autodiff.second_order (the fx interpreter in Taylor mode) against nested torch.func.jvp / autograd jacobians."""
 
 import pytest
 import torch
@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import jvp
 
-import latentgeo._fxjac as fj
-import latentgeo._fxtaylor as fx
-from latentgeo._fxtaylor import traced_second_order
+import latentgeo._autodiff._trace as trace
+from latentgeo._autodiff import jacobian_columns
+from latentgeo._autodiff import second_order as traced_second_order
 from latentgeo.variance import RBFPrecision
 
 TOL = 1e-11
@@ -62,8 +62,11 @@ def no_generic(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("generic fallback used")
 
-    monkeypatch.setattr(fx, "_s_generic", boom)
-    monkeypatch.setattr(fx, "jvp", boom)
+    import latentgeo._autodiff as autodiff
+    import latentgeo._autodiff._taylor as taylor
+
+    monkeypatch.setattr(autodiff, "TAYLOR", taylor.TAYLOR._replace(generic=boom))
+    monkeypatch.setattr(taylor, "jvp", boom)
 
 
 def _zv(n=6, d=3, seed=0):
@@ -194,18 +197,18 @@ def test_bad_input():
 
 def test_cache_reused(monkeypatch):
     calls = []
-    orig = fj.symbolic_trace
+    orig = trace.symbolic_trace
 
     def counting(m):
         calls.append(m)
         return orig(m)
 
-    monkeypatch.setattr(fj, "symbolic_trace", counting)
+    monkeypatch.setattr(trace, "symbolic_trace", counting)
     net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
     z, v = _zv(d=2)
     r1 = traced_second_order(net, z, v)
     r2 = traced_second_order(net, 2 * z, v)
-    assert fj.traced_jvp_columns(net, z) is not None
+    assert jacobian_columns(net, z) is not None
     assert len(calls) == 1
     with torch.no_grad():
         net[0].weight.mul_(2.0)  # weights are read live
@@ -275,8 +278,14 @@ def _mlp(d_in, d_out, act=nn.Tanh, seed=0):
     return nn.Sequential(nn.Linear(d_in, 10), act(), nn.Linear(10, d_out)).to(DT)
 
 
+_CAT = None
+_PLAIN = None
+
+
 def _embedding_cases():
-    from latentgeo.decoders import BernoulliDecoder, DeterministicDecoder, GaussianDecoder
+    global _CAT, _PLAIN
+    _CAT, _PLAIN = _mlp(2, 6, seed=5), _mlp(2, 6, seed=6)
+    from latentgeo.decoders import BernoulliDecoder, CategoricalDecoder, DeterministicDecoder, GaussianDecoder
     from latentgeo.metric import PullbackMetric
 
     rbf = _rbf(d=2, c=5, out_shape=(6,), seed=11)
@@ -290,6 +299,8 @@ def _embedding_cases():
         "bernoulli-logits-fisher": PullbackMetric(BernoulliDecoder(logits=_mlp(2, 6, nn.ELU, seed=3))),
         "bernoulli-logits-mean": PullbackMetric(BernoulliDecoder(logits=_mlp(2, 6, seed=3)), kind="mean"),
         "bernoulli-probs-fisher": PullbackMetric(BernoulliDecoder(probs=sig)),
+        "categorical-logits-fisher": PullbackMetric(CategoricalDecoder(logits=lambda x: _CAT(x).reshape(-1, 2, 3))),
+        "plain-function-gauss": PullbackMetric(GaussianDecoder(mean=lambda x: 2.0 * _PLAIN(x), std=lambda x: rbf(x))),
     }
 
 
@@ -299,7 +310,7 @@ def test_embedding_second_order_matches_geodesic_acceleration(name):
 
     metric = _embedding_cases()[name]
     z, v = _zv(n=5, d=2, seed=12)
-    g, jac, h = fx.embedding_second_order(metric, z, v)
+    g, jac, h = metric.decoder.embedding_jet(z, v, metric.kind)
     emb = metric.embedding
     g_ref = emb(z)
     h_ref = jvp(lambda x: jvp(emb, (x,), (v,))[1], (z,), (v,))[1]
@@ -312,16 +323,23 @@ def test_embedding_second_order_matches_geodesic_acceleration(name):
     assert (acc - geodesic_acceleration(metric, z, v)).abs().max() < 1e-9
 
 
-def test_embedding_second_order_declines():
+def test_embedding_jet_declines_and_metric_jet_falls_back():
     from latentgeo.decoders import CategoricalDecoder, DeterministicDecoder, GaussianDecoder
     from latentgeo.metric import MetricField, PullbackMetric
 
     z, v = _zv(n=4, d=2)
     net = _mlp(2, 6)
-    assert fx.embedding_second_order(PullbackMetric(GaussianDecoder(mean=net, std=_rbf(2, 3, (6,))), kind="fisher"), z, v) is None
-    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(lambda x: net(x))), z, v) is None
-    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(net), fast_path=False), z, v) is None
-    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(Untraceable().to(DT))), z, v) is None
-    assert fx.embedding_second_order(PullbackMetric(CategoricalDecoder(logits=net)), z, v) is None
-    assert fx.embedding_second_order(MetricField(lambda x: torch.eye(2, dtype=DT).expand(x.shape[0], 2, 2)), z, v) is None
-    assert fx.embedding_second_order(PullbackMetric(DeterministicDecoder(net)), z, v) is not None
+    gauss = GaussianDecoder(mean=net, std=_rbf(2, 3, (6,)))
+    assert gauss.embedding_jet(z, v, "fisher") is None  # not an embedded kind
+    with pytest.raises(ValueError, match="not a Euclidean pullback"):
+        PullbackMetric(gauss, kind="fisher").jet(z, v)
+    assert not hasattr(MetricField(lambda x: torch.eye(2, dtype=DT).expand(x.shape[0], 2, 2)), "jet")
+    assert DeterministicDecoder(Untraceable().to(DT)).embedding_jet(z, v) is None  # does not trace
+    # plain functions and categorical decoders are traced too (they were not before the _autodiff package)
+    for dec in (DeterministicDecoder(lambda x: net(x)), DeterministicDecoder(net), CategoricalDecoder(logits=net)):
+        assert dec.embedding_jet(z, v) is not None
+    # fast_path=False and untraceable decoders: the metric's jet is nested jvp, the same numbers
+    for dec in (DeterministicDecoder(net), DeterministicDecoder(Untraceable().to(DT))):
+        fast, slow = PullbackMetric(dec).jet(z, v), PullbackMetric(dec, fast_path=False).jet(z, v)
+        for a, b in zip(fast, slow):
+            assert (a - b).abs().max() < TOL

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch.func import jvp, vjp, vmap
 
-__all__ = ["rowwise_jacobian", "rowwise_gram", "choose_mode", "auto_chunk_rows"]
+__all__ = ["rowwise_jacobian", "rowwise_gram", "choose_mode", "auto_chunk_rows", "value_and_columns", "second_directional"]
 
 #: numbers per Jacobian block when chunking automatically (2**24 ≈ 64 MB of float32)
 CHUNK_BUDGET = 2**24
@@ -211,3 +211,22 @@ def rowwise_gram(
     if len(etas) == 1:
         return etas[0], grams[0], k
     return torch.cat(etas, 0), torch.cat(grams, 0), k
+
+
+def value_and_columns(g: Callable, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g(z), J)`` with ``J (N, K, d)`` of a row-wise ``g: (N, d) -> (N, K)``: one jvp per
+    coordinate direction, vectorised (pure; composable with :mod:`torch.func`, no chunking)."""
+    n, d = z.shape
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    tang = eye[:, None, :].expand(d, n, d)
+    out, cols = vmap(lambda t: jvp(g, (z,), (t,)), out_dims=(None, 0))(tang)
+    return out, cols.permute(1, 2, 0)
+
+
+def second_directional(g: Callable, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``∂²g(z)[v, v]`` (row-wise, ``(N, K)``) by a nested :func:`torch.func.jvp` (pure)."""
+
+    def dg(x):
+        return jvp(g, (x,), (v,))[1]
+
+    return jvp(dg, (z,), (v,))[1]

@@ -1,4 +1,4 @@
-"""Tests of latentgeo._fxjac.traced_jvp_columns against torch.func / torch.autograd references (float64)."""
+"""Tests of latentgeo._autodiff.jacobian_columns (the fx interpreter, first order) against torch.func / torch.autograd references (float64)."""
 
 import gc
 import weakref
@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import jvp, vmap
 
-import latentgeo._fxjac as fxjac
-from latentgeo._fxjac import traced_jvp_columns, unsupported_reason
+import latentgeo._autodiff._first_order as first_order
+import latentgeo._autodiff._trace as trace
+from latentgeo._autodiff import jacobian_columns as traced_jvp_columns
+from latentgeo._autodiff import unsupported_reason
 
 TOL = 1e-12
 D = torch.float64
@@ -78,8 +80,8 @@ def test_sequential_mlp_each_activation(act):
 
 def test_fast_rules_avoid_vmap_for_supported_layers(monkeypatch):
     calls = []
-    real = fxjac.vmap
-    monkeypatch.setattr(fxjac, "vmap", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = first_order.vmap
+    monkeypatch.setattr(first_order, "vmap", lambda *a, **k: calls.append(1) or real(*a, **k))
     z = _z()
     for act in (nn.Tanh(), nn.Sigmoid(), nn.ReLU(), nn.Softplus(), nn.ELU(), nn.LeakyReLU(), nn.GELU(), nn.SiLU()):
         _check(_mlp(act), z)
@@ -230,8 +232,8 @@ def test_inplace_relu():
 
 def test_cache_traces_once(monkeypatch):
     calls = []
-    real = fxjac.symbolic_trace
-    monkeypatch.setattr(fxjac, "symbolic_trace", lambda m: calls.append(m) or real(m))
+    real = trace.symbolic_trace
+    monkeypatch.setattr(trace, "symbolic_trace", lambda m: calls.append(m) or real(m))
     net = _mlp(nn.Tanh())
     z = _z()
     traced_jvp_columns(net, z)
@@ -288,7 +290,7 @@ def test_none_under_torch_func_transforms():
 def test_cache_is_weak():
     net = _mlp(nn.Tanh())
     traced_jvp_columns(net, _z())
-    assert net in fxjac._CACHE
+    assert net in trace._CACHE
     ref = weakref.ref(net)
     del net
     gc.collect()
@@ -303,13 +305,6 @@ def test_bad_input():
         traced_jvp_columns(net, _z()[0])
     with pytest.raises(ValueError, match="floating"):
         traced_jvp_columns(net, torch.ones(3, 3, dtype=torch.long))
-
-
-def test_docstring_example():
-    import doctest
-
-    result = doctest.testmod(fxjac, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 class InplaceMethod(nn.Module):

@@ -1,0 +1,346 @@
+"""First-order rules: Jacobian columns ``∂f(z)·e_i`` pushed through the trace (see :mod:`latentgeo._autodiff`).
+
+A rule ``rule(step, root, a, at, kw, D) -> (value, tangent)`` gets the node's arguments ``a``,
+their tangents ``at`` (``None``: constant) of shape ``(D, *value.shape)`` and its keyword
+arguments ``kw`` (without tangents: nodes with varying keyword arguments take the generic rule).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import jvp, vmap
+from torch.utils import _pytree as pytree
+
+from ._interpreter import Mode
+from ._trace import (
+    _ACT, _NO, _tangent_tree, _Decline, _Unsupported, _arg, _call, _fit, _has_tangent, _lift, _resolve, _shift_dim,
+    _zeros_like_tangent,
+)
+
+
+# rule(step, root, a, at, kw, d) -> (value, tangent); `at[i]` is the tangent of `a[i]` (None: constant)
+
+
+def _only_first(at):
+    if at[0] is None or any(t is not None for t in at[1:]):
+        raise _Decline
+    return at[0]
+
+
+def _r_constant(step, root, a, at, kw, d):
+    return _call(step, root, a, kw), None
+
+
+def _r_getattr(step, root, a, at, kw, d):
+    y = _call(step, root, a, kw)
+    if not isinstance(y, torch.Tensor):
+        return y, None
+    raise _Decline
+
+
+def _r_identity(step, root, a, at, kw, d):
+    t = _only_first(at)
+    return _call(step, root, a, kw), t
+
+
+def _r_linear_module(step, root, a, at, kw, d):
+    t = _only_first(at)
+    mod = _resolve(root, step.path)
+    y = mod(*a, **kw)
+    return y, F.linear(t, mod.weight)
+
+
+def _r_linear_function(step, root, a, at, kw, d):
+    t = _only_first(at)
+    w = _arg(a, kw, 1, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise _Decline
+    return _call(step, root, a, kw), F.linear(t, w)
+
+
+def _r_activation(step, root, a, at, kw, d):
+    t = _only_first(at)
+    kind, spec, is_module = step.params
+    uses_result, deriv = _ACT[kind]
+    if is_module:
+        mod = _resolve(root, step.path)
+        params = {name: getattr(mod, name) for name in spec}
+    else:
+        params = {name: _arg(a, kw, pos, name, default) for pos, (name, default) in enumerate(spec, start=1)}
+        if any(isinstance(v, torch.Tensor) for v in params.values()):
+            raise _Decline
+    x = a[0]
+    if uses_result:
+        y = _call(step, root, a, kw)
+        return y, deriv(t, y, params)
+    t_out = deriv(t, x, params)  # before the call: an in-place activation overwrites x
+    return _call(step, root, a, kw), t_out
+
+
+def _r_unary(step, root, a, at, kw, d):
+    t = _only_first(at)
+    x = a[0]
+    if not isinstance(x, torch.Tensor):
+        raise _Decline
+
+    def f(v):
+        return _call(step, root, (v,) + tuple(a[1:]), kw)
+
+    y, dy = jvp(f, (x,), (torch.ones_like(x),))
+    if dy.shape != y.shape:
+        raise _Decline
+    return y, _fit(_lift(t, y.dim()) * dy, y)
+
+
+def _r_add(step, root, a, at, kw, d):
+    if kw or len(a) != 2:
+        raise _Decline  # alpha=..., out=...
+    y = _call(step, root, a, kw)
+    if not isinstance(y, torch.Tensor):
+        raise _Decline
+    ta, tb = at
+    nd = y.dim()
+    if tb is None:
+        t = _lift(ta, nd)
+    elif ta is None:
+        t = _lift(tb, nd) if step.params > 0 else -_lift(tb, nd)
+    else:
+        t = _lift(ta, nd) + _lift(tb, nd) if step.params > 0 else _lift(ta, nd) - _lift(tb, nd)
+    return y, _fit(t, y)
+
+
+def _r_mul(step, root, a, at, kw, d):
+    if kw or len(a) != 2:
+        raise _Decline
+    y = _call(step, root, a, kw)
+    if not isinstance(y, torch.Tensor):
+        raise _Decline
+    (x1, x2), (t1, t2) = a, at
+    nd = y.dim()
+    t = None
+    if t1 is not None:
+        t = _lift(t1, nd) * x2
+    if t2 is not None:
+        u = x1 * _lift(t2, nd)
+        t = u if t is None else t + u
+    return y, _fit(t, y)
+
+
+def _r_div(step, root, a, at, kw, d):
+    if kw or len(a) != 2:
+        raise _Decline  # rounding_mode=...
+    y = _call(step, root, a, kw)
+    if not isinstance(y, torch.Tensor):
+        raise _Decline
+    x2, (t1, t2) = a[1], at
+    nd = y.dim()
+    if t2 is None:
+        t = _lift(t1, nd) / x2
+    elif t1 is None:
+        t = -(_lift(t2, nd) * y) / x2
+    else:
+        t = (_lift(t1, nd) - _lift(t2, nd) * y) / x2
+    return y, _fit(t, y)
+
+
+def _r_neg(step, root, a, at, kw, d):
+    t = _only_first(at)
+    return _call(step, root, a, kw), -t
+
+
+def _r_matmul(step, root, a, at, kw, d):
+    if kw or len(a) != 2:
+        raise _Decline
+    (x1, x2), (t1, t2) = a, at
+    if not (isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor)) or x1.dim() < 2 or x2.dim() < 2:
+        raise _Decline  # vector operands change matmul's semantics once lifted
+    y = _call(step, root, a, kw)
+    nd = y.dim()
+    t = None
+    if t1 is not None:
+        t = torch.matmul(_lift(t1, nd), x2)
+    if t2 is not None:
+        u = torch.matmul(x1, _lift(t2, nd))
+        t = u if t is None else t + u
+    return y, _fit(t, y)
+
+
+def _r_reshape(step, root, a, at, kw, d):
+    t = _only_first(at) if not (len(at) > 1 and step.target in ("view_as", "reshape_as")) else at[0]
+    if t is None:
+        raise _Decline
+    y = _call(step, root, a, kw)
+    if not isinstance(y, torch.Tensor) or y.dtype != a[0].dtype or y.numel() != a[0].numel():
+        raise _Decline
+    return y, t.reshape((t.shape[0],) + tuple(y.shape))
+
+
+def _r_permute(step, root, a, at, kw, d):
+    t = _only_first(at)
+    if kw:
+        raise _Decline
+    x = a[0]
+    n = x.dim()
+    y = _call(step, root, a, kw)
+    if step.params == "transpose":
+        d0, d1 = a[1], a[2]
+        return y, t.transpose(d0 % n + 1, d1 % n + 1)
+    dims = a[1:]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    return y, t.permute(0, *(int(p) % n + 1 for p in dims))
+
+
+def _is_basic_index(idx) -> bool:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(
+        i is None or i is Ellipsis or isinstance(i, slice) or (isinstance(i, int) and not isinstance(i, bool))
+        for i in items
+    ) and all(
+        all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)) for i in items if isinstance(i, slice)
+    )
+
+
+def _r_getitem(step, root, a, at, kw, d):
+    x, idx = a
+    t = at[0]
+    if isinstance(x, (tuple, list)):  # a tuple-valued node (split, a module returning a tuple)
+        if t is None or not isinstance(idx, int):
+            raise _Decline
+        return x[idx], t[idx]
+    if t is None or _has_tangent(at[1]) or not isinstance(x, torch.Tensor) or not _is_basic_index(idx):
+        raise _Decline
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return x[idx], t[(slice(None),) + items]
+
+
+def _r_cat(step, root, a, at, kw, d):
+    if len(a) > 2 or set(kw) - {"dim"}:
+        raise _Decline
+    xs, ts = a[0], at[0]
+    if not isinstance(xs, (tuple, list)) or ts is None:
+        raise _Decline
+    dim = _arg(a, kw, 1, "dim", 0)
+    if not isinstance(dim, int):
+        raise _Decline
+    y = _call(step, root, a, kw)
+    full = [t if t is not None else _zeros_like_tangent(x, d) for x, t in zip(xs, ts)]
+    f = torch.cat if step.params == "cat" else torch.stack
+    return y, f(full, _shift_dim(dim, xs[0].dim()))
+
+
+def _r_split(step, root, a, at, kw, d):
+    t = _only_first(at)
+    pos, name = step.params
+    if set(kw) - {"dim"}:
+        raise _Decline
+    dim = _arg(a, kw, pos, "dim", 0)
+    if not isinstance(dim, int):
+        raise _Decline
+    y = _call(step, root, a, kw)
+    sd = _shift_dim(dim, a[0].dim())
+    if name == "unbind":
+        ts = t.unbind(sd)
+    elif name == "chunk":
+        ts = t.chunk(a[1] if len(a) > 1 else kw["chunks"], sd)
+    else:
+        ts = t.split(a[1] if len(a) > 1 else next(iter(v for k, v in kw.items() if k != "dim")), sd)
+    if len(ts) != len(y) or any(ti.shape[1:] != yi.shape for ti, yi in zip(ts, y)):
+        raise _Decline
+    return y, tuple(ts)
+
+
+def _r_reduce(step, root, a, at, kw, d):
+    """``sum``/``mean`` over given axes (linear): the same reduction of the tangent."""
+    t = _only_first(at)
+    if set(kw) - {"dim", "keepdim"} or len(a) > 3:
+        raise _Decline  # dtype=..., full reductions
+    dim = _arg(a, kw, 1, "dim", None)
+    keepdim = _arg(a, kw, 2, "keepdim", False)
+    dims = (dim,) if isinstance(dim, int) else dim
+    if not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(i, int) for i in dims):
+        raise _Decline
+    if not isinstance(keepdim, bool):
+        raise _Decline
+    n = a[0].dim()
+    y = _call(step, root, a, kw)
+    tdims = tuple(i % n + 1 for i in dims)
+    r = t.sum(tdims, keepdim=keepdim) if step.params == "sum" else t.mean(tdims, keepdim=keepdim)
+    return y, _fit(r, y)
+
+
+def _r_generic(step, root, a, at, kw, d, kwt=None):
+    """``vmap`` over the ``d`` tangents of ``jvp`` of the node (exact for any differentiable op)."""
+    leaves, spec = pytree.tree_flatten((list(a), kw))
+    tleaves, tspec = pytree.tree_flatten(([_tangent_tree(v, t) for v, t in zip(a, at)], kwt or {
+        k: pytree.tree_map(lambda _: _NO, v) for k, v in kw.items()}))
+    if len(tleaves) != len(leaves):
+        raise _Unsupported(f"cannot align tangents with the arguments of {step.target!r}")
+    idx = [i for i, t in enumerate(tleaves) if isinstance(t, torch.Tensor)]
+    if not idx:
+        return _call(step, root, a, kw), None
+
+    def f_sub(*xs):
+        args = list(leaves)
+        for i, x in zip(idx, xs):
+            args[i] = x
+        aa, kk = pytree.tree_unflatten(args, spec)
+        return _call(step, root, aa, kk)
+
+    primals = tuple(leaves[i] for i in idx)
+    return vmap(lambda *ts: jvp(f_sub, primals, ts), out_dims=(None, 0))(*(tleaves[i] for i in idx))
+
+
+
+def _finish(template, vals, tans, d):
+    leaves = template if isinstance(template, (tuple, list)) else (template,)
+    outs, cols = [], []
+    for x in leaves:
+        v, t = vals[x.i], tans[x.i]
+        if not isinstance(v, torch.Tensor):
+            raise _Unsupported(f"the module returned a {type(v).__name__}, not a tensor")
+        if t is None:
+            t = _zeros_like_tangent(v, d)
+        elif not isinstance(t, torch.Tensor) or t.shape[1:] != v.shape:
+            raise _Unsupported("internal: tangent shape does not match its value")
+        outs.append(v)
+        cols.append(t)
+    if isinstance(template, (tuple, list)):
+        kind = list if isinstance(template, list) else tuple
+        return kind(outs), kind(cols)
+    return outs[0], cols[0]
+
+
+
+
+def _seed(z, v):
+    n, d = z.shape
+    return torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, n, d)
+
+
+#: rule name -> rule (the generic rule handles every other node)
+RULES = {
+    "constant": _r_constant,
+    "getattr": _r_getattr,
+    "identity": _r_identity,
+    "linear_module": _r_linear_module,
+    "linear_function": _r_linear_function,
+    "activation": _r_activation,
+    "unary": _r_unary,
+    "add": _r_add,
+    "mul": _r_mul,
+    "div": _r_div,
+    "neg": _r_neg,
+    "matmul": _r_matmul,
+    "reshape": _r_reshape,
+    "permute": _r_permute,
+    "getitem": _r_getitem,
+    "cat": _r_cat,
+    "split": _r_split,
+    "reduce": _r_reduce,
+}
+
+
+#: Jacobian columns: ``d`` tangent slots, seeded with the unit vectors
+FIRST_ORDER = Mode("jacobian", lambda d: d, _seed, RULES, _r_generic, _finish)

@@ -1,0 +1,308 @@
+"""What report sections see: :class:`ReportContext`, :class:`ReportSection` and the errors.
+
+The context holds the subject of the analysis (a model and its data set), the report's
+options and the quantities sections share, computed once on first use: ``ctx.codes``
+(encoder means of the data), ``ctx.decoder`` / ``ctx.metric`` (the analysis decoder and its
+pullback metric), ``ctx.extent`` and ``ctx.magnification_grid``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["ReportContext", "ReportSection", "ReportError", "ReportSectionError", "CONTEXT_DEFAULTS", "jsonable",
+           "atomic_write_text"]
+
+#: options the context itself reads (every report has them)
+CONTEXT_DEFAULTS = {
+    "resolution": 150,  # grid points per axis of the magnification map
+    "margin": 0.25,  # padding of the plotted extent around the codes (fraction of their span)
+    "max_points": None,  # analyse a seeded subset of this many items (None: all)
+    "dpi": 120,  # figure resolution
+    "cmap": "bone",  # colour map of the magnification map
+}
+
+
+class ReportError(ValueError):
+    """A report cannot be written with these arguments (bad option, unknown section, ...)."""
+
+
+class ReportSectionError(RuntimeError):
+    """A report section failed while running (the original exception is chained)."""
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A named step of the report: ``fn(ctx) -> dict | None``, run in increasing ``order``.
+
+    ``defaults`` are the options the section reads from ``ctx.options``, stated once here.
+    """
+
+    name: str
+    fn: Callable[["ReportContext"], Optional[dict]]
+    order: float = 50.0
+    description: str = ""
+    #: the section's own options and their defaults (``write_report(**options)`` overrides them)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def jsonable(x):
+    """Convert numpy/torch scalars and arrays, tuples and paths for ``json.dump``."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.detach().cpu().tolist())
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if isinstance(x, torch.dtype):
+        return str(x).replace("torch.", "")
+    return repr(x)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class ReportContext:
+    """What sections see: inputs, options, shared lazily computed quantities, outputs.
+
+    Attributes:
+        model, dataset, history: as passed to :func:`write_report`.
+        out_dir: the report folder.
+        random_state: int seed for any randomness in sections (subsets, initialisations).
+        options: the report's options: :data:`CONTEXT_DEFAULTS` and every section's
+            ``defaults``, overridden by what was passed to :func:`write_report`.
+        summary: the summary being built (sections' dicts are added under their names).
+        files: files written so far, relative to ``out_dir``.
+    """
+
+    model: Any
+    dataset: Any
+    history: Any
+    out_dir: Path
+    random_state: int = 0
+    options: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # -- files --------------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        """Path of a report file ``name`` (recorded in ``summary["files"]``)."""
+        p = self.out_dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        rel = str(p.relative_to(self.out_dir))
+        if rel not in self.files:
+            self.files.append(rel)
+        return p
+
+    def save_figure(self, fig, name: str, dpi: Optional[int] = None) -> Path:
+        """Save a matplotlib figure atomically as ``out_dir/name`` (closed if pyplot made it)."""
+        p = self.path(name)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=p.suffix)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=dpi or self.options["dpi"])
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            plt = sys.modules.get("matplotlib.pyplot")  # only pyplot-made figures need closing
+            num = getattr(fig, "number", None)
+            if plt is not None and num is not None and plt.fignum_exists(num):
+                plt.close(fig)
+        return p
+
+    def new_figure(self, figsize=(6.4, 5.0), nrows: int = 1, ncols: int = 1, **kw):
+        """``(fig, ax)`` (``ax`` an array when ``nrows·ncols > 1``) on a plain
+        :class:`~matplotlib.figure.Figure`: no pyplot state, no GUI backend, nothing to close."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize, layout="constrained")
+        ax = fig.subplots(nrows, ncols, **kw)
+        return fig, ax
+
+    def class_means(self) -> tuple[np.ndarray, torch.Tensor]:
+        """``(classes (C,), means (C, d))``: the mean code of each label (``ValueError`` without labels)."""
+        if self.labels is None:
+            raise ValueError(f"data set {getattr(self.dataset, 'name', '?')!r} has no labels")
+        classes = np.unique(self.labels)
+        lab = torch.as_tensor(self.labels, device=self.codes.device)
+        means = torch.stack([self.codes[lab == c].mean(0) for c in classes])
+        return classes, means
+
+    # -- shared quantities ----------------------------------------------------------------
+    def _cached(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The data items analysed ``(N, D)``: the data set, or a seeded subset of ``max_points``."""
+
+        def make():
+            x = self.dataset.data
+            x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+            x = x.reshape(x.shape[0], -1)
+            idx = self.subset_index
+            return x if idx is None else x[idx]
+
+        return self._cached("data", make)
+
+    @property
+    def subset_index(self) -> Optional[torch.Tensor]:
+        """Indices of the analysed items in the data set (``None``: all of them)."""
+
+        def make():
+            n = len(self.dataset.data)
+            m = self.options.get("max_points")
+            if m is None or m >= n:
+                return None
+            g = torch.Generator().manual_seed(self.random_state)
+            return torch.randperm(n, generator=g)[: int(m)].sort().values
+
+        return self._cached("subset_index", make)
+
+    @property
+    def labels(self) -> Optional[np.ndarray]:
+        """Labels of the analysed items ``(N,)`` or ``None``."""
+
+        def make():
+            lab = getattr(self.dataset, "labels", None)
+            if lab is None:
+                return None
+            lab = lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab)
+            idx = self.subset_index
+            return lab if idx is None else lab[idx.numpy()]
+
+        return self._cached("labels", make)
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """dtype of the model's parameters (data are converted to it)."""
+        p = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    @property
+    def param_device(self) -> torch.device:
+        """device of the model's parameters (data are moved to it)."""
+        p = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """Encoder means of :attr:`data` in the analysis coordinates, ``(N, d)``."""
+
+        def make():
+            with torch.no_grad():
+                z = self.model.encode_mean(self.data.to(device=self.param_device, dtype=self.param_dtype))
+            return z.detach()
+
+        return self._cached("codes", make)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def decoder(self):
+        """The model's analysis decoder (``model.decoder_for_analysis()``)."""
+        return self._cached("decoder", lambda: self.model.decoder_for_analysis())
+
+    @property
+    def metric(self):
+        """The pullback metric of :attr:`decoder` (its default kind: expected metric for Gaussians)."""
+        from ..metric import PullbackMetric
+
+        return self._cached("metric", lambda: PullbackMetric(self.decoder))
+
+    @property
+    def extent(self) -> tuple:
+        """Plot extent: the codes' bounding box padded by ``options["margin"]``, its shorter
+        side widened to at least 3/4 of the longer one (maps are drawn with equal aspect)."""
+        from ..plotting import default_extent
+
+        return self._cached(
+            "extent", lambda: default_extent(self.codes, self.options["margin"], min_aspect=0.75)
+        )
+
+    @property
+    def magnification_grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mag (R, R), xs, ys)`` over :attr:`extent` at ``options["resolution"]``."""
+        from ..plotting import magnification_grid
+
+        return self._cached(
+            "mag_grid",
+            lambda: magnification_grid(
+                self.metric, self.extent, self.options["resolution"], dtype=self.codes.dtype,
+                device=self.codes.device,
+            ),
+        )
+
+    def magnification_figure(self, title: Optional[str] = "Magnification factor √det M(z)", figsize=(7.2, None)):
+        """``(fig, ax)``: the magnification heat map with the codes coloured by label.
+
+        Reuses the cached grid (no new metric evaluations); draw curves on ``ax`` with
+        :func:`latentgeo.plotting.plot_curves` and save with :meth:`save_figure`. The height
+        of ``figsize`` is chosen to fit the equal-aspect map to its width.
+        """
+        from matplotlib.colors import LogNorm
+
+        from ..plotting import scatter_codes
+
+        mag, xs, ys = self.magnification_grid
+        x0, x1, y0, y1 = self.extent
+        # height to fit the equal-aspect map (the legend takes ~25 % of the width, the colour bar sits below)
+        w = float(figsize[0])
+        figsize = (w, min(max(0.6 * w * (y1 - y0) / (x1 - x0) + 1.8, 3.5), 2 * w))
+        fig, ax = self.new_figure(figsize=figsize)
+        data = np.ma.masked_less_equal(mag, 0.0)
+        pos = data.compressed()
+        if pos.size == 0:
+            raise ReportError("the metric is singular (√det M = 0) everywhere on the plotted grid")
+        vmin, vmax = float(pos.min()), float(pos.max())
+        im = ax.imshow(data, origin="lower", extent=self.extent, cmap=self.options["cmap"], interpolation="nearest",
+                       norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10)), aspect="equal")
+        # the codes' legend sits outside the right edge, so the colour bar goes below the map
+        below = self.labels is not None
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.1 if below else 0.02,
+                          **({"location": "bottom", "aspect": 40} if below else {}))
+        cb.set_label("√det M(z) (log scale)")
+        name = getattr(self.dataset, "name", None)
+        scatter_codes(ax, self.codes.cpu().numpy(), self.labels, legend_title="digit" if name == "digits" else "label")
+        ax.set_xlim(self.extent[0], self.extent[1])
+        ax.set_ylim(self.extent[2], self.extent[3])
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+        if title:
+            ax.set_title(title)
+        return fig, ax

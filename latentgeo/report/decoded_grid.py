@@ -1,0 +1,31 @@
+"""Report section ``decoded_grid``: decoded_grid.png: decoder means over the latent plane."""
+
+from __future__ import annotations
+
+from .context import ReportContext, ReportSection
+
+__all__ = ["SECTION"]
+
+
+def _section_decoded_grid(ctx: ReportContext) -> dict:
+    if ctx.latent_dim != 2:
+        return {"skipped": f"the decoded grid needs a 2-D latent space; this model's is {ctx.latent_dim}-D"}
+    from ..plotting import plot_image_grid
+
+    item_shape = getattr(ctx.dataset, "item_shape", None)
+    if item_shape is None or len(tuple(item_shape)) != 2:
+        return {"skipped": f"items of shape {item_shape} are not images"}
+    n = int(ctx.options["grid_n"])
+    fig, ax = ctx.new_figure(figsize=(6.4, 6.4))
+    data = ctx.data
+    clip = (float(data.min()), float(data.max()))
+    plot_image_grid(ctx.decoder, ctx.extent, n=n, item_shape=tuple(item_shape), ax=ax, clip=clip,
+                    title="Decoder mean μ(z) over the latent plane", dtype=ctx.codes.dtype)
+    ctx.save_figure(fig, "decoded_grid.png")
+    return {"n": n, "extent": list(ctx.extent)}
+
+
+SECTION = ReportSection(
+    "decoded_grid", _section_decoded_grid, order=40, description="decoded_grid.png: decoder means over the latent plane",
+    defaults={'grid_n': 15},
+)
