@@ -1,7 +1,6 @@
 """Connecting geodesics on metrics like those of trained VAEs (issue 9): a sharp RBF-variance
 ring, the time budget, plain-function decoders, float32 models and warm starts."""
 
-import math
 import time
 
 import numpy as np
