@@ -80,6 +80,9 @@ __all__ = [
     "write_report",
     "walks",
     "random_walk",
+    "clustering",
+    "GeodesicKMeans",
+    "frechet_mean",
     "WalkResult",
 ]
 
@@ -90,4 +93,9 @@ def __getattr__(name):
         from .geodesics.graph import LatentGraph
 
         return LatentGraph
+    if name in ("GeodesicKMeans", "frechet_mean", "clustering"):  # scikit-learn's estimator base: ~0.4 s
+        import importlib
+
+        clustering = importlib.import_module(".clustering", __name__)
+        return clustering if name == "clustering" else getattr(clustering, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
