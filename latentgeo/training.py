@@ -371,6 +371,7 @@ class Trainer:
                 "bad_epochs": self.bad_epochs,
                 "history": self.history.to_dict(),
                 "data_sha256": self._data_sha,
+                "split": self.model.metadata.get("split"),
                 "optim_param_groups": groups,
                 "done": self.done,
             },
@@ -394,8 +395,23 @@ class Trainer:
             )
         if tr.get("data_sha256") != _data_digest(x):
             raise CheckpointError(f"checkpoint {path} was trained on different data (sha256 mismatch)")
-        if [list(p) for p in self.phases][: tr["phase_index"]] != tr["phases"][: tr["phase_index"]]:
-            raise CheckpointError(f"checkpoint {path} has phases {tr['phases']} incompatible with {self.phases}")
+        saved = [list(p) for p in tr["phases"]]
+        if tr.get("done") and saved != [list(p) for p in self.phases]:
+            words = ", ".join(f"{ph}: {n} epochs" for ph, n in saved)
+            asked = ", ".join(f"{ph}: {n} epochs" for ph, n in self.phases)
+            raise CheckpointError(
+                f"checkpoint {path} is a finished run ({words}); resuming continues an interrupted run with the same "
+                f"settings, it cannot extend a finished one to {asked} (its last phase restored the best weights and "
+                "the variance was fitted on them). To train longer, start a new run with the larger epoch count "
+                "(latentgeo train ... --force, or another --out); to resume, give the run's own epochs"
+            )
+        if [list(p) for p in self.phases][: tr["phase_index"]] != saved[: tr["phase_index"]]:
+            words = ", ".join(f"{ph}: {n} epochs" for ph, n in saved)
+            asked = ", ".join(f"{ph}: {n} epochs" for ph, n in self.phases)
+            raise CheckpointError(
+                f"checkpoint {path} completed phases of another plan ({words}) than this run's ({asked}); "
+                "resume with the settings of the interrupted run"
+            )
         # the model (including a fitted RBF std) in the checkpoint's layout
         loaded = VAE.from_checkpoint_state(state, cfg, path)
         lik = self.model.likelihood
@@ -444,6 +460,14 @@ class Trainer:
             self.model.metadata["dataset"] = info
         self._data_sha = _data_digest(x)
         tr_idx, va_idx = split_indices(x.shape[0], cfg.val_fraction, cfg.random_state)
+        # the split travels with the model (and the trainer state), so evaluations (`latentgeo
+        # report`, IWAE) can use the held-out items: latentgeo.datasets.split_indices(n_items,
+        # val_fraction, random_state) recomputes the indices
+        self.model.metadata["split"] = {
+            "method": "latentgeo.datasets.split_indices", "n_items": int(x.shape[0]),
+            "val_fraction": float(cfg.val_fraction), "random_state": int(cfg.random_state),
+            "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
+        }
         xtr, xva = x[tr_idx.to(x.device)], (x[va_idx.to(x.device)] if len(va_idx) else None)
         log_file = None
         with torch.random.fork_rng(devices=[]), _threads(cfg.num_threads):
