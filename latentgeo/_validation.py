@@ -24,6 +24,7 @@ __all__ = [
     "infer_latent_dim",
     "model_dtype",
     "probe_decoder",
+    "as_data_batch",
 ]
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
@@ -115,6 +116,52 @@ def as_latent_batch(
     return z, single
 
 
+def as_data_batch(x, data_dim: int, item_shape: tuple = (), dtype: Optional[torch.dtype] = None,
+                  name: str = "x", device=None) -> torch.Tensor:
+    """Check a batch of data items and return it as a ``(N, data_dim)`` tensor of ``dtype``.
+
+    Accepts ``(N, data_dim)`` or ``(N, *item_shape)``; lists, numpy arrays and integer tensors
+    are converted to ``dtype`` (the model's); a floating tensor of another dtype is refused
+    (``ValueError`` naming both), complex or non-numeric input is a ``TypeError``, an empty
+    batch or NaN/inf entries a ``ValueError``.
+    """
+    given = type(x).__name__
+    if not isinstance(x, torch.Tensor):
+        import numpy as np
+
+        if isinstance(x, (str, bytes, dict, set)) or x is None:
+            raise TypeError(f"{name} must be a tensor of data items (N, {data_dim}), got {given}")
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:
+            raise TypeError(f"{name} must be a tensor of data items (N, {data_dim}), got {given} ({exc})") from None
+        if arr.dtype.kind not in "biuf":
+            kind = "complex" if arr.dtype.kind == "c" else "non-numeric"
+            raise TypeError(f"{name} must be real numbers, got a {kind} {given} (dtype {arr.dtype})")
+        x = torch.as_tensor(arr.astype(np.float64) if arr.dtype.kind in "biu" else arr).to(
+            dtype or torch.get_default_dtype())
+    elif x.is_complex() or not (x.is_floating_point() or x.dtype in _INT_DTYPES):
+        raise TypeError(f"{name} must have a real dtype (float or integer), got {x.dtype}")
+    elif not x.is_floating_point():
+        x = x.to(dtype or torch.get_default_dtype())
+    item_shape = tuple(item_shape or ())
+    if x.dim() >= 2 and item_shape and tuple(x.shape[1:]) == item_shape:
+        x = x.reshape(x.shape[0], data_dim)
+    if x.dim() != 2 or x.shape[1] != data_dim:
+        alt = f" or (N, *{item_shape})" if item_shape and item_shape != (data_dim,) else ""
+        raise ValueError(f"{name} must have shape (N, {data_dim}){alt}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); give at least one item")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(
+            f"{name} has dtype {x.dtype} but the model is {dtype}; convert one of them (e.g. {name}.to({dtype}))"
+        )
+    if device is not None and x.device != torch.device(device):
+        raise ValueError(f"{name} is on {x.device} but the model is on {device}")
+    check_finite(x, name)
+    return x
+
+
 def model_dtype(obj) -> Optional[torch.dtype]:
     """The floating dtype of the first parameter of ``obj`` (an ``nn.Module``, a decoder
     wrapper, a metric) or ``None`` when it has none: the dtype non-tensor input is converted to."""
@@ -130,14 +177,31 @@ def model_dtype(obj) -> Optional[torch.dtype]:
                 if torch.is_floating_point(p):
                     return p.dtype
             continue
+        if isinstance(o, torch.Tensor):
+            if torch.is_floating_point(o):
+                return o.dtype
+            continue
         mods = getattr(o, "_modules", None)
-        if callable(mods):  # latentgeo Decoder
+        if callable(mods) and not isinstance(o, type):  # latentgeo Decoder: its callables
             try:
                 todo.extend(mods())
             except Exception:  # pragma: no cover - a broken wrapper is not our business here
                 pass
+            todo.extend(v for k, v in vars(o).items() if not k.startswith("_") and callable(v))
+        elif callable(o) and hasattr(o, "__code__"):  # a plain function: what it closes over
+            todo.extend(c.cell_contents for c in (o.__closure__ or ()) if _cell_full(c))
+            todo.extend(o.__defaults__ or ())
+            todo.extend((o.__kwdefaults__ or {}).values())
         todo.append(getattr(o, "decoder", None))
     return None
+
+
+def _cell_full(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
 
 
 def infer_latent_dim(callables) -> Optional[int]:

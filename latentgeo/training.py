@@ -54,6 +54,7 @@ from typing import Iterator, Optional
 import torch
 
 from ._progress import progress_bar, show_progress
+from ._random import as_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import split_indices
 from .models.likelihoods import GaussianLikelihood
@@ -229,9 +230,11 @@ def _as_data(model: VAE, data) -> tuple[torch.Tensor, Optional[dict]]:
     if hasattr(data, "data") and hasattr(data, "name") and hasattr(data, "params"):  # a latentgeo Dataset
         info = {"name": data.name, "params": data.params}
         data = data.data
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"data must be a torch.Tensor (N, D) or a latentgeo Dataset, got {type(data).__name__}")
-    x = model._check_x(data.to(device=model.device, dtype=model.dtype) if data.is_floating_point() else data, "data")
+    if isinstance(data, str) or data is None:
+        raise TypeError(f"data must be a torch.Tensor (N, D) or a latentgeo Dataset, got {type(data).__name__}")
+    if isinstance(data, torch.Tensor) and data.is_floating_point():
+        data = data.to(device=model.device, dtype=model.dtype)  # training data: a float batch takes the model's dtype
+    x = model._check_x(data, "data")
     return x, info
 
 
@@ -302,6 +305,13 @@ class Trainer:
         else:
             self.phases = [("joint", config.epochs)]
         self._reset()
+
+    def __repr__(self) -> str:
+        plan = ", ".join(f"{ph}: {n} epochs" for ph, n in self.phases)
+        state = "finished" if self.done else (f"in phase {self.phase_index + 1}/{len(self.phases)}, "
+                                              f"epoch {self.phase_epoch}" if self.history.records else "not started")
+        return (f"Trainer({type(self.model).__name__}(latent_dim={self.model.latent_dim}), plan=[{plan}], "
+                f"lr={self.config.lr}, batch_size={self.config.batch_size}, {state})")
 
     def _reset(self):
         self.history = History()
@@ -682,6 +692,7 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, random_state:
         raise ValueError(f"iwae_log_likelihood needs a latentgeo VAE, got {type(model).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    random_state = as_seed(random_state)
     x = model._check_x(x)
     n = x.shape[0]
     step = _chunk_size(chunk_size, n, model.data_dim, k)
