@@ -48,10 +48,17 @@ __all__ = ["main", "build_parser", "CLIError"]
 COMMANDS = (demo, train, report, info)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (``latentgeo train: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Riemannian geometry of VAE latent spaces: train, analyse, report.",
     )

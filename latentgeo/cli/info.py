@@ -30,18 +30,11 @@ def run(args, argv: list[str]) -> int:
     n_params = sum(int(t.numel()) for t in state.values())
     print(f"checkpoint: {checkpoint_file(args.checkpoint)} (verified)")
     print(f"tensors: {len(state)}, numbers: {n_params}")
-    print("config:" + ("  (long entries summarised; --json prints everything)" if _long(config) else ""))
-    for line in json.dumps(summarise(config), indent=2, sort_keys=True).splitlines()[1:-1]:
+    short = summarise(config)
+    print("config:" + ("  (long entries summarised; --json prints everything)" if short != config else ""))
+    for line in json.dumps(short, indent=2, sort_keys=True).splitlines()[1:-1]:
         print(line)
     return 0
-
-
-def _long(x, limit: int = 8) -> bool:
-    if isinstance(x, dict):
-        return any(_long(v, limit) for v in x.values())
-    if isinstance(x, list):
-        return len(x) > limit or any(_long(v, limit) for v in x)
-    return False
 
 
 def _history_words(h: dict) -> str:

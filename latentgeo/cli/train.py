@@ -53,6 +53,8 @@ def run(args, argv: list[str]) -> int:
     if args.resume and args.force:
         raise CLIError("--resume continues the run in --out and --force replaces it: give one of them")
     refuse_overwrite(args.out, args)
+    if args.resume and not (args.out / TRAIN_STATE).is_file():
+        raise CLIError(f"--resume: no trainer state {args.out / TRAIN_STATE} to resume from")
     out = prepare_out(args.out)
     from ..datasets import load_dataset
 
