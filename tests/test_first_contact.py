@@ -421,3 +421,36 @@ def test_report_folder_is_complete_or_absent(tmp_path):
     files = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert files["summary.json"] == 0o644 and files["magnification.png"] == 0o644, files
     assert not any(n.startswith(".report-partial") for n in files)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.3, 5.0])
+@pytest.mark.parametrize("with_legend", [True, False])
+def test_log_colour_bar_tick_labels_do_not_overlap(scale, with_legend):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from latentgeo.plotting import plot_magnification
+
+    # √det M = exp(scale · ln10 · |z|²/8) on [-2, 2]²: spans `scale` decades
+    c = scale * math.log(10) / 8
+    field = lg.MetricField(lambda z: torch.exp(c * (z * z).sum(-1))[:, None, None] * torch.eye(2, dtype=z.dtype), 2)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=(4, 3.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    codes = torch.tensor([[-2.0, -2.0], [2.0, 2.0], [0.0, 0.0]])
+    plot_magnification(field, codes=codes, labels=np.array([0, 1, 1]) if with_legend else None, ax=ax,
+                       resolution=20, margin=0.0)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    cax = [a for a in fig.axes if a is not ax][0]
+    horizontal = with_legend
+    labels = [t for t in (cax.get_xticklabels(which="both") if horizontal else cax.get_yticklabels(which="both"))
+              if t.get_text() and t.get_visible()]
+    assert len(labels) >= 2, [t.get_text() for t in labels]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0 if horizontal else b.y0)
+    for a, b in zip(boxes, boxes[1:]):
+        assert (a.x1 <= b.x0) if horizontal else (a.y1 <= b.y0), [t.get_text() for t in labels]
