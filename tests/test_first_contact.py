@@ -454,3 +454,23 @@ def test_log_colour_bar_tick_labels_do_not_overlap(scale, with_legend):
     boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0 if horizontal else b.y0)
     for a, b in zip(boxes, boxes[1:]):
         assert (a.x1 <= b.x0) if horizontal else (a.y1 <= b.y0), [t.get_text() for t in labels]
+
+
+def test_rbf_variance_magnification_is_a_ring_not_a_bright_outside():
+    """What the docs now say: moderate on the data, largest just outside it, small far away
+    (σ levels off, so Jσ → 0 and the expected metric falls back to the mean-only one)."""
+    torch.manual_seed(0)
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]])
+    codes = centres[torch.arange(150) % 3] + 0.4 * torch.randn(150, 2)
+    mean_net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 8)).eval().requires_grad_(False)
+    data = mean_net(codes) + 0.05 * torch.randn(150, 8)
+    dec = lg.fit_rbf_variance(mean_net, codes, data, n_centers=9, n_iter=200, random_state=0)
+    g = torch.linspace(-12, 12, 61)
+    Z = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+    r = torch.cdist(Z, codes).min(1).values
+    mag = lg.PullbackMetric(dec).magnification(Z)
+    mag_mean = lg.PullbackMetric(dec, kind="mean").magnification(Z)
+    on, ring, far = (mag[(r >= lo) & (r < hi)].median() for lo, hi in ((0, 0.3), (0.5, 1.0), (6, 20)))
+    assert ring > 3 * on and ring > 30 * far, (on, ring, far)
+    k = r >= 6
+    assert torch.allclose(mag[k], mag_mean[k], rtol=0.05)  # far away σ adds (almost) nothing
