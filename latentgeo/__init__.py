@@ -18,10 +18,12 @@ from .models import VAE
 from .training import History, TrainConfig, Trainer, iwae_log_likelihood, train_vae
 from . import geodesics, plotting, report
 from .geodesics import (
+    Collocation,
     DistanceMatrix,
-    ExpMapResult,
     GeodesicConvergenceError,
     GeodesicResult,
+    GeodesicStatus,
+    Shooting,
     christoffel,
     connecting_geodesic,
     distance_matrix,
@@ -61,9 +63,11 @@ __all__ = [
     "geodesic_acceleration",
     "christoffel",
     "exp_map",
-    "ExpMapResult",
     "connecting_geodesic",
+    "Collocation",
+    "Shooting",
     "GeodesicResult",
+    "GeodesicStatus",
     "log_map",
     "distance_matrix",
     "DistanceMatrix",
