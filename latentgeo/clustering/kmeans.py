@@ -4,13 +4,15 @@
 fitted attributes with a trailing underscore, ``random_state``, ``get_params``/``set_params``,
 :func:`sklearn.base.clone`). Each iteration alternates
 
+0. **seeding and a first clustering on graph distances**: k-means++ (D² seeding) and k-medoids
+   iterations on the shortest-path distances of a metric-weighted kNN graph over the codes
+   (:class:`~latentgeo.geodesics.LatentGraph`; upper bounds of the geodesic distance, cheap), until
+   the labels settle; then, with exact geodesics from the medoids,
 1. **assignment** by certified geodesic distance, with exact geodesics only where the choice is
    open: the distance ``d(x, c_a)`` of every point to its current centre and the centre–centre
    distances ``d(c_a, c_j)`` are solved exactly, and by the triangle inequality a centre ``c_j``
    with ``d(c_a, c_j) ≥ 2·d(x, c_a)`` cannot be closer (Elkan, ICML 2003), so only the
-   remaining pairs are solved. The first assignment uses graph distances over the codes
-   (:class:`~latentgeo.geodesics.LatentGraph`: shortest paths of metric-weighted kNN edges, an
-   upper bound of the geodesic distance) and k-means++ seeding on them;
+   remaining pairs are solved;
 2. **centre update** by a Riemannian gradient step of the weighted Fréchet function of each
    cluster, ``c ← Exp_c(τ · mean_i Log_c(x_i))`` (Karcher's iteration, :mod:`.frechet`), with
    the step halved until the cluster's sum of squared distances decreases — so the inertia never
@@ -258,20 +260,29 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 if bool(e.converged[0]) and bool(torch.isfinite(cand).all()):
                     d2, c2, v2 = self._pairs(cand[None], X, torch.zeros(len(members), dtype=torch.long), members)
                     if float((d2**2).sum()) <= value * (1 + 1e-12):
-                        moved[j] = float(self.metric.norm(C[j], step * g))
+                        with torch.no_grad():
+                            moved[j] = float(self.metric.norm(C[j], step * g))
                         C[j] = cand
                         dist[members], conv[members], vel[members] = d2, c2, v2
                         break
                 step *= 0.5
         return C, moved
 
-    def _medoid(self, X, G, labels, k):
-        C = []
+    @staticmethod
+    def _medoid_index(G, labels, k):
+        """Per cluster, the member minimising the sum of squared (graph) distances to the others."""
+        out = []
         for j in range(k):
             members = torch.nonzero(labels == j, as_tuple=True)[0]
+            if len(members) == 0:  # an empty cluster keeps a point far from the others
+                out.append(int(torch.argmax(G.min(1).values)))
+                continue
             sub = G[members][:, members]
-            C.append(X[members[int(torch.argmin((sub**2).sum(1)))]])
-        return torch.stack(C)
+            out.append(int(members[int(torch.argmin((sub**2).sum(1)))]))
+        return torch.tensor(out)
+
+    def _medoid(self, X, G, labels, k):
+        return X[self._medoid_index(G, labels, k)].clone()
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None):
@@ -297,9 +308,18 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         bar = progress_bar(total=self.n_init * self.max_iter, desc="geodesic k-means", progress=bool(self.verbose))
         for run in range(self.n_init):
             C = self._seed(X, G, rng, k)
-            # first assignment by graph distances (an upper bound), then exact
+            # phase 1, on graph distances (cheap upper bounds of the geodesic distance): k-medoids
+            # iterations until the labels settle; phase 2 below refines with exact geodesics
             GC = graph.distances(X, C).to(X.dtype) if graph is not None else X.new_zeros(n, k)
             labels = torch.argmin(GC, 1)
+            if graph is not None and isinstance(self.init, str):
+                for _ in range(self.max_iter):
+                    med = self._medoid_index(G, labels, k)
+                    new = torch.argmin(G[:, med], 1)
+                    if bool((new == labels).all()):
+                        break
+                    labels = new
+                C = X[self._medoid_index(G, labels, k)].clone()
             history = []
             n_iter = 0
             for it in range(self.max_iter):
