@@ -1,4 +1,4 @@
-"""The report driver: :func:`write_report` runs the sections and writes ``summary.json``."""
+"""The report driver: :func:`write_report` runs the sections and writes ``summary.json`` and ``index.html``."""
 
 from __future__ import annotations
 
@@ -28,17 +28,23 @@ def write_report(
     timings: Optional[dict] = None,
     extra: Optional[dict] = None,
     files: Sequence[str] = (),
+    html: bool = True,
     **options,
 ) -> dict:
-    """Write the analysis report of a trained model into ``out_dir``; returns the summary.
+    """Write the analysis report of a trained model, or of any decoder, into ``out_dir``; returns the summary.
+
+    Two forms: ``write_report(model, dataset, history, out_dir)`` for a trained model and its
+    data set, and ``write_report(subject, None, None, out_dir)`` for a
+    :class:`~latentgeo.report.subject.Subject` (a decoder and codes; the model, data and
+    history optional). The sections that need what the subject lacks say ``{"skipped": ...}``.
 
     Args:
         model: a trained model with ``encode_mean(x)``, ``decoder_for_analysis()`` (and, for
             the default sections, ``parameters()``, ``config``, ``elbo(x)``), e.g.
-            :class:`latentgeo.models.VAE`.
+            :class:`latentgeo.models.VAE`; or a :class:`~latentgeo.report.subject.Subject`.
         dataset: a :class:`latentgeo.datasets.Dataset` (``data``, ``labels``, ``item_shape``,
-            ``name``, ``params``).
-        history: the per-epoch training records (or ``None``).
+            ``name``, ``params``); ``None`` with a Subject.
+        history: the per-epoch training records (or ``None``; with a Subject, its ``history``).
         out_dir: report folder (created if missing; existing files are overwritten).
         random_state: int seed for the sections' randomness (subsets, Monte-Carlo estimates).
         sections: section names or :class:`ReportSection` objects to run (default: all
@@ -47,6 +53,9 @@ def write_report(
         extra: extra top-level summary entries (e.g. the command line).
         files: files the caller already wrote into ``out_dir`` (e.g. the training log), to be
             listed in ``summary["files"]``.
+        html: also write ``index.html`` (:func:`latentgeo.report.html.write_html`): the
+            figures, the tables and the numbers of the summary, section by section, with what
+            each section computed and how long it took; it opens offline.
         options: report options, each known to the report (:data:`CONTEXT_DEFAULTS`:
             ``resolution``, ``margin``, ``max_points``, ``dpi``, ``cmap``) or to a registered
             section (its ``defaults``, e.g. ``checkpoint_name``, ``iwae_points``,
@@ -54,7 +63,8 @@ def write_report(
             a :class:`ReportError`. Sections see them merged over the defaults as ``ctx.options``.
 
     Returns:
-        the summary dict, also written to ``out_dir/summary.json``: ``latentgeo_version``,
+        the summary dict, also written to ``out_dir/summary.json`` (and shown in
+        ``out_dir/index.html``): ``latentgeo_version``,
         ``created_utc``, ``random_state``, one entry per section, ``timings`` (seconds per section and
         the given ``timings``), ``sections`` (names in run order) and ``files`` (everything
         written, relative to ``out_dir``, ``summary.json`` included).
@@ -77,7 +87,15 @@ def write_report(
         raise ReportError(f"max_points must be an integer >= 2 or None, got {max_points!r}")
     if isinstance(opts["dpi"], bool) or not isinstance(opts["dpi"], (int, np.integer)) or opts["dpi"] < 10:
         raise ReportError(f"dpi must be an integer >= 10, got {opts['dpi']!r}")
-    if not hasattr(dataset, "data"):
+    from .subject import Subject
+
+    subject = None
+    if isinstance(model, Subject):
+        if dataset is not None or history is not None:
+            raise ReportError("with a Subject, pass dataset=None and history=None (the subject carries its data "
+                              "and history)")
+        subject, model, history = model, model.model, model.history
+    elif not hasattr(dataset, "data"):
         raise ReportError(f"dataset must have a .data array (a latentgeo Dataset), got {type(dataset).__name__}")
 
     if sections is None:
@@ -99,7 +117,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     opts.update(resolution=int(resolution), margin=float(margin))
     ctx = ReportContext(model=model, dataset=dataset, history=history, out_dir=out, random_state=int(random_state),
-                        options=opts)
+                        options=opts, subject=subject)
     for f in files:
         if not (out / f).is_file():
             raise ReportError(f"file {f!r} listed in files= does not exist in {out}")
@@ -119,8 +137,10 @@ def write_report(
     if hasattr(model, "eval"):
         model.eval()
     t_all = time.perf_counter()
+    section_files: dict = {}
     try:
         for sec in run:
+            n_files = len(ctx.files)
             t0 = time.perf_counter()
             try:
                 res = sec.fn(ctx)
@@ -131,6 +151,7 @@ def write_report(
                     f"report section {sec.name!r} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             times[f"{sec.name}_s"] = round(time.perf_counter() - t0, 4)
+            section_files[sec.name] = ctx.files[n_files:]
             if res is not None:
                 if not isinstance(res, dict):
                     raise ReportError(f"report section {sec.name!r} returned {type(res).__name__}, expected a dict")
@@ -142,7 +163,13 @@ def write_report(
     summary["timings"] = times
     summary["sections"] = [s.name for s in run]
     ctx.path("summary.json")
+    if html:
+        ctx.path("index.html")
     summary["files"] = list(ctx.files)
     clean = jsonable(summary)
     atomic_write_text(out / "summary.json", json.dumps(clean, indent=2, sort_keys=False) + "\n")
+    if html:  # last: the page shows the summary as written
+        from .html import write_html
+
+        write_html(clean, out, sections=[(s.name, s.description, section_files.get(s.name, [])) for s in run])
     return clean
