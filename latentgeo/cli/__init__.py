@@ -20,6 +20,12 @@ Subcommands::
         Write the analysis report of a saved model (no training); the data set is the one
         recorded in the checkpoint unless --data is given.
 
+    latentgeo analyze --decoder MODULE:FACTORY --codes CODES [--labels LABELS] [--data DATA]
+                      [--item-shape H,W] [--rbf-variance] --out DIR [--skip SECTION]
+        The report of your own decoder at your own codes (.npy/.pt, never pickle): the factory
+        returns a latentgeo decoder, a module returning (mean, std), or a mean network (with
+        --rbf-variance the LSO variance is fitted to DATA). Sections that need a VAE say skipped.
+
     latentgeo info CHECKPOINT [--json]
         Verify a checkpoint (format, digest) and print its configuration.
 
@@ -38,13 +44,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, info, report, train
+from . import analyze, demo, info, report, train
 from .common import PROG, CLIError, common_parser
 
 __all__ = ["main", "build_parser", "CLIError"]
 
 #: the subcommands, one module each (``add_parser(sub, common)`` and ``run(args, argv)``)
-COMMANDS = (demo, train, report, info)
+COMMANDS = (demo, train, report, analyze, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (demo, train, report or info)", file=sys.stderr)
+        names = ", ".join(m.__name__.rsplit(".", 1)[1] for m in COMMANDS)
+        print(f"{PROG}: error: a command is required ({names})", file=sys.stderr)
         return 2
     threads = getattr(args, "threads", None)
     if threads is not None:
