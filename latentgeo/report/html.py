@@ -54,6 +54,7 @@ th, td { border: 1px solid #e1e4e8; padding: .22rem .5rem; text-align: left; ver
 th { background: #f1f3f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td table { margin: 0; }
+table.kv td.num { text-align: left; }
 nav ol { margin: .2rem 0; padding-left: 1.4rem; columns: 2; }
 code { font-size: .9em; overflow-wrap: anywhere; }
 a { color: #0b5cad; }
@@ -118,7 +119,7 @@ def _value(v) -> str:
 
 def _kv_table(d: dict) -> str:
     rows = "".join(f"<tr><th>{_esc(k)}</th>{_cell(v)}</tr>" for k, v in d.items())
-    return f'<div class="tw"><table>{rows}</table></div>'
+    return f'<div class="tw"><table class="kv">{rows}</table></div>'
 
 
 def _columns(d: dict) -> tuple[list, dict]:
