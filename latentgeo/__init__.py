@@ -30,6 +30,8 @@ from .geodesics import (
     log_map,
 )
 from .report import register_section, report_sections, write_report
+from . import walks
+from .walks import WalkResult, random_walk
 
 
 __all__ = [
@@ -72,6 +74,9 @@ __all__ = [
     "register_section",
     "report_sections",
     "write_report",
+    "walks",
+    "random_walk",
+    "WalkResult",
 ]
 
 
