@@ -15,9 +15,10 @@ from latentgeo.report import ReportError, Subject, write_report
 # small, fast settings for the geometric sections (the defaults target a real report)
 FAST = ["--resolution", "24", "--report-option", "geodesic_grid=15", "--report-option", "geodesic_max_nodes=48",
         "--report-option", "geodesic_max_iter=8", "--report-option", "geodesic_tol=1e-4",
-        "--report-option", "geodesic_classes=3", "--report-option", "grid_n=6", "--quiet"]
+        "--report-option", "geodesic_classes=3", "--report-option", "grid_n=6", "--report-option", "walks_walkers=4",
+        "--report-option", "walks_steps=15", "--quiet"]
 FAST_OPTS = dict(resolution=24, geodesic_grid=15, geodesic_max_nodes=48, geodesic_max_iter=8, geodesic_tol=1e-4,
-                 geodesic_classes=3, grid_n=6)
+                 geodesic_classes=3, grid_n=6, walks_walkers=4, walks_steps=15)
 
 FACTORIES = textwrap.dedent('''
     import torch
@@ -116,6 +117,10 @@ def test_analyze_gaussian_module(files, tmp_path, capsys, monkeypatch):
         jac = torch.func.vmap(torch.func.jacrev(lambda x: torch.cat(net(x[None]), 1)[0]))(z)  # (N, 32, 2)
         ref = torch.linalg.det(jac.transpose(1, 2) @ jac).sqrt().numpy()
     assert s["magnification"]["on_data"]["median"] == pytest.approx(float(np.median(ref)), rel=1e-6)
+    walks = s["walks"]["methods"]  # every walk ran on the user's decoder; MMALA needs an encoder posterior
+    assert {"euclidean", "lso", "brownian", "geodesic"} <= set(walks) and "skipped" in walks["mmala"]
+    assert all(0 <= walks[m]["within_support"] <= 1 for m in ("euclidean", "lso", "brownian", "geodesic"))
+    assert (out / "walks.png").is_file()
     geo = s["geodesics"]
     assert geo["n_pairs"] == 3 and geo["n_converged"] >= 1
     assert all(r <= 1 + 1e-3 for r, c in zip(geo["length_ratio"], geo["converged"]) if c)  # shorter than the line

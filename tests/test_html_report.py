@@ -21,7 +21,7 @@ from latentgeo.report import Subject, write_report
 from latentgeo.report.html import render_html
 
 FAST = dict(resolution=30, geodesic_grid=15, geodesic_max_nodes=48, geodesic_max_iter=8, geodesic_tol=1e-4,
-            geodesic_classes=3, grid_n=8)
+            geodesic_classes=3, grid_n=8, walks_walkers=4, walks_steps=15)
 
 
 class _Tags(HTMLParser):
