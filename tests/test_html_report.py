@@ -91,7 +91,7 @@ def test_render_html_tables_escape_and_per_item_columns():
     page = render_html(s, [("a", "the A section", ["fig.png"])])
     assert "&lt;b&gt;&amp;" in page and "<b>&" not in page and "&lt;y&gt;" in page
     # per-item lists of one length become one table with a row per item
-    row = re.findall(r"<tr><td class=\"num\">(\d)</td><td>(.*?)</td><td class=\"num\">(.*?)</td></tr>", page)
+    row = re.findall(r"<tr><td class=\"num\">(\d)</td><td class=\"short\">(.*?)</td><td class=\"num\">(.*?)</td></tr>", page)
     assert row == [("0", "0, 1", "0.5"), ("1", "0, 2", "0.25"), ("2", "1, 2", "0.125")]
     assert "train time" in page and "2.00 s" in page
     assert page.count('<img src="fig.png"') == 1
@@ -120,7 +120,8 @@ window.addEventListener('load', function () {
     var r = el.getBoundingClientRect();
     if (r.right > vw + 1) res.overflow.push(el.tagName + ' right=' + r.right);
     if (el.classList.contains('tw') && el.scrollWidth > el.clientWidth + 1)
-      res.overflow.push('table wider than its box: ' + el.scrollWidth + ' > ' + el.clientWidth);
+      res.overflow.push('table in ' + (el.closest('section') || el.closest('header') || {}).id + ' wider than its box: '
+                        + el.scrollWidth + ' > ' + el.clientWidth + ' (' + el.textContent.slice(0, 60) + ')');
   });
   var pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(res);
   document.body.appendChild(pre);

@@ -55,6 +55,11 @@ th { background: #f1f3f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td table { margin: 0; }
 table.kv td.num { text-align: left; }
+table.kv > tbody > tr > th { white-space: nowrap; width: 1%; }
+td.short { white-space: nowrap; }
+@media (max-width: 900px) { td.short, td.num { white-space: normal; } main { padding: .6rem; }
+                            table.items th, table.items td { overflow-wrap: anywhere; padding: .2rem .3rem; } }
+table.items th { overflow-wrap: normal; word-break: normal; }
 nav ol { margin: .2rem 0; padding-left: 1.4rem; columns: 2; }
 code { font-size: .9em; overflow-wrap: anywhere; }
 a { color: #0b5cad; }
@@ -86,7 +91,9 @@ def _fmt(v) -> str:
 def _cell(v) -> str:
     if _is_scalar(v) and not isinstance(v, (str, bool)) and v is not None:
         return f'<td class="num">{_esc(_fmt(v))}</td>'
-    return f"<td>{_value(v)}</td>"
+    text = _value(v)
+    short = (isinstance(v, str) and len(v) <= 20) or (_short_list(v) and len(text) <= 20)
+    return f'<td class="short">{text}</td>' if short else f"<td>{text}</td>"
 
 
 def _inline_list(v: list) -> str:
@@ -146,11 +153,11 @@ def _section_body(res) -> str:
         out.append(_kv_table(rest))
     if cols:
         n = len(res[cols[0]])
-        head = "<th>#</th>" + "".join(f"<th>{_esc(c)}</th>" for c in cols)
+        head = "<th>#</th>" + "".join(f"<th>{_esc(c).replace('_', '_<wbr>')}</th>" for c in cols)
         rows = "".join(
             f'<tr><td class="num">{i}</td>' + "".join(_cell(res[c][i]) for c in cols) + "</tr>" for i in range(n)
         )
-        out.append(f'<h3>Per item</h3><div class="tw"><table><tr>{head}</tr>{rows}</table></div>')
+        out.append(f'<h3>Per item</h3><div class="tw"><table class="items"><tr>{head}</tr>{rows}</table></div>')
     return "".join(out)
 
 
