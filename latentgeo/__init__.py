@@ -18,10 +18,12 @@ from .models import VAE
 from .training import History, TrainConfig, Trainer, iwae_log_likelihood, train_vae
 from . import geodesics, plotting, report
 from .geodesics import (
+    Collocation,
     DistanceMatrix,
-    ExpMapResult,
     GeodesicConvergenceError,
     GeodesicResult,
+    GeodesicStatus,
+    Shooting,
     christoffel,
     connecting_geodesic,
     distance_matrix,
@@ -61,9 +63,11 @@ __all__ = [
     "geodesic_acceleration",
     "christoffel",
     "exp_map",
-    "ExpMapResult",
     "connecting_geodesic",
+    "Collocation",
+    "Shooting",
     "GeodesicResult",
+    "GeodesicStatus",
     "log_map",
     "distance_matrix",
     "DistanceMatrix",
@@ -76,6 +80,9 @@ __all__ = [
     "write_report",
     "walks",
     "random_walk",
+    "clustering",
+    "GeodesicKMeans",
+    "frechet_mean",
     "WalkResult",
 ]
 
@@ -86,4 +93,9 @@ def __getattr__(name):
         from .geodesics.graph import LatentGraph
 
         return LatentGraph
+    if name in ("GeodesicKMeans", "frechet_mean", "clustering"):  # scikit-learn's estimator base: ~0.4 s
+        import importlib
+
+        clustering = importlib.import_module(".clustering", __name__)
+        return clustering if name == "clustering" else getattr(clustering, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ import torch
 
 import latentgeo as lg
 from latentgeo.geodesics import (
+    Collocation,
     GeodesicConvergenceError,
     distance_matrix,
     exp_map,
@@ -39,14 +40,14 @@ def test_exp_of_log_returns_the_endpoint():
     metric = curved_metric()
     z0 = torch.tensor([[-1.0, -0.5], [0.2, -0.3]], dtype=D64)
     z1 = torch.tensor([[1.0, 0.8], [0.25, -0.1]], dtype=D64)
-    v, geo = log_map(metric, z0, z1, on_failure="return")
+    v, geo = log_map(metric, z0, z1, return_result=True)
     assert bool(geo.converged.all()), geo.message
     res = exp_map(metric, z0, v, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(res.endpoint, z1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.z1, z1, rtol=0, atol=1e-6)
     # ‖v‖ is the geodesic distance (speed conserved to the end), and the straight line is not a geodesic here
     # (the speed at t = 0 equals the quadrature length to within the certified speed drift, ≤ tol = 1e-6)
     torch.testing.assert_close(metric.norm(z0, v), geo.length, rtol=1e-6, atol=0)
-    torch.testing.assert_close(metric.norm(res.endpoint, res.velocity), geo.length, rtol=1e-6, atol=0)
+    torch.testing.assert_close(metric.norm(res.z1, res.end_velocity), geo.length, rtol=1e-6, atol=0)
     assert float((v - (z1 - z0)).norm(dim=1).max()) > 1e-2
 
 
@@ -65,13 +66,16 @@ def test_log_map_single_code_and_failure():
     v = log_map(metric, a, b)
     assert v.shape == (2,)
     torch.testing.assert_close(metric.norm(a[None], v[None])[0], hyperbolic_distance(a, b), rtol=1e-6, atol=0)
-    with pytest.raises(GeodesicConvergenceError, match="did not converge") as info:
-        log_map(metric, a[None], b[None], max_iter=1)
+    one = Collocation(max_iter=1, energy_max_iter=1)
+    with pytest.raises(GeodesicConvergenceError, match="not certified") as info:
+        log_map(metric, a[None], b[None], solver=one)
     assert not bool(info.value.result.converged.any())
-    v2, res = log_map(metric, a[None], b[None], max_iter=1, on_failure="return")
+    v2, res = log_map(metric, a[None], b[None], solver=one, on_failure="ignore", return_result=True)
     assert not bool(res.converged.any()) and v2.shape == (1, 2)
+    with pytest.warns(RuntimeWarning, match="not certified"):
+        log_map(metric, a[None], b[None], solver=one, on_failure="warn")
     with pytest.raises(ValueError, match="on_failure"):
-        log_map(metric, torch.zeros(1, 2, dtype=D64), torch.ones(1, 2, dtype=D64), on_failure="ignore")
+        log_map(metric, torch.zeros(1, 2, dtype=D64), torch.ones(1, 2, dtype=D64), on_failure="return")
 
 
 def test_distance_matrix_poincare():
@@ -83,7 +87,7 @@ def test_distance_matrix_poincare():
     assert D.shape == (3, 3) and D.n_failed == 0
     torch.testing.assert_close(D.distances, exact, rtol=1e-6, atol=1e-12)
     assert torch.equal(D.distances, D.distances.T) and bool((torch.diagonal(D.distances) == 0).all())
-    DB = distance_matrix(ball, A, B, chunk=3)
+    DB = distance_matrix(ball, A, B, chunk_size=3)
     torch.testing.assert_close(DB.distances, hyperbolic_distance(A[:, None], B[None]), rtol=1e-6, atol=0)
     assert bool(DB.converged.all())
     import numpy as np
@@ -94,14 +98,24 @@ def test_distance_matrix_poincare():
 def test_distance_matrix_flags_failures():
     metric = poincare()
     A = torch.tensor([[-0.5, 0.3], [0.6, 0.2], [0.1, -0.7]], dtype=D64)
-    with pytest.warns(RuntimeWarning, match="did not converge"):
-        D = distance_matrix(metric, A, max_iter=1)
+    one = Collocation(max_iter=1, energy_max_iter=1)
+    with pytest.warns(RuntimeWarning, match="not certified") as rec:
+        D = distance_matrix(metric, A, solver=one)
     assert D.n_failed > 0
+    # the warning's count, .n_failed and the status of the solved pairs agree
+    assert f"{D.n_failed} of 3 geodesics" in str(rec[0].message)
+    iu = torch.triu_indices(3, 3, 1)
+    assert int((D.status[iu[0], iu[1]] != 0).sum()) == D.n_failed
+    # failed entries are upper bounds never above the straight line's length
+    t = torch.linspace(0, 1, 2049, dtype=D64)
+    lines = A[iu[0], None] + t[None, :, None] * (A[iu[1]] - A[iu[0]])[:, None]
+    assert bool((D.distances[iu[0], iu[1]] <= metric.length(lines) * (1 + 1e-6)).all())
+    assert bool((D.distances[iu[0], iu[1]] >= hyperbolic_distance(A[iu[0]], A[iu[1]]) * (1 - 1e-6)).all())
     assert bool(torch.diagonal(D.converged).all())
     assert torch.equal(D.converged, D.converged.T)
     assert torch.isfinite(D.distances).all()
     with pytest.raises(GeodesicConvergenceError):
-        distance_matrix(metric, A, max_iter=1, on_failure="raise")
+        distance_matrix(metric, A, solver=one, on_failure="raise")
 
 
 def test_distance_matrix_bad_input():
@@ -110,5 +124,5 @@ def test_distance_matrix_bad_input():
         distance_matrix(ball, torch.zeros(3, 2, dtype=D64), torch.zeros(3, 3, dtype=D64))
     with pytest.raises(ValueError, match="NaN"):
         distance_matrix(ball, torch.tensor([[0.0, math.nan]], dtype=D64))
-    with pytest.raises(ValueError, match="chunk"):
-        distance_matrix(ball, torch.zeros(3, 2, dtype=D64), chunk=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        distance_matrix(ball, torch.zeros(3, 2, dtype=D64), chunk_size=0)

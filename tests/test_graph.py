@@ -262,13 +262,19 @@ def test_plot_geodesics_and_strips():
     ax = plot_geodesics(metric, curves, extent=(-1.5, 1.5, -1.5, 1.5), resolution=12, names=["a", "b"],
                         converged=[True, False])
     assert len(ax.images) == 1 and len(ax.lines) == 4  # two curves + two dashed straight lines
-    assert ax.lines[0].get_linestyle() == "-" and ax.lines[2].get_linestyle() == ":"  # not converged: dotted
+    # not certified: a solid line crossed by red × marks (never dotted/dashed like the straight lines)
+    assert ax.lines[0].get_linestyle() == "-" and ax.lines[0].get_marker() in ("None", None, "")
+    assert ax.lines[2].get_linestyle() == "-" and ax.lines[2].get_marker() == "x"
+    assert ax.lines[2].get_markeredgecolor() == "red" and ax.lines[1].get_linestyle() == "--"
     np.testing.assert_allclose(ax.lines[1].get_xydata(), curves[0, [0, -1]].numpy())
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b (not converged)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b (NOT certified)"]
     plt.close(ax.figure)
     fig = plot_decoded_strips(lambda z: torch.sigmoid(z @ torch.ones(2, 16, dtype=F64)), curves, n_images=5,
-                              row_labels=["x", "y"])
+                              row_labels=["x", "y"], failed=[False, True])
     assert len(fig.axes) == 2 and fig.axes[0].images[0].get_array().shape == (4, 5 * 5 - 1)
+    # the failed row is framed in red and says so; the certified one is not
+    assert fig.axes[1].get_ylabel() == "y  ✗ not certified" and fig.axes[0].get_ylabel() == "x"
+    assert fig.axes[1].spines["top"].get_visible() and not fig.axes[0].spines["top"].get_visible()
     plt.close(fig)
     with pytest.raises(ValueError, match="2-D"):
         plot_geodesics(metric, torch.zeros(1, 5, 3))

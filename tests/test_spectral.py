@@ -495,7 +495,7 @@ def test_long_arcs_converge_with_default_settings():
     torch.testing.assert_close(res.length, exact, rtol=1e-8, atol=0)
     assert bool((res.iterations <= 2 * 30).all())
     # and through the whole pipeline, certified by collocation (no shooting fallback)
-    cg = lg.connecting_geodesic(metric, LONG_Z0, LONG_Z1, method="collocation")
+    cg = lg.connecting_geodesic(metric, LONG_Z0, LONG_Z1, solver=lg.geodesics.Collocation())
     assert bool(cg.converged.all()), cg.message
     torch.testing.assert_close(cg.length, exact, rtol=1e-8, atol=0)
 

@@ -3,20 +3,16 @@
 Modules: :mod:`.ode` (geodesic acceleration, Christoffel symbols), :mod:`.ivp` (batched
 Dormand–Prince, exp map), :mod:`.spectral` (pseudospectral energy minimisation and
 Gauss–Legendre collocation: the default connecting-geodesic solver), :mod:`.energy` (discrete
-energy minimisation), :mod:`.bvp` (Newton shooting), :mod:`.connecting` (connecting geodesics,
+energy minimisation), :mod:`.bvp` (Newton shooting), :mod:`.solvers` (``Collocation``, ``Shooting``),
+:mod:`.result` (``GeodesicResult``, ``GeodesicStatus``), :mod:`.connecting` (connecting geodesics,
 log map, distance matrices), :mod:`.graph` (kNN/grid graphs, graph distances).
 """
 
-from .connecting import (
-    DistanceMatrix,
-    GeodesicConvergenceError,
-    GeodesicResult,
-    connecting_geodesic,
-    distance_matrix,
-    log_map,
-)
+from .connecting import DistanceMatrix, connecting_geodesic, distance_matrix, float64_metric, log_map
+from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus
+from .solvers import Collocation, Shooting
 from .energy import EnergyResult, minimize_discrete_energy
-from .ivp import ExpMapResult, exp_map
+from .ivp import exp_map
 from .ode import acceleration_fn, acceleration_from_jet, christoffel, geodesic_acceleration
 
 __all__ = [
@@ -25,11 +21,14 @@ __all__ = [
     "acceleration_fn",
     "acceleration_from_jet",
     "exp_map",
-    "ExpMapResult",
     "minimize_discrete_energy",
     "EnergyResult",
     "connecting_geodesic",
+    "Collocation",
+    "Shooting",
     "GeodesicResult",
+    "GeodesicStatus",
+    "float64_metric",
     "log_map",
     "distance_matrix",
     "DistanceMatrix",

@@ -25,6 +25,8 @@ numerical differentiation).
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch.func import jvp, vmap
 
@@ -94,6 +96,7 @@ def shoot(
     record: bool = True,
     jacobian: str = "ind",
     bound=None,
+    deadline=None,
 ):
     """Damped Newton shooting for a batch of pairs.
 
@@ -155,7 +158,7 @@ def shoot(
             fun = f_ind
         y1, f1, ok, ns, _, reasons, trace = dopri5(
             fun, y0, rtol=rtol, atol=atol, err_cols=2 * d, max_steps=max_steps, record=2 * d if record else None,
-            bound=None if bound is None else bound[idx], bound_cols=d,
+            bound=None if bound is None else bound[idx], bound_cols=d, deadline=deadline,
         )
         F = y1[:, :d] - z1[idx]
         if jacobian == "variational":
@@ -200,6 +203,12 @@ def shoot(
                 store[1][same] = torch.cat([zz, torch.zeros_like(zz)], 1)[:, None].expand(-1, 2, -1)
         for _ in range(int(max_iter)):
             act = torch.nonzero(~(conv | dead)).reshape(-1)
+            if deadline is not None and time.perf_counter() > deadline:
+                for i in act.tolist():
+                    if not reasons[i]:
+                        reasons[i] = "time budget exhausted during Newton shooting"
+                dead[act] = True
+                act = act[:0]
             if act.numel() == 0:
                 break
             iters[act] += 1

@@ -45,18 +45,23 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 import warnings
 from typing import Optional
 
 import torch
 
-from .._validation import as_latent_batch
+from .._progress import progress_bar
+from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
 from .energy import minimize_discrete_energy
-from .ivp import _geodesic_rhs, _trace_to_padded, dopri5, hermite5
+from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
-from .spectral import _eval_series, collocate, lgl_nodes, minimize_spectral_energy, nodes_to_series
+from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus, _polyline
+from .solvers import Collocation, Shooting
+from .spectral import _eval_series, _expired, collocate, lgl_nodes, minimize_spectral_energy, nodes_to_series
 
 __all__ = [
     "connecting_geodesic",
@@ -65,108 +70,9 @@ __all__ = [
     "distance_matrix",
     "DistanceMatrix",
     "GeodesicConvergenceError",
+    "GeodesicStatus",
+    "float64_metric",
 ]
-
-
-class GeodesicConvergenceError(RuntimeError):
-    """Raised when geodesics that were required did not converge; ``.result`` holds the details."""
-
-    def __init__(self, msg, result=None):
-        super().__init__(msg)
-        self.result = result
-
-
-def _polyline(curve: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation of discrete curves ``(N, T, d)`` at ``t (Q,)``."""
-    n, T, d = curve.shape
-    s = t.clamp(0, 1) * (T - 1)
-    i0 = s.floor().long().clamp(0, T - 2)
-    w = (s - i0.to(s.dtype))[None, :, None]
-    return curve[:, i0] * (1 - w) + curve[:, i0 + 1] * w
-
-
-class GeodesicResult:
-    """Connecting geodesics for a batch of pairs.
-
-    Attributes:
-        z0, z1: ``(N, d)`` endpoints.
-        length: ``(N,)`` geodesic lengths (Gauss quadrature of ``‖γ'‖_M`` along the collocation
-            solution, or ``‖γ'(0)‖_{M(z0)}`` of a shooting solution); where not converged, the
-            length of the best available curve (sampled at ``n_points``).
-        energy: ``(N,)`` curve energies ``∫‖γ'‖² dt = length²`` on ``[0, 1]`` (discrete energy of the
-            sampled curve where not converged).
-        converged: ``(N,)`` bool — certified geodesic that is not longer than the straight line
-            (otherwise a non-shortest geodesic, flagged with a reason).
-        method: per pair, what certified it: ``"collocation"``, ``"shooting"`` or ``""`` (not converged).
-        residual: ``(N,)`` Euclidean size of the ODE residual: the last fixed-point change of the
-            collocation (integral form of the ODE), or the endpoint mismatch ``‖γ(1) − z1‖`` of shooting.
-        rel_residual: ``(N,)`` the same in the metric norm relative to the length (for collocation the
-            truncation estimate too, whichever is larger) — the relative length accuracy to first order.
-        speed_drift: ``(N,)`` relative variation of the speed ``‖γ'‖_M`` along the solution.
-        iterations: ``(N,)`` collocation fixed-point plus shooting Newton iterations;
-            ``energy_iterations``: stage-1 (energy minimisation) iterations.
-        nodes: ``(N,)`` collocation nodes of the last collocation attempt (0 for ``method="shooting"``).
-        initial_velocity: ``(N, d)`` ``γ'(0)`` (the log map).
-        reasons: per-pair explanation (empty string for converged pairs); ``message`` summarises.
-        init: per-pair initialisation actually used (``"line"`` or ``"graph"``).
-        discrete_curve: ``(N, n_points, d)`` the reported curves at ``n_points`` evenly spaced times
-            (for ``method="shooting"``: the stage-1 discrete energy minimisers).
-
-    ``curve(t)`` evaluates the geodesics at ``t ∈ [0, 1]``.
-    """
-
-    def __init__(self, **kw):
-        kw.setdefault("_series", None)
-        kw.setdefault("_from_knots", kw.get("converged"))
-        self.__dict__.update(kw)
-
-    def curve(self, t) -> torch.Tensor:
-        """Points ``(N, Q, d)`` at times ``t (Q,)`` in ``[0, 1]``: the Legendre series of the
-        collocation solution (or of the stage-1 curve where not converged), the quintic Hermite
-        dense output of shooting solutions, or the piecewise-linear discrete curve
-        (``method="shooting"``, not converged)."""
-        dt, dev = self.z0.dtype, self.z0.device
-        t = torch.as_tensor(t, dtype=dt, device=dev)
-        if t.dim() == 0:
-            t = t[None]
-        if t.dim() != 1 or not bool(torch.isfinite(t).all()) or not bool(((t >= 0) & (t <= 1)).all()):
-            raise ValueError("t must be a 1-d tensor of times in [0, 1]")
-        if self._series is not None:
-            out = _eval_series(self._series, t)
-            # exact endpoints (the series reproduces them to rounding)
-            out = torch.where((t == 0)[None, :, None], self.z0[:, None], out)
-            out = torch.where((t == 1)[None, :, None], self.z1[:, None], out)
-        else:
-            out = _polyline(self.discrete_curve, t)
-        if self._knots is not None and bool(self._from_knots.any()):
-            kt, z, v, a = self._knots
-            ode = hermite5(kt, z, v, a, t)
-            out = torch.where(self._from_knots[:, None, None], ode, out)
-        return out
-
-    @property
-    def message(self) -> str:
-        n = len(self.reasons)
-        bad = [(i, r) for i, r in enumerate(self.reasons) if r]
-        if not bad:
-            return f"all {n} geodesics converged"
-        shown = "; ".join(f"pair {i}: {r}" for i, r in bad[:5])
-        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        return f"{len(bad)} of {n} geodesics did not converge: {shown}{more}"
-
-    def __len__(self):
-        return self.length.shape[0]
-
-    def __repr__(self):
-        n = len(self)
-        ok = int(self.converged.sum())
-        L = self.length[self.converged]
-        rng = f", length in [{float(L.min()):.4g}, {float(L.max()):.4g}]" if L.numel() else ""
-        worst = f", max rel_residual={float(self.rel_residual[self.converged].max()):.1e}" if L.numel() else ""
-        return (
-            f"GeodesicResult(n={n}, converged={ok}/{n}{rng}{worst}, "
-            f"mean iterations={float(self.iterations.double().mean()):.1f})"
-        )
 
 
 _INITS = ("line", "graph")
@@ -181,118 +87,225 @@ def _initial_velocity(curve: torch.Tensor) -> torch.Tensor:
     return (-3 * curve[:, 0] + 4 * curve[:, 1] - curve[:, 2]) / (2 * h)
 
 
+def _modules_of(obj, depth=4, seen=None):
+    """The ``nn.Module`` objects reachable from ``obj``'s attributes (a metric, its decoder, …)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth < 0:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        vals = list(obj)
+    elif isinstance(obj, dict):
+        vals = list(obj.values())
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.Tensor)) and not callable(getattr(obj, "__func__", None)):
+        vals = list(vars(obj).values())
+    else:
+        return []
+    out = []
+    for v in vals:
+        out += _modules_of(v, depth - 1, seen)
+    return out
+
+
+def _probe_dtype(metric, z):
+    with torch.no_grad():
+        try:
+            if metric.is_embedded:
+                return metric.embedding(z[:1]).dtype
+            return metric.tensor_fn()(z[:1]).dtype
+        except (RuntimeError, TypeError):
+            return None
+
+
+def float64_metric(metric, z):
+    """The metric to solve on in float64 and the working dtype.
+
+    A metric whose decoder modules hold float32 parameters is deep-copied and the copy's modules
+    converted to float64 (the user's model is left untouched); a float64 model, or plain functions
+    that follow their input's dtype, are used as they are. Where neither works (for instance a
+    closure over float32 tensors) the solve stays in the model's dtype: certification to
+    ``tol ≈ 1e-6`` then usually fails, with that reason.
+    """
+    mods = _modules_of(metric)
+    params = [p for m in mods for p in m.parameters()] + [b for m in mods for b in m.buffers()]
+    if any(p.is_floating_point() and p.dtype != torch.float64 for p in params):
+        m64 = copy.deepcopy(metric)
+        for m in _modules_of(m64):
+            m.double()
+        if _probe_dtype(m64, z.to(torch.float64)) == torch.float64:
+            return m64, torch.float64
+        return metric, params[0].dtype
+    if z.dtype == torch.float64 or _probe_dtype(metric, z.to(torch.float64)) == torch.float64:
+        return metric, torch.float64
+    return metric, z.dtype
+
+
+def _check_solver(solver):
+    if solver is None:
+        return Collocation()
+    if not isinstance(solver, (Collocation, Shooting)):
+        raise TypeError(f"solver must be a Collocation(...) or Shooting(...) object, got {type(solver).__name__}")
+    return solver
+
+
+def _check_budget(budget):
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (0 < budget < math.inf):
+        raise ValueError(f"budget must be a positive number of seconds per pair or None, got {budget!r}")
+    return float(budget)
+
+
+def _check_init(init, a, b, graph):
+    """``(how, warm curves or None)`` from ``init``."""
+    if isinstance(init, GeodesicResult):
+        if len(init) != a.shape[0]:
+            raise ValueError(f"init: a GeodesicResult for {len(init)} pairs given for {a.shape[0]} pairs")
+        with torch.no_grad():
+            init = init.curve(torch.linspace(0, 1, 33, dtype=init.z0.dtype, device=init.z0.device))
+    if isinstance(init, torch.Tensor):
+        if init.dim() != 3 or init.shape[0] != a.shape[0] or init.shape[2] != a.shape[1] or init.shape[1] < 2:
+            raise ValueError(f"init curves must have shape (N, T, d) = ({a.shape[0]}, T>=2, {a.shape[1]}), got {tuple(init.shape)}")
+        w = init.detach().to(a.dtype)
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("init curves contain NaN or inf")
+        scale = torch.maximum(a.abs().amax(1), b.abs().amax(1)).clamp_min(1.0)
+        off = torch.maximum((w[:, 0] - a).abs().amax(1), (w[:, -1] - b).abs().amax(1))
+        if bool((off > 1e-4 * scale).any()):
+            raise ValueError("init curves must start at z0 and end at z1 (a warm start for the same pairs)")
+        return "warm", w
+    if init not in _INITS:
+        raise ValueError(f"unknown init {init!r}; expected 'line', 'graph', a tensor of curves (N, T, d) or a GeodesicResult")
+    if init == "graph" and graph is None:
+        raise ValueError("init='graph' needs graph=LatentGraph(metric, codes) (see latentgeo.geodesics.graph)")
+    return init, None
+
+
 def connecting_geodesic(
     metric,
     z0,
     z1,
     *,
+    solver=None,
     tol: float = 1e-6,
-    init: str = "line",
+    init="line",
     graph=None,
-    method: str = "auto",
-    degree: int = 12,
-    nodes: int = 16,
-    max_nodes: int = 64,
-    max_iter: int = 20,
+    budget: Optional[float] = 1.0,
     n_points: int = 17,
-    energy_max_iter: int = 100,
-    ivp_rtol: Optional[float] = None,
-    ivp_atol: Optional[float] = None,
-    max_steps: int = 10_000,
-    chunk_size: Optional[int] = None,
     recheck: bool = False,
+    chunk_size: Optional[int] = None,
+    progress: Optional[bool] = None,
 ) -> GeodesicResult:
-    """Shortest geodesics between batches of latent codes.
+    """Shortest geodesics between batches of latent codes, certified or honestly bounded.
 
     Args:
         metric: :class:`~latentgeo.metric.PullbackMetric` or :class:`~latentgeo.metric.MetricField`.
         z0, z1: ``(N, d)`` endpoints (or ``(d,)`` each).
+        solver: :class:`~latentgeo.geodesics.Collocation` (default) or
+            :class:`~latentgeo.geodesics.Shooting`, carrying the method's options.
         tol: certification tolerance: the ODE residual relative to the length (a first-order bound
-            on the relative length error; the length itself is second-order accurate) and the
-            relative speed drift must be ``≤ tol``.
-        init: ``"line"`` (straight line) or ``"graph"`` (shortest path in ``graph``).
-        graph: a ``LatentGraph``; with ``init="line"`` the failed pairs are retried from it.
-        method: ``"auto"`` (collocation, then shooting for pairs it cannot certify),
-            ``"collocation"`` (no shooting fallback) or ``"shooting"`` (discrete energy + shooting
-            for every pair, the slower previous pipeline).
-        degree: polynomial degree of the stage-1 curves (``degree + 1`` LGL nodes, ≥ 4).
-        nodes: collocation nodes of the first attempt (≥ 4); unresolved pairs are retried with twice
-            as many, up to ``max_nodes``.
-        max_iter: fixed-point iterations per collocation attempt, and Newton iterations of shooting.
-        n_points: points of the sampled curve ``discrete_curve`` (and of the discrete stage 1 of
-            ``method="shooting"``; ≥ 4).
-        energy_max_iter: Levenberg–Marquardt iterations of stage 1.
-        ivp_rtol, ivp_atol: integrator tolerances of shooting and ``recheck`` (default ``0.1·tol`` and
-            ``0.01·tol``, not below ``10·eps`` of the dtype; float32 reaches ``tol ≈ 1e-5`` at best —
-            pairs that cannot be certified at ``tol`` are reported as not converged).
-        max_steps: RK step attempts per integration.
-        chunk_size: pairs solved together (default: all, or fewer when stage 1 would need much memory).
+            on the relative length error) and the relative speed drift must be ``≤ tol``.
+        init: ``"line"`` (straight line), ``"graph"`` (shortest path in ``graph``), a tensor
+            ``(N, T, d)`` of curves from ``z0`` to ``z1`` (a warm start, e.g. the curves of nearby
+            solved pairs) or a previous :class:`GeodesicResult` for the same pairs.
+        graph: a :class:`~latentgeo.geodesics.graph.LatentGraph`. Its shortest paths are both a
+            second start (for pairs the first start does not certify, or whose certified length
+            is longer than the graph path) and a competitor in the minimality check.
+        budget: wall-clock seconds per pair (a batch of ``n`` pairs gets ``n·budget``), or ``None``
+            for no limit; pairs not certified when it runs out get status ``BUDGET``.
+        n_points: points of the sampled curve ``discrete_curve`` (≥ 4).
         recheck: re-integrate every certified solution as an initial-value problem from its initial
-            velocity at a tight tolerance and certify that run too (about one extra ODE solve).
+            velocity at a tight tolerance and certify that run too.
+        chunk_size: pairs solved together (default: all, or fewer when stage 1 would need much memory).
+        progress: ``None`` (a bar in terminals/Jupyter when there is more than one chunk), ``True``, ``False``.
+
+    float32 models are solved on a float64 copy (1e-6 is out of float32's reach); the outputs
+    follow the dtype of the codes. Ctrl-C between chunks returns what is solved, the rest with
+    status ``STOPPED``.
 
     Returns:
-        :class:`GeodesicResult`.
+        :class:`~latentgeo.geodesics.GeodesicResult`: ``length`` is a certified distance where
+        ``converged``; elsewhere the length of the shortest curve found (an upper bound, never
+        above the straight line's), with ``status`` and ``reasons`` saying why.
 
     Raises:
-        ValueError: bad shapes, NaN/inf, wrong latent dimension, unknown ``init``/``method``, bad options.
+        ValueError / TypeError: bad shapes, NaN/inf, wrong latent dimension, bad options.
     """
     metric = _check_metric(metric)
-    if init not in _INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {_INITS}")
-    if method not in _METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {_METHODS}")
-    if init == "graph" and graph is None:
-        raise ValueError("init='graph' needs graph=LatentGraph(metric, nodes) (see latentgeo.geodesics.graph)")
-    if not (isinstance(tol, (int, float)) and 0 < tol < 1 and math.isfinite(tol)):
+    solver = _check_solver(solver)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < 1 and math.isfinite(tol)):
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
-    for name, val, lo in (("max_iter", max_iter, 1), ("n_points", n_points, 4), ("energy_max_iter", energy_max_iter, 0),
-                          ("max_steps", max_steps, 1), ("degree", degree, 4), ("nodes", nodes, 4), ("max_nodes", max_nodes, 4)):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val or val < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
-    if max_nodes < nodes:
-        raise ValueError(f"max_nodes ({max_nodes}) must be >= nodes ({nodes})")
+    budget = _check_budget(budget)
+    n_points = check_int(n_points, "n_points", minimum=4)
     a, single = as_latent_batch(z0, metric.latent_dim, name="z0")
-    b, single_b = as_latent_batch(z1, metric.latent_dim, name="z1")
+    b, _ = as_latent_batch(z1, metric.latent_dim, name="z1")
     if a.shape != b.shape:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dtype != b.dtype:
-        b = b.to(a.dtype)
+    out_dtype = a.dtype
     if hasattr(metric, "_check_z"):
         metric._check_z(a, "z0")
-        metric._check_z(b, "z1")
-    rtol = float(ivp_rtol) if ivp_rtol is not None else max(0.1 * tol, 1e-13)
-    atol = float(ivp_atol) if ivp_atol is not None else max(1e-2 * tol, 1e-15)
-    if not (rtol > 0 and atol > 0):
-        raise ValueError("ivp_rtol and ivp_atol must be positive")
-    # tolerances below the dtype's resolution cannot be met by the integrator (float32: ~1e-7)
-    floor = 10 * float(torch.finfo(a.dtype).eps)
-    if ivp_rtol is None:
-        rtol = max(rtol, floor)
-    if ivp_atol is None:
-        atol = max(atol, floor)
+        metric._check_z(b.to(a.dtype), "z1")
+    metric, wdt = float64_metric(metric, a)
+    a, b = a.to(wdt), b.to(wdt)
+    how, warm = _check_init(init, a, b, graph)
+    floor = 10 * float(torch.finfo(wdt).eps)
+    srt = solver.rtol if isinstance(solver, Shooting) else None
+    sat = solver.atol if isinstance(solver, Shooting) else None
+    rtol = srt if srt is not None else max(0.1 * tol, 1e-13, floor)
+    atol = sat if sat is not None else max(1e-2 * tol, 1e-15, floor)
     n, d = a.shape
     if chunk_size is None:
-        if method == "shooting":
-            P = (n_points - 2) * d
+        if isinstance(solver, Shooting):
+            P = (solver.n_points - 2) * d
             chunk_size = max(1, min(n, int(2**25 // max(P * P, 1))))
         else:
-            # stage 1 holds Jacobians (degree+1, K, d) and Gauss-Newton matrices per pair: ~2^24 numbers
             K = _output_size(metric, a[:1]) if n else d
-            per_pair = (degree + 1) * K * d * 3 + 3 * ((degree - 1) * d) ** 2
+            per_pair = (solver.degree + 1) * K * d * 3 + 3 * ((solver.degree - 1) * d) ** 2
             chunk_size = max(1, min(n, int(2**24 // per_pair)))
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    opts = dict(tol=tol, init=init, graph=graph, max_iter=int(max_iter), n_points=int(n_points),
-                energy_max_iter=int(energy_max_iter), rtol=rtol, atol=atol, max_steps=int(max_steps),
-                recheck=bool(recheck), degree=int(degree), nodes=int(nodes), max_nodes=int(max_nodes), method=method)
-    solver = _solve_shooting if method == "shooting" else _solve_spectral
-    parts = [solver(metric, a[s : s + chunk_size], b[s : s + chunk_size], **opts) for s in range(0, n, int(chunk_size))]
-    if not parts:
-        parts = [solver(metric, a, b, **opts)]
-    return parts[0] if len(parts) == 1 else _concat(parts)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+    solve = _solve_shooting if isinstance(solver, Shooting) else _solve_spectral
+    opts = dict(solver=solver, tol=tol, init=how, graph=graph, n_points=n_points, rtol=rtol, atol=atol,
+                recheck=bool(recheck))
+    starts = list(range(0, n, chunk_size)) or [0]
+    parts = []
+    with progress_bar(total=n, desc="geodesics", progress=progress if len(starts) > 1 or progress else False,
+                      unit="pair") as bar:
+        try:
+            for s in starts:
+                sl = slice(s, s + chunk_size)
+                parts.append(_solve_chunk(metric, a[sl], b[sl], None if warm is None else warm[sl], solve, opts, budget))
+                bar.update(len(parts[-1]))
+                bar.set_postfix(certified=sum(int(p.converged.sum()) for p in parts))
+        except KeyboardInterrupt:
+            done = sum(len(p) for p in parts)
+            parts.append(_line_result(metric, a[done:], b[done:], n_points, GeodesicStatus.STOPPED,
+                                      "stopped by the user (KeyboardInterrupt)"))
+    res = parts[0] if len(parts) == 1 else _concat(parts)
+    if out_dtype != wdt and out_dtype.is_floating_point:
+        res = _cast(res, out_dtype)
+    return res
 
 
-_METHODS = ("auto", "collocation", "shooting")
+def _solve_chunk(metric, a, b, warm, solve, opts, budget):
+    """Solve one batch within its time budget, then certify minimality and bound the rest."""
+    t0 = time.perf_counter()
+    n = a.shape[0]
+    deadline = None if budget is None else t0 + budget * max(n, 1)
+    r = solve(metric, a, b, warm=warm, deadline=deadline, **opts)
+    _finalize(metric, r, opts["tol"], opts["n_points"])
+    r.stats["wall_time"] = torch.full((n,), (time.perf_counter() - t0) / max(n, 1), dtype=torch.float64)
+    return r
+
+
+def _cast(res, dtype):
+    for k, v in list(res.__dict__.items()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            res.__dict__[k] = v.to(dtype)
+        elif k == "_knots" and v is not None:
+            res.__dict__[k] = tuple(x.to(dtype) for x in v)
+    return res
 
 
 def _output_size(metric, z):
@@ -310,43 +323,73 @@ def _pad_rows(x, s):
     return torch.cat([x, rep], 1)
 
 
+_PLAIN = ("z0", "z1", "length", "energy", "status", "residual", "rel_residual", "speed_drift", "initial_velocity",
+          "discrete_curve", "line_length", "_from_knots", "_polyline")
+
+
 def _concat(parts):
-    kw = {}
-    for key in ("z0", "z1", "length", "energy", "converged", "residual", "rel_residual", "speed_drift",
-                "iterations", "energy_iterations", "initial_velocity", "discrete_curve", "nodes", "_from_knots"):
-        kw[key] = torch.cat([p.__dict__[key] for p in parts], 0)
+    kw = {k: torch.cat([p.__dict__[k] for p in parts], 0) for k in _PLAIN}
     for key in ("reasons", "init", "method"):
         kw[key] = sum((p.__dict__[key] for p in parts), [])
+    kw["stats"] = {k: torch.cat([p.stats[k] for p in parts], 0) for k in parts[0].stats}
     sers = [p._series for p in parts]
-    if all(x is not None for x in sers):
-        k = max(x.shape[1] for x in sers)
-        kw["_series"] = torch.cat([torch.cat([x, x.new_zeros(x.shape[0], k - x.shape[1], x.shape[2])], 1) for x in sers], 0)
+    if any(x is not None for x in sers):
+        k = max(x.shape[1] for x in sers if x is not None)
+        full = []
+        for p, x in zip(parts, sers):
+            if x is None:  # (a part without series: its curves are polylines)
+                x = p.z0.new_zeros(len(p), k, p.z0.shape[1])
+                x[:, 0] = p.z0
+            full.append(torch.cat([x, x.new_zeros(x.shape[0], k - x.shape[1], x.shape[2])], 1))
+        kw["_series"] = torch.cat(full, 0)
+        kw["_polyline"] = torch.cat([p._polyline | (torch.ones_like(p._polyline) if x is None else False)
+                                     for p, x in zip(parts, sers)], 0)
     kts = [p._knots for p in parts]
-    if all(k is not None for k in kts):
-        s = max(k[0].shape[1] for k in kts)
-        kw["_knots"] = tuple(torch.cat([_pad_rows(k[i], s) for k in kts], 0) for i in range(4))
-    elif any(k is not None for k in kts):  # some chunks needed shooting: give the others dummy knots
+    if any(k is not None for k in kts):
         ref = next(k for k in kts if k is not None)
         s = max(k[0].shape[1] for k in kts if k is not None)
         full = []
         for p, k in zip(parts, kts):
             if k is None:
-                m = p.z0.shape[0]
+                m = len(p)
                 k = (ref[0].new_ones(m, 2), *(ref[i].new_zeros(m, 2, ref[i].shape[2]) for i in (1, 2, 3)))
                 k[0][:, 0] = 0.0
             full.append(k)
         kw["_knots"] = tuple(torch.cat([_pad_rows(k[i], s) for k in full], 0) for i in range(4))
-    else:
-        kw["_knots"] = None
     return GeodesicResult(**kw)
 
 
-def _initial_curves(z0, z1, idx, how, graph, t, n_points):
-    """Initial curves for the pairs ``idx`` at times ``t (T,)``: straight lines or graph paths."""
+def _line_result(metric, a, b, n_points, status, reason):
+    """Straight lines for pairs that were not solved (``status`` says why)."""
+    n, d = a.shape
+    dt, dev = a.dtype, a.device
+    t = torch.linspace(0, 1, n_points, dtype=dt, device=dev)
+    curves = a[:, None] + t[None, :, None] * (b - a)[:, None]
+    with torch.no_grad():
+        L = _dense_length(metric, a, b, None)[0] if n else torch.zeros(0, dtype=dt, device=dev)
+    zeros = torch.zeros(n, dtype=torch.long, device=dev)
+    nan = torch.full((n,), float("nan"), dtype=dt, device=dev)
+    return GeodesicResult(
+        z0=a, z1=b, length=L, energy=L * L, status=torch.full((n,), int(status), dtype=torch.long, device=dev),
+        residual=nan, rel_residual=nan.clone(), speed_drift=nan.clone(), initial_velocity=b - a, discrete_curve=curves,
+        line_length=L.clone(), reasons=[reason] * n, init=["line"] * n, method=[""] * n,
+        _polyline=torch.ones(n, dtype=torch.bool, device=dev),
+        stats=dict(iterations=zeros, energy_iterations=zeros.clone(), evaluations=zeros.clone(), nodes=zeros.clone(),
+                   wall_time=torch.zeros(n, dtype=torch.float64)),
+    )
+
+
+def _initial_curves(z0, z1, idx, how, graph, t, n_points, warm=None):
+    """Initial curves for the pairs ``idx`` at times ``t (T,)``: straight lines, graph paths or
+    the given warm-start curves ``warm (N, T', d)`` (evenly spaced in time)."""
     dt, dev = z0.dtype, z0.device
     n, d = idx.numel(), z0.shape[1]
     if how == "line":
         return z0[idx, None] + t[None, :, None] * (z1[idx] - z0[idx])[:, None]
+    if how == "warm":
+        c = _polyline(warm[idx], t)
+        c[:, 0], c[:, -1] = z0[idx], z1[idx]
+        return c
     c = graph.initial_curves(z0[idx], z1[idx], n_points=n_points)
     c = torch.as_tensor(c, dtype=dt, device=dev)
     if c.shape != (n, n_points, d):
@@ -388,42 +431,147 @@ def _certificate_failure(ok: bool, why: str, rel: float, drift: float, tol: floa
     return ""
 
 
-def _flag_longer_than_line(metric, z0, z1, length, conv, reasons):
-    """Minimality: a shortest path is never longer than the straight line (a feasible curve). A
-    certified ODE solution longer than it is a geodesic, but not the shortest one: flag it rather
-    than report its length as a distance. The line is measured with 129 points; the 2% margin
-    covers that discretisation. For embedded metrics a chord sum is a lower bound on the line's
-    length (chords are never longer than the arcs they cut), so a 9-point chord sum clears
-    almost every pair at 1/14 of the cost and only the rest are measured finely."""
-    if not z0.shape[0] or not bool(conv.any()):
-        return
-    dt, dev = z0.dtype, z0.device
-    idx = torch.nonzero(conv).reshape(-1)
+def _dense_length(metric, a, b, curve_fn=None, T: int = 129):
+    """Length of curves from ``a`` to ``b`` (the straight lines when ``curve_fn`` is ``None``; else
+    ``curve_fn(t) -> (N, T, d)``) by ``T``-point chord sums, Richardson-extrapolated from ``T`` and
+    ``(T+1)/2`` points (chord sums converge as ``h²``). Returns ``(estimate, error estimate)``."""
+    dt, dev = a.dtype, a.device
+    t = torch.linspace(0, 1, T, dtype=dt, device=dev)
+    with torch.no_grad():
+        c = a[:, None] + t[None, :, None] * (b - a)[:, None] if curve_fn is None else curve_fn(t)
+        L1 = metric.length(c)
+        L0 = metric.length(c[:, ::2])
+    diff = (L1 - L0) / 3
+    return L1 + diff, diff.abs()
 
-    def line_length(ii, T):
-        s_line = torch.linspace(0, 1, T, dtype=dt, device=dev)[None, :, None]
+
+def _line_series_like(a, b, K):
+    s = a.new_zeros(a.shape[0], K, a.shape[1])
+    s[:, 0] = 0.5 * (a + b)
+    s[:, 1] = 0.5 * (b - a)
+    return s
+
+
+def _finalize(metric, r, tol, n_points):
+    """Status, minimality and honest upper bounds of a solved batch ``r`` (in place).
+
+    Certified pairs (ODE residual, speed drift, resolution ``≤ tol``) keep ``SUCCESS`` only if no
+    competitor is shorter: the straight line (a feasible curve: a shortest path is never longer)
+    and the energy-minimised curve of the other start (graph path). Every other pair reports the
+    shortest curve found, measured by a 129-point Richardson-extrapolated chord sum."""
+    n = len(r.reasons)
+    dt, dev = r.z0.dtype, r.z0.device
+    a, b = r.z0, r.z1
+    L = r.length.clone()
+    conv = r._conv & torch.isfinite(L)
+    reasons = list(r.reasons)
+    status = torch.full((n,), int(GeodesicStatus.NOT_CONVERGED), dtype=torch.long, device=dev)
+    status[conv] = int(GeodesicStatus.SUCCESS)
+    for i in torch.nonzero(~conv).reshape(-1).tolist():
+        if bool(r._budget[i]):
+            status[i] = int(GeodesicStatus.BUDGET)
+        elif "non-finite" in reasons[i] or "not finite" in reasons[i]:
+            status[i] = int(GeodesicStatus.NONFINITE)
+    same = (a == b).all(1)
+    line_len = torch.full((n,), float("nan"), dtype=dt, device=dev)
+    line_len[same] = 0.0
+    # which pairs need the straight line measured: all uncertified ones; certified ones unless a
+    # cheap lower bound of the line (9-point chord sum, embedded metrics) already clears them
+    need = ~conv & ~same
+    cand = conv & ~same
+    if metric.is_embedded and bool(cand.any()):
+        ci = torch.nonzero(cand).reshape(-1)
+        tt = torch.linspace(0, 1, 9, dtype=dt, device=dev)
         with torch.no_grad():
-            return metric.length(z0[ii, None] + s_line * (z1[ii] - z0[ii])[:, None])
+            low = metric.length(a[ci, None] + tt[None, :, None] * (b[ci] - a[ci])[:, None])
+        cand[ci[L[ci] <= low * (1 + tol)]] = False
+    need |= cand
+    to_line = torch.zeros(n, dtype=torch.bool, device=dev)
+    if bool(need.any()):
+        ni = torch.nonzero(need).reshape(-1)
+        Ll, El = _dense_length(metric, a[ni], b[ni])
+        line_len[ni] = Ll
+        longer = conv[ni] & (L[ni] > Ll + El + tol * Ll)
+        for j in torch.nonzero(longer).reshape(-1).tolist():
+            i = int(ni[j])
+            status[i] = int(GeodesicStatus.NOT_SHORTEST)
+            reasons[i] = (f"the certified ODE solution (length {float(L[i]):.6g}) is longer than the straight line "
+                          f"(length {float(Ll[j]):.6g}): a geodesic, but not the shortest path; try graph=LatentGraph(...)")
+            to_line[i] = True
+    # the other start's curve competes with certified pairs
+    if r._alt is not None:
+        ai, ser = r._alt
+        ser = ser.to(dt)
 
-    if metric.is_embedded:
-        low = line_length(idx, 9)
-        idx = idx[length[idx] > 1.02 * low]
-        if not idx.numel():
-            return
-    line_len = line_length(idx, 129)
-    longer = length[idx] > 1.02 * line_len
-    for j, i in enumerate(idx.tolist()):
-        if bool(longer[j]):
-            conv[i] = False
-            reasons[i] = (
-                f"the certified ODE solution (length {float(length[i]):.6g}) is longer than the straight line "
-                f"(length {float(line_len[j]):.6g}): a geodesic, but not the shortest path; try init='graph' "
-                "or more discretisation points"
-            )
+        def alt_fn(t):
+            out = _eval_series(ser, t)
+            out[:, 0], out[:, -1] = a[ai], b[ai]
+            return out
+
+        La, Ea = _dense_length(metric, a[ai], b[ai], alt_fn)
+        shorter = (status[ai] == 0) & (La + Ea < L[ai] * (1 - tol))
+        for j in torch.nonzero(shorter).reshape(-1).tolist():
+            i = int(ai[j])
+            status[i] = int(GeodesicStatus.NOT_SHORTEST)
+            reasons[i] = (f"the certified ODE solution (length {float(L[i]):.6g}) is longer than the curve from the "
+                          f"graph start (length {float(La[j]):.6g}): a geodesic, but not the shortest path")
+            r._series[i] = 0.0
+            r._series[i, : ser.shape[1]] = ser[j]
+            r._polyline[i] = False
+            r._from_knots[i] = False
+            L[i] = La[j]
+    bad = (status != 0) & ~to_line & ~same
+    if bool(bad.any()):
+        bi = torch.nonzero(bad).reshape(-1)
+        if not bool(((status[bi] == int(GeodesicStatus.NOT_SHORTEST))).all()):
+            fix = bi[status[bi] != int(GeodesicStatus.NOT_SHORTEST)]
+            r._from_knots[fix] = False  # (an unconverged ODE guess is never reported)
+            Lb, _ = _dense_length(metric, a[fix], b[fix], lambda t: r.curve(t)[fix])
+            Lb = torch.where(torch.isfinite(Lb), Lb, torch.full_like(Lb, float("inf")))
+            L[fix] = Lb
+        lt = line_len[bi] < L[bi]
+        to_line[bi[lt]] = True
+    if bool(to_line.any()):
+        li = torch.nonzero(to_line).reshape(-1)
+        L[li] = line_len[li]
+        r._from_knots[li] = False
+        if r._series is not None:
+            r._series[li] = _line_series_like(a[li], b[li], r._series.shape[1])
+            r._polyline[li] = False
+        else:
+            t = torch.linspace(0, 1, r.discrete_curve.shape[1], dtype=dt, device=dev)
+            r.discrete_curve[li] = a[li, None] + t[None, :, None] * (b[li] - a[li])[:, None]
+            r._polyline[li] = True
+        for i in li.tolist():
+            r.init[i] = "line"
+    L[same] = 0.0
+    status[same] = int(GeodesicStatus.SUCCESS)
+    for i in torch.nonzero(same).reshape(-1).tolist():
+        reasons[i] = ""
+    for i in torch.nonzero(status != 0).reshape(-1).tolist():
+        r.method[i] = ""
+    r.length, r.energy, r.status, r.reasons, r.line_length = L, L * L, status, reasons, line_len
+    with torch.no_grad():
+        if r._series is not None:
+            r.discrete_curve = r.curve(torch.linspace(0, 1, n_points, dtype=dt, device=dev))
+        ubad = status != 0
+        if bool(ubad.any()):
+            if r._series is not None:
+                v_s = _eval_series(r._series, torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0]
+                v_s = torch.where(r._polyline[:, None], _initial_velocity(r.discrete_curve), v_s)
+            else:
+                v_s = _initial_velocity(r.discrete_curve)
+            v_s = torch.where(to_line[:, None], b - a, v_s)
+            r.initial_velocity = torch.where(ubad[:, None], v_s, r.initial_velocity)
+    for k in ("_conv", "_budget", "_alt"):
+        r.__dict__.pop(k, None)
+    return r
 
 
-def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, energy_max_iter, rtol, atol,
-                    max_steps, recheck, degree, nodes, max_nodes, method):
+def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
+    degree, nodes, max_nodes, max_iter = solver.degree, solver.nodes, solver.max_nodes, solver.max_iter
+    first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
+    energy_max_iter, max_steps = solver.energy_max_iter, 10_000
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     t_lgl = lgl_nodes(degree, dt, dev)
@@ -433,10 +581,14 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
 
     def attempt(idx, how):
         with torch.no_grad():
-            c0 = _initial_curves(z0, z1, idx, how, graph, t_lgl, n_points if how == "graph" else degree + 1)
-            er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)))
+            c0 = _initial_curves(z0, z1, idx, how, graph, t_lgl, n_points if how == "graph" else degree + 1, warm)
+            er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)),
+                                          deadline=deadline)
             ser = nodes_to_series(er.nodes)
-            cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=max_nodes, max_iter=max_iter)
+            cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
+                           deadline=deadline)
+        evals[idx] += cr.evaluations + er.iterations * (degree + 1)
+        budget[idx] = cr.budget | (_expired(deadline) & ~cr.converged)
         return er, ser, cr
 
     Kmax = max(max_nodes + 2, degree + 1)
@@ -445,6 +597,8 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
         return torch.cat([x, x.new_zeros(x.shape[0], Kmax - x.shape[1], d)], 1) if x.shape[1] < Kmax else x
 
     all_idx = torch.arange(n, device=dev)
+    evals = torch.zeros(n, dtype=torch.long, device=dev)
+    budget = torch.zeros(n, dtype=torch.bool, device=dev)
     er, ser, cr = attempt(all_idx, init)
     conv = cr.converged.clone()
     series = torch.where(conv[:, None, None], padk(cr.series), padk(ser))
@@ -468,8 +622,18 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
         for i in torch.nonzero(same).reshape(-1).tolist():
             reasons[i], how_cert[i] = "", "collocation"
 
-    if graph is not None and init == "line" and not bool(conv.all()):
-        bad = torch.nonzero(~conv).reshape(-1)
+    alt_curves = None
+    retry = ~conv
+    if graph is not None and init != "graph" and n:
+        # the graph path is a competitor: certified pairs longer than it are re-solved from it too
+        with torch.no_grad():
+            glen = torch.as_tensor(graph.shortest_paths(z0, z1).lengths, dtype=dt, device=dev)
+        # (a kNN path is typically 5-15 % longer than the geodesic it follows: relaxing a path up
+        # to 15 % longer than the certified curve can still find a shorter geodesic)
+        retry = retry | (glen < length * 1.15)
+    if graph is not None and init != "graph" and bool(retry.any()) and not _expired(deadline):
+        bad = torch.nonzero(retry).reshape(-1)
+        was = conv[bad].clone()
         try:
             er2, ser2, cr2 = attempt(bad, "graph")
         except ValueError as exc:  # e.g. a pair outside the graph's connected component
@@ -478,26 +642,67 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
         else:
             iters[bad] += cr2.iterations
             e_iters[bad] += er2.iterations
+            # a certified graph start replaces the first solution when it is shorter (or the first failed)
+            fixed = cr2.converged & (~was | (cr2.length < length[bad]))
             for j, i in enumerate(bad.tolist()):
-                if bool(cr2.converged[j]):
+                if bool(fixed[j]):
                     used[i], reasons[i], how_cert[i] = "graph", "", "collocation"
-                else:
-                    reasons[i] = f"line init: {reasons[i]}; graph init: {cr2.reasons[j]}"
-            fixed = cr2.converged
+                elif not bool(was[j]):
+                    reasons[i] = f"{init} init: {reasons[i]}; graph init: {cr2.reasons[j]}"
             fi = bad[fixed]
             conv[fi] = True
             series[fi] = padk(cr2.series)[fixed]
             length[fi], v[fi], nq[fi] = cr2.length[fixed], cr2.velocity0[fixed], cr2.nodes[fixed]
             rel[fi], drift[fi], resid[fi] = cr2.rel_residual[fixed], cr2.speed_drift[fixed], cr2.residual[fixed]
-            # the graph start is kept as the best curve of pairs that still fail (it avoids the obstacle)
-            nf = bad[~fixed]
-            series[nf] = padk(ser2)[~fixed]
-            for j in torch.nonzero(~fixed).reshape(-1).tolist():
+            # the graph start's curve is kept as the best curve of pairs that still fail (it avoids
+            # obstacles); certified pairs keep theirs (the minimality check compares lengths later)
+            keep2 = ~fixed & ~was
+            nf = bad[keep2]
+            series[nf] = padk(ser2)[keep2]
+            for j in torch.nonzero(keep2).reshape(-1).tolist():
                 used[int(bad[j])] = "graph"
+            alt = ~fixed & was  # certified from the first start; the graph start's curve is a competitor
+            if bool(alt.any()):
+                alt_curves = (bad[alt], padk(ser2)[alt])
+
+    # escalation: pairs still not certified (and not out of time) get one finer pass from their
+    # best curve — twice the degree and the first nodes, up to max_nodes (sharp features of RBF
+    # variances need up to 512 nodes; most pairs never get here)
+    esc = ~conv & ~budget & ~same
+    if bool(esc.any()) and 2 * nodes <= max_nodes and not _expired(deadline):
+        ei = torch.nonzero(esc).reshape(-1)
+        with torch.no_grad():
+            t2 = lgl_nodes(2 * degree, dt, dev)
+            c0 = _eval_series(series[ei], t2)
+            c0[:, 0], c0[:, -1] = z0[ei], z1[ei]
+            er3 = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter,
+                                           rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
+            ser3 = nodes_to_series(er3.nodes)
+            cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
+                            max_iter=max_iter, deadline=deadline)
+        evals[ei] += cr3.evaluations + er3.iterations * (2 * degree + 1)
+        budget[ei] |= cr3.budget
+        iters[ei] += cr3.iterations
+        e_iters[ei] += er3.iterations
+        K3 = max(Kmax, max_nodes + 2)
+        if K3 > series.shape[1]:
+            series = torch.cat([series, series.new_zeros(n, K3 - series.shape[1], d)], 1)
+            Kmax = K3
+        fixed = cr3.converged
+        for j, i in enumerate(ei.tolist()):
+            if bool(fixed[j]):
+                reasons[i], how_cert[i] = "", "collocation"
+            else:
+                reasons[i] = f"{reasons[i]}; finer pass: {cr3.reasons[j]}"
+        fi = ei[fixed]
+        conv[fi] = True
+        series[fi] = padk(cr3.series)[fixed]
+        length[fi], v[fi], nq[fi] = cr3.length[fixed], cr3.velocity0[fixed], cr3.nodes[fixed]
+        rel[fi], drift[fi], resid[fi] = cr3.rel_residual[fixed], cr3.speed_drift[fixed], cr3.residual[fixed]
 
     knots = None
     from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
-    if method == "auto" and not bool(conv.all()):
+    if solver.shooting_fallback and not bool(conv.all()) and not _expired(deadline):
         bad = torch.nonzero(~conv).reshape(-1)
         with torch.no_grad():
             v_init = _eval_series(series[bad], torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0]
@@ -511,7 +716,7 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
             # endpoints' scale are stopped (otherwise they shrink their steps until max_steps)
             box = 100.0 * torch.maximum(z0[bad].abs().amax(1), z1[bad].abs().amax(1)).clamp_min(1.0)
             sh = shoot(acc, mfn, z0[bad], z1[bad], v_init, ftol=0.1 * tol, rtol=rtol, atol=atol,
-                       max_iter=max_iter, max_steps=max_steps, bound=box)
+                       max_iter=max_iter, max_steps=max_steps, bound=box, deadline=deadline)
         iters[bad] += sh["iterations"]
         okb = sh["converged"].clone()
         for j, i in enumerate(bad.tolist()):
@@ -522,6 +727,7 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
                 reasons[i], how_cert[i] = "", "shooting"
             else:
                 reasons[i] = f"{reasons[i]}; shooting fallback: {why}"
+        budget[bad] |= ~okb & torch.tensor(["budget" in r for r in sh["reasons"]], dtype=torch.bool, device=dev)
         fi = bad[okb]
         conv[fi] = True
         from_knots[fi] = True
@@ -546,29 +752,20 @@ def _solve_spectral(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
             rel[idx] = torch.maximum(rel[idx], rc["rel"])
             drift[idx] = torch.maximum(drift[idx], rc["drift"])
 
-    _flag_longer_than_line(metric, z0, z1, length, conv, reasons)
     how_cert = [h if bool(c) else "" for h, c in zip(how_cert, conv)]
     from_knots &= conv
     res = GeodesicResult(
-        z0=z0, z1=z1, length=length, energy=length * length, converged=conv, residual=resid, rel_residual=rel,
-        speed_drift=drift, iterations=iters, energy_iterations=e_iters, initial_velocity=v, reasons=reasons,
-        init=used, method=how_cert, nodes=nq, _series=series, _knots=knots, _from_knots=from_knots,
-        discrete_curve=torch.zeros(n, n_points, d, dtype=dt, device=dev),
+        z0=z0, z1=z1, length=length, residual=resid, rel_residual=rel, speed_drift=drift, initial_velocity=v,
+        reasons=reasons, init=used, method=how_cert, _series=series, _knots=knots, _from_knots=from_knots,
+        discrete_curve=torch.zeros(n, n_points, d, dtype=dt, device=dev), _conv=conv, _budget=budget & ~conv,
+        _alt=alt_curves, status=torch.zeros(n, dtype=torch.long, device=dev),
+        stats=dict(iterations=iters, energy_iterations=e_iters, evaluations=evals, nodes=nq),
     )
-    # non-converged pairs report the best available curve (flagged), sampled and measured like a polyline
-    with torch.no_grad():
-        res.discrete_curve = res.curve(torch.linspace(0, 1, n_points, dtype=dt, device=dev))
-        if n and not bool(conv.all()):
-            bad = ~conv
-            res.length = torch.where(bad, metric.length(res.discrete_curve), length)
-            res.energy = torch.where(bad, metric.energy(res.discrete_curve), length * length)
-            res.initial_velocity = torch.where(
-                bad[:, None], _eval_series(series, torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0], v)
     return res
 
 
-def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, energy_max_iter, rtol, atol, max_steps,
-                    recheck, **_):
+def _solve_shooting(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
+    n_points, max_iter, energy_max_iter, max_steps = solver.n_points, solver.max_iter, solver.energy_max_iter, solver.max_steps
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     acc = acceleration_fn(metric)
@@ -577,11 +774,11 @@ def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
 
     def attempt(idx, how):
         with torch.no_grad():
-            c_init = _initial_curves(z0, z1, idx, how, graph, tgrid, n_points)
+            c_init = _initial_curves(z0, z1, idx, how, graph, tgrid, n_points, warm)
             er = minimize_discrete_energy(metric, c_init, max_iter=energy_max_iter, rtol=1e-10)
             v_init = _initial_velocity(er.curve)
             sh = shoot(acc, mfn, z0[idx], z1[idx], v_init, ftol=0.1 * tol, rtol=rtol, atol=atol,
-                       max_iter=max_iter, max_steps=max_steps)
+                       max_iter=max_iter, max_steps=max_steps, deadline=deadline)
         return er, sh
 
     all_idx = torch.arange(n, device=dev)
@@ -596,7 +793,7 @@ def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
     reasons = list(sh["reasons"])
     used = [init] * n
     sh2 = None
-    if graph is not None and init == "line" and not bool(conv.all()):
+    if graph is not None and init != "graph" and not bool(conv.all()) and not _expired(deadline):
         bad = torch.nonzero(~conv).reshape(-1)
         try:
             er2, sh2 = attempt(bad, "graph")
@@ -604,7 +801,7 @@ def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
             for i in bad.tolist():
                 reasons[i] = f"line init: {reasons[i]}; graph init unavailable: {exc}"
             er2 = sh2 = None
-    if graph is not None and init == "line" and sh2 is not None:
+    if sh2 is not None:
         iters[bad] += sh2["iterations"]
         e_iters[bad] += er2.iterations
         fixed = sh2["converged"]
@@ -640,69 +837,75 @@ def _solve_shooting(metric, z0, z1, *, tol, init, graph, max_iter, n_points, ene
         why = _certificate_failure(bool(ok[i]), rs[i], float(rel[i]), float(drift[i]), tol, dt, "certification")
         if why:
             conv[i], reasons[i] = False, why
-    _flag_longer_than_line(metric, z0, z1, length, conv, reasons)
-    # non-converged pairs: report the discrete curve (flagged), never the ODE guess
-    disc_len = metric.length(curve_d) if n else torch.zeros(0, dtype=dt)
-    disc_en = metric.energy(curve_d) if n else torch.zeros(0, dtype=dt)
-    length_out = torch.where(conv, length, disc_len)
-    energy_out = torch.where(conv, length * length, disc_en)
+    budget = ~conv & torch.tensor(["budget" in r for r in reasons], dtype=torch.bool, device=dev)
     return GeodesicResult(
-        z0=z0, z1=z1, length=length_out, energy=energy_out, converged=conv, residual=resid,
-        rel_residual=rel, speed_drift=drift, iterations=iters, energy_iterations=e_iters,
+        z0=z0, z1=z1, length=length, residual=resid, rel_residual=rel, speed_drift=drift,
         initial_velocity=v, reasons=reasons, init=used, discrete_curve=curve_d, _knots=knots,
-        method=["shooting" if bool(c) else "" for c in conv], nodes=torch.zeros(n, dtype=torch.long, device=dev),
-        _from_knots=conv.clone(),
+        method=["shooting" if bool(c) else "" for c in conv], _from_knots=conv.clone(), _polyline=~conv,
+        _conv=conv, _budget=budget, _alt=None, status=torch.zeros(n, dtype=torch.long, device=dev),
+        stats=dict(iterations=iters, energy_iterations=e_iters, nodes=torch.zeros(n, dtype=torch.long, device=dev),
+                   evaluations=iters * 0),
     )
 
 
-def log_map(metric, z0, z1, *, on_failure: str = "raise", **kwargs) -> torch.Tensor:
-    """Riemannian logarithm: the initial velocity ``v`` of the geodesic from ``z0`` to ``z1``.
+def log_map(metric, z0, z1, *, on_failure: str = "raise", return_result: bool = False, **kwargs):
+    """Riemannian logarithm: the initial velocity ``v`` of the shortest geodesic from ``z0`` to ``z1``.
 
     ``‖v‖_{M(z0)}`` is the geodesic distance and ``exp_map(metric, z0, v) ≈ z1``.
 
     Args:
-        metric, z0, z1: as in :func:`connecting_geodesic` (``kwargs`` are passed on).
-        on_failure: ``"raise"`` (:class:`GeodesicConvergenceError` naming the pairs) or
-            ``"return"``, which returns ``(v, result)`` so the caller can inspect
-            ``result.converged`` (never a silent straight-line guess).
+        metric, z0, z1: as in :func:`connecting_geodesic`; ``kwargs`` are its keyword options
+            (``solver``, ``tol``, ``init``, ``graph``, ``budget``, ...).
+        on_failure: ``"raise"`` (:class:`GeodesicConvergenceError` naming the pairs, with
+            ``.result``), ``"warn"`` (a ``RuntimeWarning`` with the count) or ``"ignore"``; for
+            uncertified pairs ``v`` is ``γ'(0)`` of the shortest curve found (see ``result.status``).
+        return_result: also return the :class:`GeodesicResult`.
 
     Returns:
-        ``(N, d)`` velocities (``(d,)`` for single codes), or ``(v, GeodesicResult)`` when
-        ``on_failure="return"``.
+        ``(N, d)`` velocities (``(d,)`` for single codes), or ``(v, GeodesicResult)`` with
+        ``return_result=True``.
     """
-    if on_failure not in ("raise", "return"):
-        raise ValueError(f"unknown on_failure {on_failure!r}; expected 'raise' or 'return'")
+    on_failure = check_on_failure(on_failure)
     single = torch.as_tensor(z0).dim() == 1
     res = connecting_geodesic(metric, z0, z1, **kwargs)
     v = res.initial_velocity[0] if single else res.initial_velocity
-    if on_failure == "return":
-        return v, res
     if not bool(res.converged.all()):
-        raise GeodesicConvergenceError(f"log_map: {res.message}", res)
-    return v
+        msg = f"log_map: {res.message}"
+        if on_failure == "raise":
+            raise GeodesicConvergenceError(msg, res)
+        if on_failure == "warn":
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    return (v, res) if return_result else v
 
 
 class DistanceMatrix:
-    """Geodesic distances with per-entry convergence information.
+    """Geodesic distances with per-entry certification.
 
     Attributes:
-        distances: ``(n_A, n_B)`` tensor (best available estimate where not converged).
-        converged: ``(n_A, n_B)`` bool mask.
-        rel_residual: ``(n_A, n_B)`` relative endpoint mismatch of each solved geodesic.
-        n_failed: number of entries that did not converge.
+        distances: ``(n_A, n_B)``: the certified distance where ``converged``, elsewhere the length
+            of the shortest curve found (an upper bound, never above the straight line's).
+        converged: ``(n_A, n_B)`` bool mask (``status == SUCCESS``).
+        status: ``(n_A, n_B)`` long tensor of :class:`GeodesicStatus` values.
+        rel_residual: ``(n_A, n_B)`` relative ODE residual of each solved geodesic.
+        reasons: ``{(i, j): reason}`` for the pairs not certified (``i < j`` when ``B`` is ``None``).
+        n_failed: number of solved pairs that are not certified (``len(reasons)``; the warning
+            states the same count).
+        stats: dict: ``pairs`` solved, ``wall_time`` (s), ``evaluations`` (total).
 
     ``np.asarray(result)`` / ``result.numpy()`` give the distances; ``result[i, j]`` indexes them.
     """
 
-    def __init__(self, distances, converged, rel_residual, reasons):
+    def __init__(self, distances, converged, status, rel_residual, reasons, stats=None):
         self.distances = distances
         self.converged = converged
+        self.status = status
         self.rel_residual = rel_residual
         self.reasons = reasons
+        self.stats = stats or {}
 
     @property
     def n_failed(self) -> int:
-        return int((~self.converged).sum())
+        return len(self.reasons)
 
     @property
     def shape(self):
@@ -719,29 +922,41 @@ class DistanceMatrix:
         return self.distances.detach().cpu().numpy()
 
     def __repr__(self):
-        return f"DistanceMatrix(shape={tuple(self.shape)}, failed={self.n_failed})"
+        return f"DistanceMatrix(shape={tuple(self.shape)}, failed pairs={self.n_failed})"
 
 
-def distance_matrix(metric, A, B=None, *, chunk: int = 1024, progress: bool = False, on_failure: str = "warn", **kwargs) -> DistanceMatrix:
+def distance_matrix(
+    metric,
+    A,
+    B=None,
+    *,
+    solver=None,
+    tol: float = 1e-6,
+    graph=None,
+    budget: Optional[float] = 1.0,
+    chunk_size: int = 1024,
+    progress: Optional[bool] = None,
+    on_failure: str = "warn",
+) -> DistanceMatrix:
     """Pairwise geodesic distances between the rows of ``A`` and of ``B``.
 
     Args:
-        metric: a latentgeo metric.
+        metric: a latentgeo metric (float32 models are solved on a float64 copy made once).
         A: ``(n_A, d)`` codes. B: ``(n_B, d)`` codes, or ``None`` for ``A`` against itself (then only
             the ``i < j`` pairs are solved; the result is symmetric with a zero diagonal).
-        chunk: pairs per :func:`connecting_geodesic` call.
-        progress: show a tqdm progress bar over chunks.
-        on_failure: ``"warn"`` (a ``RuntimeWarning`` with the count; see ``.converged``) or ``"raise"``.
-        **kwargs: passed to :func:`connecting_geodesic` (``tol``, ``graph``, ...).
+        solver, tol, graph, budget: as in :func:`connecting_geodesic` (``graph``: e.g.
+            ``LatentGraph(metric, A)``, built once by the caller and reused).
+        chunk_size: pairs per :func:`connecting_geodesic` call.
+        progress: progress bar over pairs (solved / certified); Ctrl-C stops early and returns the
+            matrix so far (unsolved entries: the straight line's length, status ``STOPPED``).
+        on_failure: ``"warn"`` (a ``RuntimeWarning`` with the count), ``"raise"`` or ``"ignore"``.
 
     Returns:
-        :class:`DistanceMatrix` (``.distances``, ``.converged``, ``.n_failed``).
+        :class:`DistanceMatrix`.
     """
     metric = _check_metric(metric)
-    if on_failure not in ("warn", "raise"):
-        raise ValueError(f"unknown on_failure {on_failure!r}; expected 'warn' or 'raise'")
-    if int(chunk) != chunk or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    on_failure = check_on_failure(on_failure)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     A, _ = as_latent_batch(A, metric.latent_dim, name="A", allow_single=False)
     sym = B is None
     if sym:
@@ -751,40 +966,61 @@ def distance_matrix(metric, A, B=None, *, chunk: int = 1024, progress: bool = Fa
         if B.shape[1] != A.shape[1]:
             raise ValueError(f"A and B have different latent dimensions ({A.shape[1]} vs {B.shape[1]})")
         B = B.to(A.dtype)
+    out_dtype = A.dtype
+    metric, wdt = float64_metric(metric, A)
+    A, B = A.to(wdt), B.to(wdt)
     na, nb = A.shape[0], B.shape[0]
     if sym:
         ii, jj = torch.triu_indices(na, na, offset=1, device=A.device)
     else:
         ii, jj = torch.meshgrid(torch.arange(na, device=A.device), torch.arange(nb, device=A.device), indexing="ij")
         ii, jj = ii.reshape(-1), jj.reshape(-1)
-    D = torch.zeros(na, nb, dtype=A.dtype, device=A.device)
-    C = torch.ones(na, nb, dtype=torch.bool, device=A.device)
-    R = torch.zeros(na, nb, dtype=A.dtype, device=A.device)
+    D = torch.zeros(na, nb, dtype=wdt, device=A.device)
+    S = torch.zeros(na, nb, dtype=torch.long, device=A.device)
+    R = torch.zeros(na, nb, dtype=wdt, device=A.device)
     reasons = {}
-    starts = range(0, ii.numel(), int(chunk))
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="geodesic distances", unit="chunk")
-    for s in starts:
-        i, j = ii[s : s + chunk], jj[s : s + chunk]
-        res = connecting_geodesic(metric, A[i], B[j], **kwargs)
-        D[i, j] = res.length
-        C[i, j] = res.converged
-        R[i, j] = res.rel_residual
-        for k, r in enumerate(res.reasons):
-            if r:
+    t0 = time.perf_counter()
+    evals = 0
+    npairs = ii.numel()
+    done = 0
+    with progress_bar(total=npairs, desc="geodesic distances", progress=progress, unit="pair") as bar:
+        try:
+            for s in range(0, npairs, chunk_size):
+                i, j = ii[s : s + chunk_size], jj[s : s + chunk_size]
+                res = connecting_geodesic(metric, A[i], B[j], solver=solver, tol=tol, graph=graph, budget=budget,
+                                          chunk_size=chunk_size, progress=False)
+                D[i, j], S[i, j], R[i, j] = res.length, res.status, res.rel_residual
+                evals += int(res.stats["evaluations"].sum())
+                for k, r in enumerate(res.messages):
+                    if r:
+                        reasons[(int(i[k]), int(j[k]))] = r
+                done = s + i.numel()
+                bar.update(i.numel())
+                bar.set_postfix(failed=len(reasons))
+        except KeyboardInterrupt:
+            i, j = ii[done:], jj[done:]
+            lr = _line_result(metric, A[i], B[j], 5, GeodesicStatus.STOPPED, "stopped by the user (KeyboardInterrupt)")
+            D[i, j], S[i, j], R[i, j] = lr.length, lr.status, lr.rel_residual
+            for k, r in enumerate(lr.messages):
                 reasons[(int(i[k]), int(j[k]))] = r
     if sym:
         D = D + D.T
-        C = C & C.T
+        S = torch.maximum(S, S.T)
         R = R + R.T
-    out = DistanceMatrix(D, C, R, reasons)
+    out = DistanceMatrix(D.to(out_dtype) if out_dtype.is_floating_point else D, S == 0, S,
+                         R.to(out_dtype) if out_dtype.is_floating_point else R, reasons,
+                         dict(pairs=npairs, wall_time=time.perf_counter() - t0, evaluations=evals))
     if out.n_failed:
-        npairs = len(reasons)
-        msg = (f"distance_matrix: {npairs} of {ii.numel()} geodesics did not converge; their entries hold the "
-               f"discrete-curve estimate and are False in .converged (first: {next(iter(reasons.items()))})")
+        counts = {}
+        for s_ in S[ii, jj].tolist():
+            if s_:
+                counts[GeodesicStatus(s_).name] = counts.get(GeodesicStatus(s_).name, 0) + 1
+        first = next(iter(reasons.items()))
+        msg = (f"distance_matrix: {out.n_failed} of {npairs} geodesics not certified "
+               f"({', '.join(f'{k} {v}' for k, v in counts.items())}); their entries hold upper bounds (the "
+               f"shortest curve found) and are False in .converged (first: {first})")
         if on_failure == "raise":
             raise GeodesicConvergenceError(msg, out)
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if on_failure == "warn":
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return out

@@ -21,11 +21,13 @@ Example:
     >>> A = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, 0.0]], dtype=torch.float64)
     >>> metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T))
     >>> res = exp_map(metric, torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, 2, dtype=torch.float64))
-    >>> bool(res.success.all()), torch.allclose(res.endpoint, torch.ones(3, 2, dtype=torch.float64))
+    >>> bool(res.converged.all()), torch.allclose(res.z1, torch.ones(3, 2, dtype=torch.float64))
     (True, True)
 """
 
 from __future__ import annotations
+
+import time
 
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -35,7 +37,7 @@ import torch
 from .._validation import as_latent_batch
 from .ode import _check_metric, acceleration_fn
 
-__all__ = ["dopri5", "exp_map", "ExpMapResult", "hermite5"]
+__all__ = ["dopri5", "exp_map", "hermite5"]
 
 # Dormand–Prince 5(4) tableau
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -76,6 +78,7 @@ def dopri5(
     h_min: float = 1e-12,
     bound=None,
     bound_cols: Optional[int] = None,
+    deadline: Optional[float] = None,
 ):
     """Integrate ``y' = f(y)`` for a batch of autonomous systems over ``τ ∈ [0, 1]``.
 
@@ -194,6 +197,9 @@ def dopri5(
             trace.f.append(ks[6][accept][:, :record].clone())
         bad = (~accept) & ((hnew < h_min) | ~finite & (ha <= h_min * 10))
         too_many = (n_steps[ia] + n_rej[ia]) >= max_steps
+        late = deadline is not None and time.perf_counter() > deadline
+        if late:
+            too_many = torch.ones_like(too_many)
         if bound is not None:
             bnd = bound[ia] if isinstance(bound, torch.Tensor) else bound
             escaped = accept & (ynew[:, : (bound_cols or dim)].abs().amax(1) > bnd)
@@ -206,6 +212,8 @@ def dopri5(
                 if bool(escaped[k]):
                     b = float(bnd[k]) if isinstance(bnd, torch.Tensor) else float(bnd)
                     reason[i] = f"trajectory left the region max|z| ≤ {b:.3g} at τ={float(t[i]):.3g}"
+                elif late:
+                    reason[i] = f"time budget exhausted during integration at τ={float(t[i]):.3g}"
                 elif bool(too_many[k]):
                     reason[i] = f"integrator stopped after {max_steps} step attempts at τ={float(t[i]):.3g}"
                 elif not bool(finite[k]):
@@ -288,73 +296,6 @@ def hermite5(knots_t, z, v, a, t_query):
     return out
 
 
-class ExpMapResult:
-    """Result of :func:`exp_map`.
-
-    Attributes:
-        endpoint: ``(N, d)`` ``γ(t)``.
-        velocity: ``(N, d)`` ``γ'(t)``.
-        success: ``(N,)`` bool, the integration reached ``t`` within tolerance (alias ``converged``).
-        n_steps, n_rejected: ``(N,)`` accepted and rejected RK steps.
-        message: per-trajectory reasons for failures (empty string when successful).
-        times, path: ``(N, S)`` and ``(N, S, d)`` accepted step knots (with ``return_path=True``).
-    """
-
-    def __init__(self, endpoint, velocity, success, n_steps, n_rejected, reasons, t_scale, knots=None, single=False):
-        self.endpoint = endpoint[0] if single else endpoint
-        self.velocity = velocity[0] if single else velocity
-        self.success = success[0] if single else success
-        self.n_steps = n_steps[0] if single else n_steps
-        self.n_rejected = n_rejected[0] if single else n_rejected
-        self.reasons = reasons
-        self._t_scale = t_scale  # (N,)
-        self._knots = knots
-        self._single = single
-
-    @property
-    def converged(self):
-        return self.success
-
-    @property
-    def message(self) -> str:
-        bad = [f"{i}: {r}" for i, r in enumerate(self.reasons) if r]
-        if not bad:
-            return "all trajectories integrated to tolerance"
-        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-        return f"{len(bad)} of {len(self.reasons)} trajectories failed: " + "; ".join(bad[:5]) + more
-
-    @property
-    def times(self):
-        if self._knots is None:
-            return None
-        tt = self._knots[0] * self._t_scale[:, None]
-        return tt[0] if self._single else tt
-
-    @property
-    def path(self):
-        if self._knots is None:
-            return None
-        p = self._knots[1]
-        return p[0] if self._single else p
-
-    def at(self, s) -> torch.Tensor:
-        """Positions at fractions ``s ∈ [0, 1]`` of the integration (``(T,)`` → ``(N, T, d)``), by
-        quintic Hermite dense output. Needs ``return_path=True``."""
-        if self._knots is None:
-            raise ValueError("exp_map was called without return_path=True; no dense output is stored")
-        kt, z, v, a = self._knots
-        s = torch.as_tensor(s, dtype=kt.dtype, device=kt.device)
-        if s.dim() != 1 or not bool(((s >= 0) & (s <= 1)).all()):
-            raise ValueError("query fractions must be a 1-d tensor with values in [0, 1]")
-        out = hermite5(kt, z, v, a, s)
-        return out[0] if self._single else out
-
-    def __repr__(self):
-        n = self.success.numel()
-        ok = int(self.success.sum())
-        return f"ExpMapResult(n={n}, succeeded={ok}, mean_steps={float(self.n_steps.double().mean()):.1f})"
-
-
 def _geodesic_rhs(acc, d):
     def f(y):
         z, v = y[:, :d], y[:, d:]
@@ -373,7 +314,7 @@ def exp_map(
     atol: float = 1e-10,
     return_path: bool = False,
     max_steps: int = 10_000,
-) -> ExpMapResult:
+):
     """Riemannian exponential map ``Exp_z(t·v) = γ(t)``, with ``γ(0) = z``, ``γ'(0) = v``.
 
     Args:
@@ -382,12 +323,21 @@ def exp_map(
         v: ``(N, d)`` initial velocities.
         t: scalar or ``(N,)`` times (may be negative).
         rtol, atol: Dormand–Prince 5(4) tolerances on position and velocity.
-        return_path: keep the accepted steps (``.times``, ``.path``, ``.at(s)`` dense output).
+        return_path: keep the accepted steps: ``.curve(s)`` (quintic Hermite dense output at
+            fractions ``s ∈ [0, 1]`` of the integration), ``.knot_times``, ``.knot_points``.
         max_steps: step attempts per trajectory.
 
     Returns:
-        :class:`ExpMapResult` with ``.endpoint``, ``.velocity``, ``.success`` per item.
+        :class:`~latentgeo.geodesics.GeodesicResult` (the same type as connecting geodesics):
+        ``z1`` the endpoints ``γ(t)``, ``end_velocity`` ``γ'(t)``, ``initial_velocity`` ``v``,
+        ``length`` ``|t|·‖v‖_{M(z)}``, ``status`` (``SUCCESS``, or ``NOT_CONVERGED`` /
+        ``NONFINITE`` with ``reasons``), ``speed_drift`` (relative change of the conserved speed
+        between the ends: an independent check), ``stats`` (``iterations`` = accepted RK steps,
+        ``rejected``, ``evaluations`` = accelerations evaluated, ``wall_time``).
     """
+    from .result import GeodesicResult, GeodesicStatus
+
+    t_start = time.perf_counter()
     metric = _check_metric(metric)
     z, single = as_latent_batch(z, metric.latent_dim, name="z")
     v, _ = as_latent_batch(v, metric.latent_dim, name="v")
@@ -420,4 +370,25 @@ def exp_map(
             kt, Y, F = _trace_to_padded(trace, n, ns)
             knots = (kt, Y[..., :d], Y[..., d:], F[..., d:])
         vel = torch.where(tt[:, None] != 0, y1[:, d:] / torch.where(tt == 0, torch.ones_like(tt), tt)[:, None], v)
-    return ExpMapResult(y1[:, :d], vel, ok, ns, nr, reasons, tt, knots, single)
+        mfn = metric.tensor_fn()
+        sp0 = torch.einsum("ni,nij,nj->n", v, mfn(z), v).clamp_min(0).sqrt()
+        sp1 = torch.einsum("ni,nij,nj->n", vel, mfn(y1[:, :d]), vel).clamp_min(0).sqrt()
+    tiny = torch.finfo(z.dtype).tiny
+    drift = torch.where(sp0 > 0, (sp1 - sp0).abs() / sp0.clamp_min(tiny), sp1)
+    status = torch.where(ok, int(GeodesicStatus.SUCCESS), int(GeodesicStatus.NOT_CONVERGED)).long()
+    for i, r in enumerate(reasons):
+        if r and "non-finite" in r:
+            status[i] = int(GeodesicStatus.NONFINITE)
+    L = tt.abs() * sp0
+    zeros = torch.zeros(n, dtype=z.dtype, device=z.device)
+    res = GeodesicResult(
+        z0=z, z1=y1[:, :d], length=L, energy=L * L, status=status, reasons=list(reasons), initial_velocity=v,
+        end_velocity=vel, residual=zeros, rel_residual=zeros.clone(), speed_drift=drift, method=["ivp"] * n,
+        init=[""] * n, line_length=torch.full((n,), float("nan"), dtype=z.dtype, device=z.device),
+        discrete_curve=torch.stack([z, y1[:, :d]], 1), _knots=knots, _from_knots=torch.ones(n, dtype=torch.bool, device=z.device),
+        _needs_path=knots is None,
+        knot_times=None if knots is None else knots[0] * tt[:, None], knot_points=None if knots is None else knots[1],
+        stats=dict(iterations=ns, rejected=nr, evaluations=6 * (ns + nr), nodes=torch.zeros_like(ns),
+                   wall_time=torch.full((n,), (time.perf_counter() - t_start) / max(n, 1), dtype=torch.float64)),
+    )
+    return res

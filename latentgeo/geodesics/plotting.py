@@ -69,6 +69,7 @@ def plot_geodesics(
     colors: Optional[Sequence] = None,
     names: Optional[Sequence[str]] = None,
     converged=None,
+    endpoint_colors: Optional[Sequence] = None,
     background: bool = True,
     title: Optional[str] = "Geodesics (solid) and straight lines (dashed)",
     n_points: int = 200,
@@ -86,8 +87,11 @@ def plot_geodesics(
         resolution, codes, labels: passed to :func:`~latentgeo.plotting.plot_magnification`.
         colors: one colour per curve (default: ``tab10``).
         names: legend entries per curve (e.g. ``"3 → 8"``).
-        converged: ``(N,)`` bool; non-converged curves are drawn dotted and say so in the
-            legend (default: ``curves.converged`` for a result object).
+        converged: ``(N,)`` bool; uncertified curves are drawn thin, crossed by red ``×`` marks
+            along their length, and say "NOT certified" (with the status name) in the legend
+            (default: ``curves.converged`` for a result object).
+        endpoint_colors: per curve a pair ``(colour at z0, colour at z1)`` for the endpoint
+            markers (e.g. the colours of the endpoints' classes; default: the curve's colour).
         background: draw the magnification map (when no ``ax`` is given).
         n_points: points at which a result object's curves are evaluated.
 
@@ -110,6 +114,9 @@ def plot_geodesics(
         raise ValueError(f"{len(colors)} colours for {n} curves")
     if names is not None and len(names) != n:
         raise ValueError(f"{len(names)} names for {n} curves")
+    if endpoint_colors is not None and len(endpoint_colors) != n:
+        raise ValueError(f"{len(endpoint_colors)} endpoint colour pairs for {n} curves")
+    status = getattr(curves, "status", None)
     arr = pts.cpu().double().numpy()
     if extent is None:
         allp = arr.reshape(-1, 2)
@@ -135,14 +142,27 @@ def plot_geodesics(
     halo = [patheffects.Stroke(linewidth=4.2, foreground="white", alpha=0.8), patheffects.Normal()]
     handles = []
     for i in range(n):
-        label = None if names is None else names[i] + ("" if conv[i] else " (not converged)")
-        (ln,) = ax.plot(arr[i, :, 0], arr[i, :, 1], color=colors[i], lw=2.4, ls="-" if conv[i] else ":", label=label,
-                        zorder=5, path_effects=halo)
+        why = ""
+        if not conv[i]:
+            why = " (NOT certified" + ("" if status is None else f": {int(status[i])} {_status_name(int(status[i]))}") + ")"
+        label = None if names is None else names[i] + why
+        if conv[i]:
+            (ln,) = ax.plot(arr[i, :, 0], arr[i, :, 1], color=colors[i], lw=2.4, ls="-", label=label, zorder=5,
+                            path_effects=halo)
+        else:
+            # unmistakable: a thin solid line crossed by red × marks (never dotted or dashed, which
+            # would resemble the straight lines)
+            every = max(1, arr.shape[1] // 12)
+            (ln,) = ax.plot(arr[i, :, 0], arr[i, :, 1], color=colors[i], lw=1.3, ls="-", marker="x", markersize=7,
+                            markeredgewidth=2.0, markeredgecolor="red", markevery=every, label=label, zorder=5,
+                            path_effects=halo)
         handles.append(ln)
         if straight:
             ax.plot(arr[i, [0, -1], 0], arr[i, [0, -1], 1], color=colors[i], lw=1.4, ls="--", alpha=0.95, zorder=4,
                     path_effects=halo)
-        ax.scatter(arr[i, [0, -1], 0], arr[i, [0, -1], 1], color=colors[i], s=28, edgecolors="black", linewidths=0.7, zorder=6)
+        ends = (colors[i], colors[i]) if endpoint_colors is None else endpoint_colors[i]
+        ax.scatter(arr[i, [0, -1], 0], arr[i, [0, -1], 1], color=list(ends), s=34, edgecolors="black", linewidths=0.8,
+                   zorder=6)
     if keep:
         ax.set_xlim(xlim)
         ax.set_ylim(ylim)
@@ -152,6 +172,15 @@ def plot_geodesics(
             ax.add_artist(old)  # keep e.g. the codes' legend
         ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.85, title="geodesics")
     return ax
+
+
+def _status_name(code: int) -> str:
+    from .result import GeodesicStatus
+
+    try:
+        return GeodesicStatus(code).name
+    except ValueError:
+        return "unknown"
 
 
 def _item_shape(x: np.ndarray, item_shape):
@@ -176,6 +205,7 @@ def plot_decoded_strips(
     cmap: str = "gray",
     clip: Optional[tuple] = (0.0, 1.0),
     title: Optional[str] = None,
+    failed=None,
 ):
     """Rows of decoded images along curves.
 
@@ -188,6 +218,8 @@ def plot_decoded_strips(
         item_shape: ``(H, W)`` of one image (default: inferred square).
         row_labels: one label per row (drawn at the left).
         clip: value range shown (``None``: the decoded range).
+        failed: ``(R,)`` bool: rows whose curve is not a certified geodesic get a red frame and
+            "✗ not certified" after their label.
 
     Returns:
         the Figure (one image per row in ``fig.axes``).
@@ -206,6 +238,9 @@ def plot_decoded_strips(
     rows = pts.shape[0]
     if row_labels is not None and len(row_labels) != rows:
         raise ValueError(f"{len(row_labels)} row labels for {rows} curves")
+    bad = np.zeros(rows, dtype=bool) if failed is None else np.asarray(torch.as_tensor(failed).cpu(), dtype=bool).reshape(-1)
+    if bad.shape[0] != rows:
+        raise ValueError(f"failed has {bad.shape[0]} entries for {rows} rows")
     flat = pts.reshape(-1, pts.shape[-1])
     with torch.no_grad():
         if hasattr(decode_fn, "distribution") and callable(decode_fn.distribution):
@@ -236,9 +271,13 @@ def plot_decoded_strips(
         ax.set_xticks([])
         ax.set_yticks([])
         for s in ax.spines.values():
-            s.set_visible(False)
+            s.set_visible(bool(bad[r]))
+            if bad[r]:
+                s.set_edgecolor("red")
+                s.set_linewidth(2.0)
         if row_labels is not None:
-            ax.set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize="small")
+            lab = row_labels[r] + ("  ✗ not certified" if bad[r] else "")
+            ax.set_ylabel(lab, rotation=0, ha="right", va="center", fontsize="small", color="red" if bad[r] else "black")
     if title:
         fig.suptitle(title)
     return fig

@@ -59,6 +59,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -211,6 +212,11 @@ class _Norm:
         return s.clamp_min(0).sqrt()
 
 
+def _expired(deadline) -> bool:
+    """Whether the wall-clock ``deadline`` (``time.perf_counter()`` seconds, or ``None``) has passed."""
+    return deadline is not None and time.perf_counter() > deadline
+
+
 _ROWS = 2048  # points per decoder evaluation: larger batches fall out of cache (measured ~1.5x slower)
 
 
@@ -296,6 +302,7 @@ def minimize_spectral_energy(
     *,
     max_iter: int = 50,
     rtol: Optional[float] = None,
+    deadline: Optional[float] = None,
 ) -> SpectralEnergyResult:
     """Minimise the pseudospectral energy of curves given by their values at LGL nodes.
 
@@ -333,7 +340,7 @@ def minimize_spectral_energy(
         scale = (c[:, -1] - c[:, 0]).abs().amax(1).clamp_min(1.0)
         for _ in range(int(max_iter)):
             act = torch.nonzero(~(conv | dead)).reshape(-1)
-            if act.numel() == 0:
+            if act.numel() == 0 or _expired(deadline):
                 break
             iters[act] += 1
             s, q, ok = damped_step(H[act], G[act], lam[act])
@@ -376,6 +383,8 @@ class CollocationResult:
         speed_drift: ``(n,)`` ``max |‖γ'(τ_q)‖_M − L| / L`` over the collocation nodes.
         converged: ``(n,)`` certified (residual, drift and truncation ``≤ tol``).
         iterations: ``(n,)`` fixed-point iterations over all resolutions; ``nodes``: final ``Q``.
+        evaluations: ``(n,)`` points at which the geodesic acceleration was evaluated.
+        budget: ``(n,)`` the pair stopped because the ``deadline`` passed.
         reasons: why a pair was not certified (``""`` otherwise).
     """
 
@@ -389,6 +398,8 @@ class CollocationResult:
     iterations: torch.Tensor
     nodes: torch.Tensor
     reasons: list
+    evaluations: Optional[torch.Tensor] = None
+    budget: Optional[torch.Tensor] = None
 
 
 def _line_series(z0, z1, K):
@@ -406,7 +417,24 @@ def _pad(series, K):
     return torch.cat([series, series.new_zeros(series.shape[0], K - series.shape[1], series.shape[2])], 1)
 
 
-def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False):
+def _solve_batch(A, b):
+    """``torch.linalg.solve_ex`` for a batch, pair by pair where the batched LAPACK call raises
+    (MKL's batched LU can fail on badly scaled matrices); failed systems get ``info = 1``."""
+    try:
+        return torch.linalg.solve_ex(A, b)
+    except RuntimeError:
+        x = torch.zeros_like(b)
+        info = torch.ones(A.shape[0], dtype=torch.int32, device=A.device)
+        for k in range(A.shape[0]):
+            try:
+                xk, ik = torch.linalg.solve_ex(A[k], b[k])
+            except RuntimeError:
+                continue
+            x[k], info[k] = xk, ik
+        return x, info
+
+
+def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None):
     """Anderson-accelerated fixed-point iteration of the Gauss collocation equations at ``Q`` nodes.
 
     The unknowns are the accelerations ``x`` at the nodes; ``Φ(x) = a(γ_x, γ_x')`` with ``γ_x`` the
@@ -460,12 +488,21 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     dead = torch.zeros(n, dtype=torch.bool, device=dev)
     iters = torch.zeros(n, dtype=torch.long, device=dev)
     grow = torch.zeros(n, dtype=torch.long, device=dev)
+    evals = torch.zeros(n, dtype=torch.long, device=dev)
+    budget = torch.zeros(n, dtype=torch.bool, device=dev)
     reasons = [""] * n
     for _ in range(int(max_iter)):
         act = torch.nonzero(~(conv | dead)).reshape(-1)
         if act.numel() == 0:
             break
+        if _expired(deadline):
+            budget[act] = True
+            dead[act] = True
+            for i in act.tolist():
+                reasons[i] = f"time budget exhausted during collocation at {Q} nodes (residual {float(change[i]):.2e})"
+            break
         iters[act] += 1
+        evals[act] += Q * (2 * d + 1 if newton else 1)
         k = act.numel()
         ya = Ly[act] + torch.einsum("qp,npd->nqd", GY, x[act])
         ypa = Lyp[act] + torch.einsum("qp,npd->nqd", GYp, x[act])
@@ -531,9 +568,13 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
             JP = JP.reshape(k, Q * d, Q * d)
             eye = torch.eye(Q * d, dtype=dt, device=dev)
-            delta, info = torch.linalg.solve_ex(eye - JP, f.unsqueeze(-1))
+            huge = 1e100
+            fin = (JP.abs() < huge).all(2).all(1) & (f.abs() < huge).all(1)  # (also False for NaN)
+            JP = torch.where(fin[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
+            rhs = torch.where(fin[:, None], f, torch.zeros_like(f)).unsqueeze(-1)
+            delta, info = _solve_batch(eye - JP, rhs)
             delta = delta.squeeze(-1)
-            good = (info == 0) & torch.isfinite(delta).all(1) & ~worse
+            good = (info == 0) & torch.isfinite(delta).all(1) & ~worse & fin
             # accepted point: a full Newton step from it; rejected: halve the previous step
             alpha[act] = torch.where(good, torch.ones_like(alpha[act]), 0.5 * alpha[act])
             base_x = torch.where(good[:, None], x[act].reshape(k, -1), x_acc[act])
@@ -573,7 +614,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             f"(relative residual {float(change[i]):.2e})"
         )
     return dict(series=out_series, length=length, v0=v0, residual=change_e, rel=change, drift=drift,
-                tail=tail, conv=conv, dead=dead, iters=iters, reasons=reasons)
+                tail=tail, conv=conv, dead=dead, iters=iters, reasons=reasons, evals=evals, budget=budget)
 
 
 def collocate(
@@ -586,6 +627,7 @@ def collocate(
     nodes: int = 16,
     max_nodes: int = 64,
     max_iter: int = 30,
+    deadline: Optional[float] = None,
 ) -> CollocationResult:
     """Certify (and refine) connecting geodesics by Gauss–Legendre collocation.
 
@@ -598,6 +640,8 @@ def collocate(
         nodes: collocation nodes ``Q`` of the first attempt; unresolved pairs are retried with
             ``2Q``, ``4Q`` … up to ``max_nodes``.
         max_iter: fixed-point iterations per resolution.
+        deadline: ``time.perf_counter()`` time after which the pairs still unsolved stop
+            (``budget`` marks them).
 
     Returns:
         :class:`CollocationResult`.
@@ -618,6 +662,8 @@ def collocate(
         converged=torch.zeros(n, dtype=torch.bool, device=dev),
         iterations=torch.zeros(n, dtype=torch.long, device=dev),
         nodes=torch.zeros(n, dtype=torch.long, device=dev),
+        evaluations=torch.zeros(n, dtype=torch.long, device=dev),
+        budget=torch.zeros(n, dtype=torch.bool, device=dev),
     )
     reasons = [""] * n
     out["series"][:, : min(series.shape[1], Kmax)] = series[:, :Kmax]
@@ -629,7 +675,8 @@ def collocate(
         start = out["series"][sel].clone()
         # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
         # pairs it does not settle go to Newton at the same resolution
-        r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, 10), newton=mode)
+        r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, 10), newton=mode,
+                    deadline=deadline)
         ok = r["conv"] & (r["tail"] <= tol) & (r["drift"] <= drift_tol)
         # a diverged attempt keeps its starting curve (the diverged iterate is worthless)
         keep = ~r["dead"] | ok
@@ -640,6 +687,8 @@ def collocate(
         out["rel_residual"][sel] = torch.maximum(r["rel"], r["tail"].nan_to_num(float("inf")))
         out["speed_drift"][sel] = r["drift"]
         out["iterations"][sel] += r["iters"]
+        out["evaluations"][sel] += r["evals"]
+        out["budget"][sel] |= r["budget"]
         out["nodes"][sel] = Q
         out["converged"][sel[ok]] = True
         same, nxt = [], []
@@ -651,10 +700,14 @@ def collocate(
                 f"collocation not resolved with {Q} nodes (speed drift {float(r['drift'][j]):.2e}, "
                 f"trailing coefficients {float(r['tail'][j]):.2e}; tol {tol:g})"
             )
+            if bool(r["budget"][j]):
+                continue
             if not mode and not bool(r["conv"][j]):
                 newt[i] = True  # the fixed-point iteration diverged or is slow: Newton, same resolution
                 same.append(i)
-            elif bool(r["conv"][j]) and 2 * Q <= max_nodes:  # converged but unresolved: more nodes
+            elif 2 * Q <= max_nodes:
+                # converged but unresolved, or Newton failed at this resolution (a curve with sharp
+                # features the Q-node polynomial cannot follow): more nodes, from the kept curve
                 nxt.append(i)
         return same, nxt
 

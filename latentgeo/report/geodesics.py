@@ -8,12 +8,12 @@ For a model with a 2-D latent space and labelled data, the section
    pullback metric of the decoder) with :func:`latentgeo.geodesics.connecting_geodesic` at
    ``tol = options["geodesic_tol"]`` (default ``1e-6``; float32 models are solved on a float64
    copy, since 1e-6 needs float64) with bounded work (``geodesic_max_iter`` 20 collocation /
-   Newton iterations, ``geodesic_max_nodes`` 256 collocation nodes — the RBF-variance metric's
-   geodesics need 128–256 —, ``geodesic_max_steps`` 2000 RK steps in the shooting fallback;
-   pairs that do not converge are reported, drawn dotted, with the solver's reason in
-   ``summary.json``, which also says what certified each pair), initialised from shortest paths in a
-   grid graph over the plot extent (:class:`~latentgeo.geodesics.graph.LatentGraph`, which
-   falls back to the straight line only where that is shorter);
+   Newton iterations, ``geodesic_max_nodes`` 512 collocation nodes — the RBF-variance metric's
+   geodesics need 128–512 —, ``geodesic_budget`` 1 s per pair; pairs that are not certified are
+   reported, drawn in a distinct style, with their status and reason in ``summary.json``), initialised
+   from shortest paths in a kNN graph over the data's codes
+   (:class:`~latentgeo.geodesics.graph.LatentGraph`; a grid over the plot extent when there are
+   fewer than 20 codes), with the straight line as a competitor in the minimality check;
 3. writes ``geodesics.png`` (geodesics over the magnification map, straight lines dashed) and
    ``geodesic_strips.png`` (decoded images along the geodesic and the straight line of each
    pair, on consecutive rows);
@@ -62,7 +62,7 @@ def class_centre_pairs(codes: torch.Tensor, labels, n_classes: int = 4):
 
 
 def geodesics_section(ctx: ReportContext) -> dict:
-    from ..geodesics import connecting_geodesic
+    from ..geodesics import Collocation, GeodesicStatus, connecting_geodesic
     from ..geodesics.graph import LatentGraph
     from ..geodesics.plotting import plot_decoded_strips, plot_geodesics
 
@@ -82,30 +82,39 @@ def geodesics_section(ctx: ReportContext) -> dict:
     tol = ctx.options["geodesic_tol"]
     tol = float(tol if tol is not None else (1e-6 if codes.dtype == torch.float64 else 1e-4))
     max_iter = int(ctx.options["geodesic_max_iter"])
-    max_steps = int(ctx.options["geodesic_max_steps"])
+    budget = ctx.options["geodesic_budget"]
     grid_res = int(ctx.options["geodesic_grid"])
     z0, z1, names = class_centre_pairs(codes, ctx.labels, n_classes)
 
     t = time.perf_counter()
     x0, x1, y0, y1 = ctx.extent
-    graph = LatentGraph.grid(metric, [(x0, x1), (y0, y1)], grid_res, dtype=codes.dtype, device=codes.device)
+    # a kNN graph over the data's codes: its paths follow the data (where the RBF variance is
+    # low), which a grid over the plot extent does not; the grid is kept for code-less contexts
+    if codes.shape[0] >= 20:
+        graph = LatentGraph(metric, codes, k=10, disconnected="bridge")
+    else:
+        graph = LatentGraph.grid(metric, [(x0, x1), (y0, y1)], grid_res, dtype=codes.dtype, device=codes.device)
     graph_s = time.perf_counter() - t
     t = time.perf_counter()
-    # the demo's RBF-variance metric has sharp features: its geodesics need 128-256 collocation
-    # nodes (with fewer, the shooting fallback certifies them, just as well but slower)
+    # the demo's RBF-variance metric has sharp features: its geodesics need 128-512 collocation
+    # nodes; the per-pair time budget bounds the section on any model
     max_nodes = int(ctx.options["geodesic_max_nodes"])
-    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph, max_iter=max_iter, max_steps=max_steps,
-                              max_nodes=max_nodes)
+    solver = Collocation(max_iter=max_iter, max_nodes=max_nodes)
+    res = connecting_geodesic(metric, z0, z1, tol=tol, init="graph", graph=graph, solver=solver, budget=budget,
+                              progress=False)
     solve_s = time.perf_counter() - t
     s = torch.linspace(0, 1, 513, dtype=z0.dtype, device=z0.device)[None, :, None]
     lines = z0[:, None] + s * (z1 - z0)[:, None]
     with torch.no_grad():
         straight = metric.length(lines)
-    geo = res.length.detach()  # discrete-curve length where a pair did not converge
+    geo = res.length.detach()  # an upper bound (shortest curve found) where a pair is not certified
 
     fig, ax = ctx.magnification_figure(title="Geodesics (solid) vs straight lines (dashed) between class centres")
     labels = [f"{a} → {b}" for a, b in names]
-    plot_geodesics(metric, res, ax=ax, names=labels)
+    # endpoint markers in their classes' colours (as the codes are drawn on the map)
+    cls_color = {c.get_label(): c.get_facecolor()[0] for c in ax.collections if len(c.get_facecolor())}
+    ends = [(cls_color.get(str(a), "white"), cls_color.get(str(b), "white")) for a, b in names]
+    plot_geodesics(metric, res, ax=ax, names=labels, endpoint_colors=ends)
     ctx.save_figure(fig, "geodesics.png")
 
     n = len(names)
@@ -113,13 +122,14 @@ def geodesics_section(ctx: ReportContext) -> dict:
     geo_pts = res.curve(tt).detach()
     line_pts = z0[:, None] + tt[None, :, None] * (z1 - z0)[:, None]
     rows = torch.stack([geo_pts, line_pts], 1).reshape(2 * n, len(tt), 2)
+    row_failed = torch.stack([~res.converged.cpu(), torch.zeros(n, dtype=torch.bool)], 1).reshape(-1)
     row_labels = [f"{lab} {kind}" for lab in labels for kind in ("geodesic", "straight")]
     item_shape = ctx.item_shape
     item_shape = tuple(item_shape) if item_shape is not None and len(item_shape) == 2 else None
     width = ctx.data.shape[1] if ctx.data is not None else None
     if item_shape is not None or (width is not None and int(np.sqrt(width)) ** 2 == width):
         fig = plot_decoded_strips(ctx.mean_fn(), rows.to(ctx.codes.dtype), n_images=len(tt), item_shape=item_shape, row_labels=row_labels,
-                                  title="Decoded along geodesics and straight lines")
+                                  title="Decoded along geodesics and straight lines", failed=row_failed)
         ctx.save_figure(fig, "geodesic_strips.png")
         strips = True
     else:
@@ -142,7 +152,8 @@ def geodesics_section(ctx: ReportContext) -> dict:
         "reasons": list(getattr(res, "reasons", [""] * n)),
         "tol": tol,
         "max_iter": max_iter,
-        "max_steps": max_steps,
+        "budget_s_per_pair": budget,
+        "status": [GeodesicStatus(int(s_)).name for s_ in res.status.tolist()],
         "graph_nodes": int(graph.nodes.shape[0]),
         "graph_s": graph_s,
         "solve_s": solve_s,
@@ -158,8 +169,8 @@ SECTION = ReportSection(
         "geodesic_classes": 4,  # class centres of the first classes in sorted order
         "geodesic_tol": None,  # None: 1e-6 (float64 solve; float32 models are solved on a float64 copy)
         "geodesic_max_iter": 20,
-        "geodesic_max_steps": 2000,
+        "geodesic_budget": 1.0,  # seconds per pair (None: unbounded); pairs that run out are reported
         "geodesic_grid": 41,  # grid-graph resolution for the initial curves
-        "geodesic_max_nodes": 256,
+        "geodesic_max_nodes": 512,
     },
 )

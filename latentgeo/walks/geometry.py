@@ -133,6 +133,6 @@ def exp_step(metric, z: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, to
     from ..geodesics import exp_map
 
     res = exp_map(metric, z, v, rtol=1e-6, atol=1e-9)
-    end = res.endpoint
+    end = res.z1
     ok = torch.as_tensor(res.converged, device=z.device).reshape(-1) & torch.isfinite(end).all(1)
     return end, ok

@@ -1,0 +1,149 @@
+"""Geodesic k-means and Fréchet means against closed forms and scikit-learn."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.cluster import KMeans
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score
+
+import latentgeo as lg
+
+D64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _sphere(z):
+    s = (z * z).sum(-1, keepdim=True)
+    return torch.cat([2 * z, 1 - s], -1) / (1 + s)
+
+
+def _chart(p):
+    """Stereographic projection from the south pole (inverse of _sphere)."""
+    return p[..., :2] / (1 + p[..., 2:3])
+
+
+def _blobs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=D64)
+    return torch.cat([torch.randn(25, 2, generator=g, dtype=D64) * 0.5 + c for c in centres])
+
+
+def test_linear_decoder_equals_sklearn_kmeans():
+    A = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=D64)
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T))
+    X = _blobs()
+    km = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0, tol=1e-10, max_iter=50).fit(X)
+    sk = KMeans(3, n_init=10, random_state=0, tol=1e-12).fit((X @ A.T).numpy())
+    assert adjusted_rand_score(sk.labels_, km.labels_) == 1.0
+    assert abs(km.inertia_ - sk.inertia_) <= 1e-6 * sk.inertia_
+    assert km.distance_converged_.all()
+    # centres map to sklearn's centres (up to the permutation of labels)
+    mapped = (km.cluster_centers_ @ A.T).numpy()
+    for j in range(3):
+        sj = sk.cluster_centers_[np.bincount(sk.labels_[km.labels_ == j]).argmax()]
+        assert np.abs(mapped[j] - sj).max() < 1e-6
+    # predict / transform agree with the fit
+    assert (km.predict(X) == km.labels_).all()
+    T = km.transform(X[:7])
+    ref = torch.cdist(X[:7] @ A.T, km.cluster_centers_ @ A.T)
+    assert (T - ref).abs().max() < 1e-6
+
+
+def _cap_points(centre, theta, n_dirs=4, rotate=0.3):
+    """Points at angle theta around a unit vector `centre`, in symmetric directions."""
+    c = centre / centre.norm()
+    a = torch.tensor([1.0, 0.0, 0.0], dtype=D64)
+    e1 = a - (a @ c) * c
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(c, e1)
+    phis = rotate + torch.arange(n_dirs, dtype=D64) * (2 * math.pi / n_dirs)
+    return math.cos(theta) * c + math.sin(theta) * (torch.cos(phis)[:, None] * e1 + torch.sin(phis)[:, None] * e2)
+
+
+def test_frechet_mean_of_symmetric_points_on_the_sphere():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    c = torch.tensor([0.3, -0.4, 0.7], dtype=D64)
+    pts = _chart(_cap_points(c, 0.5))
+    res = lg.frechet_mean(metric, pts, tol=1e-6)
+    assert res.converged and res.status == lg.clustering.FrechetStatus.SUCCESS
+    target = _chart(c / c.norm())
+    assert (res.mean - target).abs().max() < 1e-5
+    # every point is at angle 0.5 from the mean: the distances are the great-circle angle
+    assert (res.distances - 0.5).abs().max() < 1e-5
+    assert res.grad_norm <= 1e-6 * math.sqrt(2 * res.value) + 1e-12
+    # weights: all the weight on one point moves the mean there
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=D64)
+    assert (lg.frechet_mean(metric, pts, w).mean - pts[0]).abs().max() < 1e-5
+    assert "FrechetMeanResult" in repr(res)
+
+
+def test_inertia_never_increases_on_the_sphere():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    g = torch.Generator().manual_seed(1)
+    caps = [torch.tensor(v, dtype=D64) for v in ([0.0, 0.0, 1.0], [0.9, 0.0, 0.4], [-0.3, 0.8, 0.5])]
+    pts = torch.cat([_cap_points(c, 0.35, 8, rotate=float(torch.rand(1, generator=g))) for c in caps])
+    X = _chart(pts)
+    km = lg.GeodesicKMeans(metric, n_clusters=3, init="random", random_state=3, max_iter=15, tol=1e-6).fit(X)
+    h = km.inertia_history_
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(h, h[1:])), h
+    assert sorted(np.bincount(km.labels_).tolist()) == [8, 8, 8]
+
+
+def _ridge_metric():
+    """A linear mean and a std that jumps on the line z₁ = 0: a high-variance gap."""
+    def mean(z):
+        return torch.cat([z, 0.0 * z[:, :1]], 1)
+
+    def std(z):
+        return 0.05 + 2.0 * torch.exp(-((z[:, :1] / 0.1) ** 2)).expand(-1, 3)
+
+    return lg.PullbackMetric(lg.GaussianDecoder(mean=mean, std=std))
+
+
+def test_variance_gap_splits_geodesically_not_euclidean():
+    g = torch.Generator().manual_seed(0)
+    n = 12
+    left = torch.stack([-0.3 + 0.1 * torch.rand(n, generator=g, dtype=D64), 4 * torch.rand(n, generator=g, dtype=D64) - 2], 1)
+    right = torch.stack([0.2 + 0.1 * torch.rand(n, generator=g, dtype=D64), 4 * torch.rand(n, generator=g, dtype=D64) - 2], 1)
+    X = torch.cat([left, right])
+    truth = np.repeat([0, 1], n)
+    eu = KMeans(2, n_init=10, random_state=0).fit(X.numpy())
+    assert adjusted_rand_score(truth, eu.labels_) < 0.2  # Euclidean k-means cuts across the long axis
+    km = lg.GeodesicKMeans(_ridge_metric(), n_clusters=2, random_state=0, max_iter=5).fit(X)
+    assert adjusted_rand_score(truth, km.labels_) == 1.0
+
+
+def test_estimator_conventions_and_errors():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    km = lg.GeodesicKMeans(metric, n_clusters=2, random_state=0)
+    assert km.get_params()["n_clusters"] == 2
+    assert clone(km).set_params(n_clusters=3).n_clusters == 3
+    X = _blobs()[:20] * 0.3
+    with pytest.raises(NotFittedError):
+        km.predict(X)
+    with pytest.raises(ValueError, match="n_clusters=30 is larger"):
+        lg.GeodesicKMeans(metric, n_clusters=30).fit(X)
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        km.fit(bad)
+    with pytest.raises(ValueError, match="shape"):
+        km.fit(X[:, 0])
+    with pytest.raises(ValueError, match="centroid"):
+        lg.GeodesicKMeans(metric, n_clusters=2, centroid="mean").fit(X)
+    with pytest.raises(TypeError, match="Metric"):
+        lg.GeodesicKMeans("euclidean", n_clusters=2).fit(X)
+    # numpy input and the medoid variant
+    labels = lg.GeodesicKMeans(metric, n_clusters=2, centroid="medoid", random_state=0).fit_predict(X.numpy())
+    assert labels.shape == (20,) and set(labels.tolist()) == {0, 1}
