@@ -58,7 +58,8 @@ table.kv td.num { text-align: left; }
 table.kv > tbody > tr > th { white-space: nowrap; width: 1%; }
 td.short { white-space: nowrap; }
 @media (max-width: 900px) { td.short, td.num { white-space: normal; } main { padding: .6rem; }
-                            table.items th, table.items td { overflow-wrap: anywhere; padding: .2rem .3rem; } }
+                            table.items th, table.items td { overflow-wrap: anywhere; word-break: break-all;
+                                                             padding: .2rem .3rem; font-size: .8rem; } }
 table.items th { overflow-wrap: normal; word-break: normal; }
 nav ol { margin: .2rem 0; padding-left: 1.4rem; columns: 2; }
 code { font-size: .9em; overflow-wrap: anywhere; }
