@@ -102,7 +102,7 @@ print("length, expected metric :", metric.length(line).item())
 # %%
 z0, z1 = centres[[0, 0]], centres[[1, 2]]
 graph = lg.LatentGraph.grid(metric, [(-3.5, 3.5), (-1.5, 4.0)], 31)
-geo = lg.connecting_geodesic(metric, z0, z1, init="graph", graph=graph, max_nodes=128)
+geo = lg.connecting_geodesic(metric, z0, z1, init="graph", graph=graph)
 print(geo)
 s = torch.linspace(0, 1, 257)[None, :, None]
 straight = metric.length(z0[:, None] + s * (z1 - z0)[:, None])
