@@ -235,3 +235,42 @@ def test_subject_validation():
         Subject(dec, codes, data=torch.zeros(10, 16), item_shape=(3, 3))
     s = Subject(dec, np.zeros((10, 2)))  # arrays take the decoder's dtype
     assert s.codes.dtype == torch.float64 and "10 codes in 2-D" in repr(s)
+
+
+# -- latentgeo cluster ---------------------------------------------------------------------------
+
+
+def test_cluster_writes_labels_of_the_blobs(files, tmp_path, capsys, monkeypatch):
+    from sklearn.metrics import adjusted_rand_score
+
+    d, codes, labels = files
+    monkeypatch.chdir(d)
+    out, centers = tmp_path / "labels.npy", tmp_path / "centers.npy"
+    rc = main(["cluster", "--decoder", "my_decoders:wrapped", "--codes", "codes.npy", "--k", "3", "--out", str(out),
+               "--centers", str(centers), "--centroid", "medoid", "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    got = np.load(out, allow_pickle=False)
+    assert got.shape == (90,) and got.dtype == np.int64
+    assert adjusted_rand_score(labels.numpy(), got) == 1.0  # three well-separated blobs
+    c = np.load(centers, allow_pickle=False)
+    assert c.shape == (3, 2)
+    # medoids are codes
+    assert all(np.isclose(codes.numpy(), row).all(1).any() for row in c)
+    assert "3 clusters of sizes" in cap.out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--k", "91"], "exceeds the number of codes (90)"),
+    (["--k", "2", "--out", "labels.txt"], "--out must be a .npy file"),
+    (["--k", "2", "--codes", "codes3.npy"], "cannot decode codes of width 3"),
+])
+def test_cluster_bad_input_exit_2(files, tmp_path, capsys, monkeypatch, args, needle):
+    d, _, _ = files
+    monkeypatch.chdir(d)
+    argv = ["cluster", "--decoder", "my_decoders:wrapped", "--codes", "codes.npy", "--out", str(tmp_path / "l.npy"),
+            "--quiet", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.startswith("latentgeo cluster: error:") and "\n" not in err
+    assert not (tmp_path / "l.npy").exists()

@@ -26,6 +26,9 @@ Subcommands::
         returns a latentgeo decoder, a module returning (mean, std), or a mean network (with
         --rbf-variance the LSO variance is fitted to DATA). Sections that need a VAE say skipped.
 
+    latentgeo cluster --decoder MODULE:FACTORY --codes CODES --k K --out LABELS.npy [--centers C.npy]
+        Geodesic k-means (GeodesicKMeans) of the codes under the decoder's metric; labels to .npy.
+
     latentgeo info CHECKPOINT [--json]
         Verify a checkpoint (format, digest) and print its configuration.
 
@@ -44,13 +47,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import analyze, demo, info, report, train
+from . import analyze, cluster, demo, info, report, train
 from .common import PROG, CLIError, common_parser
 
 __all__ = ["main", "build_parser", "CLIError"]
 
 #: the subcommands, one module each (``add_parser(sub, common)`` and ``run(args, argv)``)
-COMMANDS = (demo, train, report, analyze, info)
+COMMANDS = (demo, train, report, analyze, cluster, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .common import CLIError, add_report_options, int_at_least, prepare_out, say, selected_sections
 
-__all__ = ["add_parser", "run", "load_array", "load_factory", "build_decoder"]
+__all__ = ["add_parser", "run", "load_array", "load_factory", "build_decoder", "add_decoder_arguments", "load_inputs"]
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -63,17 +63,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "returns a latentgeo decoder, a module returning (mean, std), or a mean network (with --rbf-variance "
         "the LSO variance is fitted to --data). Arrays: .npy or .pt files, tensors only (never pickle).",
     )
-    a.add_argument("--decoder", required=True, metavar="MODULE:FACTORY",
-                   help="factory returning the decoder, e.g. mypkg.models:make_decoder or ./dec.py:make")
-    a.add_argument("--codes", required=True, type=Path, help="latent codes (N, d): .npy or .pt")
-    a.add_argument("--labels", type=Path, default=None, help="integer labels (N,): .npy or .pt (class-centre geodesics)")
-    a.add_argument("--data", type=Path, default=None, help="data items (N, ...): .npy or .pt (RBF variance, value range)")
+    add_decoder_arguments(a)
     a.add_argument("--item-shape", type=_shape, default=None, metavar="H,W",
                    help="shape of one data item for image figures, e.g. 8,8 (default: the data's when 3-D)")
-    a.add_argument("--rbf-variance", action="store_true",
-                   help="the factory returns a mean network: fit the post-hoc RBF variance (LSO §4) to --data")
-    a.add_argument("--rbf-centers", type=int_at_least(1, "rbf-centers"), default=32,
-                   help="RBF centres for --rbf-variance (default 32)")
     a.add_argument("--name", default=None, help="what the report calls the subject (default: the codes' file name)")
     a.add_argument("--out", required=True, type=Path, help="report folder (created; files in it are overwritten)")
     add_report_options(a)
@@ -178,7 +170,14 @@ def build_decoder(obj, codes, data=None, rbf_variance: bool = False, n_centers: 
             raise CLIError("--rbf-variance: the factory returned a complete decoder "
                            f"({type(obj).__name__}); --rbf-variance is for a mean network")
         dtype = decoder_dtype(obj) or (codes.dtype if torch.is_floating_point(codes) else torch.get_default_dtype())
-        return obj, codes.to(dtype), f"the factory's {type(obj).__name__}"
+        codes = codes.to(dtype)
+        try:
+            with torch.no_grad():
+                obj.coordinates(obj.prepare(codes[:2], "codes"))
+        except Exception as exc:
+            raise CLIError(f"--codes: the decoder cannot decode codes of width {codes.shape[1]}: "
+                           f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+        return obj, codes, f"the factory's {type(obj).__name__}"
     if not callable(obj):
         raise CLIError(
             f"--decoder: the factory returned a {type(obj).__name__}; expected a latentgeo Decoder, a module "
@@ -215,20 +214,32 @@ def build_decoder(obj, codes, data=None, rbf_variance: bool = False, n_centers: 
     return lg.DeterministicDecoder(obj, latent_dim=codes.shape[1]), codes, "DeterministicDecoder(factory's network)"
 
 
-def run(args, argv: list[str]) -> int:
+def add_decoder_arguments(a, labels: bool = True) -> None:
+    """``--decoder``, ``--codes``, ``--data``, ``--rbf-variance``, ``--rbf-centers`` (and ``--labels``)."""
+    a.add_argument("--decoder", required=True, metavar="MODULE:FACTORY",
+                   help="factory returning the decoder, e.g. mypkg.models:make_decoder or ./dec.py:make")
+    a.add_argument("--codes", required=True, type=Path, help="latent codes (N, d): .npy or .pt")
+    if labels:
+        a.add_argument("--labels", type=Path, default=None,
+                       help="integer labels (N,): .npy or .pt (class-centre geodesics)")
+    a.add_argument("--data", type=Path, default=None, help="data items (N, ...): .npy or .pt (RBF variance, value range)")
+    a.add_argument("--rbf-variance", action="store_true",
+                   help="the factory returns a mean network: fit the post-hoc RBF variance (LSO §4) to --data")
+    a.add_argument("--rbf-centers", type=int_at_least(1, "rbf-centers"), default=32,
+                   help="RBF centres for --rbf-variance (default 32)")
+
+
+def load_inputs(args):
+    """``(decoder, codes, labels, data, how)`` from the decoder/codes arguments (``CLIError`` on bad input)."""
     import torch
 
-    from ..report import Subject, write_report
-
-    t0 = time.perf_counter()
-    sections = selected_sections(args)
     codes = load_array(args.codes, "codes")
     if codes.ndim != 2 or codes.shape[0] < 2:
         raise CLIError(f"--codes: expected an array of shape (N, d) with N >= 2, got {tuple(codes.shape)}")
     if not torch.is_floating_point(codes):
         codes = codes.to(torch.get_default_dtype())
     n = codes.shape[0]
-    labels = load_array(args.labels, "labels") if args.labels is not None else None
+    labels = load_array(args.labels, "labels") if getattr(args, "labels", None) is not None else None
     if labels is not None:
         if labels.ndim != 1 or labels.shape[0] != n:
             raise CLIError(f"--labels: expected {n} labels (one per code, shape ({n},)), got shape {tuple(labels.shape)}")
@@ -249,6 +260,16 @@ def run(args, argv: list[str]) -> int:
     decoder, codes, how = build_decoder(obj, codes, data, args.rbf_variance, args.rbf_centers, args.seed)
     if data is not None and torch.is_floating_point(codes):
         data = data.to(codes.dtype)
+    return decoder, codes, labels, data, how
+
+
+def run(args, argv: list[str]) -> int:
+    from ..report import Subject, write_report
+
+    t0 = time.perf_counter()
+    sections = selected_sections(args)
+    decoder, codes, labels, data, how = load_inputs(args)
+    n = codes.shape[0]
     try:
         subject = Subject(decoder, codes, labels=labels, data=data, item_shape=args.item_shape,
                           name=args.name or args.codes.stem, params={"decoder": args.decoder, "wrapped_as": how})
