@@ -57,6 +57,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_config",
     "checkpoint_file",
+    "atomic_write",
     "FORMAT",
     "FORMAT_VERSION",
 ]
@@ -150,20 +151,57 @@ def save_checkpoint(path: PathLike, state_dict: Mapping[str, torch.Tensor], conf
         "config": config_json,
         "sha256": _digest(tensors),
     }
-    payload = st_save(tensors, metadata=metadata)
-
+    payload = _canonical(st_save(tensors, metadata=metadata))
     target = checkpoint_file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, payload)
+
+
+def _canonical(payload: bytes) -> bytes:
+    """The safetensors bytes with the header metadata in sorted key order.
+
+    safetensors serialises the metadata from a hash map, so its key order (and the file's
+    bytes) changes from process to process; sorting makes identical checkpoints byte-identical
+    (hash-based data tracking). The header keeps its length, so the data offsets are unchanged.
+    """
+    (n,) = struct.unpack("<Q", payload[:8])
+    header = json.loads(payload[8 : 8 + n].decode("utf-8"))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + payload[8 + n :]
+
+
+def _new_file_mode() -> int:
+    """``0666`` less the process umask: the mode ``open()`` would give a new file (0644 under umask 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: PathLike, data: Union[bytes, str]) -> None:
+    """Write ``data`` to ``path`` atomically: complete or absent, never half-written.
+
+    The bytes go to a temporary file in the same directory (flushed, ``fsync``-ed) that
+    ``os.replace`` moves over ``path``; the directory is then ``fsync``-ed. The file gets the
+    mode of the file it replaces, or that of a newly created file (``0666`` less the umask,
+    e.g. ``0644``), not the temporary file's ``0600``. A failed write removes the temporary
+    file and leaves any previous ``path`` intact. ``str`` is written as UTF-8.
+    """
+    target = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         try:
-            if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; keep the old mode or use 0644
+            if hasattr(os, "fchmod"):
                 try:
                     mode = target.stat().st_mode & 0o777
                 except FileNotFoundError:
-                    mode = 0o644
+                    mode = _new_file_mode()
                 os.fchmod(fd, mode)
-            _write_bytes(fd, payload)
+            _write_bytes(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, target)

@@ -46,7 +46,7 @@ from torch.distributions import Bernoulli, Categorical, Independent, Normal
 from torch.func import jvp, vmap
 
 from ._autodiff import compose_second_order, function_module, jacobian_columns, second_order
-from ._validation import as_latent_batch, describe_bad_rows
+from ._validation import as_latent_batch, describe_bad_rows, infer_latent_dim, model_dtype, probe_decoder
 
 __all__ = [
     "Decoder",
@@ -202,7 +202,8 @@ class Decoder:
 
     def prepare(self, z, name: str = "z") -> torch.Tensor:
         """Validate a latent batch against this decoder (shape, finiteness, dtype vs parameters)."""
-        z, _ = as_latent_batch(z, self.latent_dim, name=name, allow_single=False)
+        z, _ = as_latent_batch(z, self.latent_dim or infer_latent_dim(self._modules()), name=name,
+                               allow_single=False, dtype=model_dtype(self))
         for m in self._modules():
             p = next(iter(m.parameters()), None)
             if p is not None:
@@ -223,10 +224,32 @@ class Decoder:
                     stacklevel=3,
                 )
                 self._warned_training = True
+        if self.latent_dim is None and z.shape[1] not in self.__dict__.setdefault("_accepted_widths", set()):
+            probe_decoder(self.coordinates, z, name=name, what=type(self).__name__)
+            self._accepted_widths.add(z.shape[1])
         return z
 
     def __call__(self, z):
         return self.distribution(z)
+
+    def __repr__(self):
+        def describe(f):
+            if isinstance(f, nn.Module):
+                n = sum(p.numel() for p in f.parameters())
+                return f"{type(f).__name__}({n} parameters)"
+            return getattr(f, "__name__", type(f).__name__)
+
+        parts = [
+            f"{k}={describe(v)}" for k, v in vars(self).items()
+            if not k.startswith("_") and k != "latent_dim" and v is not None and callable(v)
+        ]
+        d = self.latent_dim if self.latent_dim is not None else infer_latent_dim(self._modules())
+        parts.append(f"latent_dim={d}" + ("" if self.latent_dim is not None or d is None else " (inferred)"))
+        dt = model_dtype(self)
+        if dt is not None:
+            parts.append(f"dtype={dt}")
+        parts.append(f"kinds={self.kinds}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 def _as_callable(f, what: str) -> Callable:

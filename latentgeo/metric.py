@@ -41,7 +41,7 @@ import torch
 from ._autodiff import (
     auto_chunk_rows, rowwise_gram, rowwise_jacobian, second_directional, transforms_active, value_and_columns,
 )
-from ._validation import as_latent_batch, check_finite, describe_bad_rows
+from ._validation import as_latent_batch, check_finite, describe_bad_rows, model_dtype
 from .decoders import Decoder
 
 __all__ = ["Metric", "PullbackMetric", "MetricField"]
@@ -265,7 +265,7 @@ class PullbackMetric(Metric):
         return f"PullbackMetric({type(self.decoder).__name__}, kind={self.kind!r}, mode={self.mode!r})"
 
     def _check_z(self, z, name="z"):
-        z, single = as_latent_batch(z, self.latent_dim, name=name)
+        z, single = as_latent_batch(z, self.latent_dim, name=name, dtype=model_dtype(self.decoder))
         self.decoder.prepare(z, name=name)
         return z, single
 

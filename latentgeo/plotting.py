@@ -13,7 +13,11 @@ Nothing here calls ``plt.show()`` or selects a backend, so the functions work he
 The magnification factor ``√det M(z)`` (Bishop, Svensén & Williams, *Magnification factors
 for the SOM and GTM algorithms*, 1997) is the local volume change of the decoder; with the
 expected metric of a decoder whose variance grows away from the data (Arvanitidis, Hansen &
-Hauberg, *Latent Space Oddity*, ICLR 2018, Fig. 1) it is small on the data and large off it.
+Hauberg, *Latent Space Oddity*, ICLR 2018, Fig. 1) it is *not* simply "small on the data and
+large off it": the RBF σ rises from the data to a plateau (``far_std``), so its Jacobian — what
+the metric sees — is largest in a band just outside the data and vanishes far away. The map
+shows a bright ring around the data, moderate values on it and small values far from it
+(the demo VAE: median 4.7 on the data, 9.7 near it, 0.33 far from it).
 
 Example:
     >>> import torch, latentgeo as lg
@@ -243,6 +247,33 @@ def scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, la
 # ------------------------------------------------------------------------------------------
 # public plots
 # ------------------------------------------------------------------------------------------
+def _log_colorbar_ticks(cb, vmin: float, vmax: float, horizontal: bool = False) -> None:
+    """Readable ticks on a log colour bar: labels at a few values only, never overlapping.
+
+    Matplotlib labels the minor ticks of a log axis spanning less than about a decade
+    (``2×10⁰, 3×10⁰, …``), which on a short (horizontal) colour bar overlap. Here: decades when
+    the range spans several, else three to four rounded values spaced evenly in log.
+    """
+    from matplotlib.ticker import LogLocator, NullFormatter, NullLocator
+
+    n = 4 if horizontal else 6
+    decades = math.log10(vmax / vmin) if vmax > vmin > 0 else 0.0
+    cb.ax.minorticks_off()
+    axis = cb.ax.xaxis if cb.orientation == "horizontal" else cb.ax.yaxis
+    if decades >= 2:
+        cb.locator = LogLocator(base=10, numticks=n)
+        cb.update_ticks()
+    else:
+        raw = np.geomspace(vmin, vmax, 5 if horizontal else 6)[1:-1]  # interior: inside the bar
+        for digits in (2, 3, 4):
+            ticks = sorted({float(f"{t:.{digits}g}") for t in raw})
+            if len(ticks) == len(raw):
+                break
+        cb.set_ticks(ticks, labels=[f"{t:.{digits}g}" for t in ticks])
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_magnification(
     metric,
     extent=None,
@@ -318,6 +349,8 @@ def plot_magnification(
         cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.12 if below else 0.02,
                                 **({"location": "bottom", "aspect": 40} if below else {}))
         cb.set_label("√det M(z)" + (" (log scale)" if log else ""))
+        if log:
+            _log_colorbar_ticks(cb, norm.vmin, norm.vmax, horizontal=bool(below))
     if codes_np is not None:
         scatter_codes(ax, codes_np, labels, legend=legend, legend_title=legend_title, **(scatter_kw or {}))
     ax.set_xlim(extent[0], extent[1])

@@ -54,6 +54,7 @@ from typing import Iterator, Optional
 import torch
 
 from ._progress import progress_bar, show_progress
+from ._random import as_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import split_indices
 from .models.likelihoods import GaussianLikelihood
@@ -229,9 +230,11 @@ def _as_data(model: VAE, data) -> tuple[torch.Tensor, Optional[dict]]:
     if hasattr(data, "data") and hasattr(data, "name") and hasattr(data, "params"):  # a latentgeo Dataset
         info = {"name": data.name, "params": data.params}
         data = data.data
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"data must be a torch.Tensor (N, D) or a latentgeo Dataset, got {type(data).__name__}")
-    x = model._check_x(data.to(device=model.device, dtype=model.dtype) if data.is_floating_point() else data, "data")
+    if isinstance(data, str) or data is None:
+        raise TypeError(f"data must be a torch.Tensor (N, D) or a latentgeo Dataset, got {type(data).__name__}")
+    if isinstance(data, torch.Tensor) and data.is_floating_point():
+        data = data.to(device=model.device, dtype=model.dtype)  # training data: a float batch takes the model's dtype
+    x = model._check_x(data, "data")
     return x, info
 
 
@@ -303,6 +306,13 @@ class Trainer:
             self.phases = [("joint", config.epochs)]
         self._reset()
 
+    def __repr__(self) -> str:
+        plan = ", ".join(f"{ph}: {n} epochs" for ph, n in self.phases)
+        state = "finished" if self.done else (f"in phase {self.phase_index + 1}/{len(self.phases)}, "
+                                              f"epoch {self.phase_epoch}" if self.history.records else "not started")
+        return (f"Trainer({type(self.model).__name__}(latent_dim={self.model.latent_dim}), plan=[{plan}], "
+                f"lr={self.config.lr}, batch_size={self.config.batch_size}, {state})")
+
     def _reset(self):
         self.history = History()
         self.phase_index = 0
@@ -371,6 +381,7 @@ class Trainer:
                 "bad_epochs": self.bad_epochs,
                 "history": self.history.to_dict(),
                 "data_sha256": self._data_sha,
+                "split": self.model.metadata.get("split"),
                 "optim_param_groups": groups,
                 "done": self.done,
             },
@@ -394,8 +405,23 @@ class Trainer:
             )
         if tr.get("data_sha256") != _data_digest(x):
             raise CheckpointError(f"checkpoint {path} was trained on different data (sha256 mismatch)")
-        if [list(p) for p in self.phases][: tr["phase_index"]] != tr["phases"][: tr["phase_index"]]:
-            raise CheckpointError(f"checkpoint {path} has phases {tr['phases']} incompatible with {self.phases}")
+        saved = [list(p) for p in tr["phases"]]
+        if tr.get("done") and saved != [list(p) for p in self.phases]:
+            words = ", ".join(f"{ph}: {n} epochs" for ph, n in saved)
+            asked = ", ".join(f"{ph}: {n} epochs" for ph, n in self.phases)
+            raise CheckpointError(
+                f"checkpoint {path} is a finished run ({words}); resuming continues an interrupted run with the same "
+                f"settings, it cannot extend a finished one to {asked} (its last phase restored the best weights and "
+                "the variance was fitted on them). To train longer, start a new run with the larger epoch count "
+                "(latentgeo train ... --force, or another --out); to resume, give the run's own epochs"
+            )
+        if [list(p) for p in self.phases][: tr["phase_index"]] != saved[: tr["phase_index"]]:
+            words = ", ".join(f"{ph}: {n} epochs" for ph, n in saved)
+            asked = ", ".join(f"{ph}: {n} epochs" for ph, n in self.phases)
+            raise CheckpointError(
+                f"checkpoint {path} completed phases of another plan ({words}) than this run's ({asked}); "
+                "resume with the settings of the interrupted run"
+            )
         # the model (including a fitted RBF std) in the checkpoint's layout
         loaded = VAE.from_checkpoint_state(state, cfg, path)
         lik = self.model.likelihood
@@ -444,6 +470,14 @@ class Trainer:
             self.model.metadata["dataset"] = info
         self._data_sha = _data_digest(x)
         tr_idx, va_idx = split_indices(x.shape[0], cfg.val_fraction, cfg.random_state)
+        # the split travels with the model (and the trainer state), so evaluations (`latentgeo
+        # report`, IWAE) can use the held-out items: latentgeo.datasets.split_indices(n_items,
+        # val_fraction, random_state) recomputes the indices
+        self.model.metadata["split"] = {
+            "method": "latentgeo.datasets.split_indices", "n_items": int(x.shape[0]),
+            "val_fraction": float(cfg.val_fraction), "random_state": int(cfg.random_state),
+            "n_train": int(len(tr_idx)), "n_val": int(len(va_idx)),
+        }
         xtr, xva = x[tr_idx.to(x.device)], (x[va_idx.to(x.device)] if len(va_idx) else None)
         log_file = None
         with torch.random.fork_rng(devices=[]), _threads(cfg.num_threads):
@@ -658,6 +692,7 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, random_state:
         raise ValueError(f"iwae_log_likelihood needs a latentgeo VAE, got {type(model).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    random_state = as_seed(random_state)
     x = model._check_x(x)
     n = x.shape[0]
     step = _chunk_size(chunk_size, n, model.data_dim, k)

@@ -11,6 +11,14 @@ with centres ``c_k`` from k-means on the training codes, bandwidths from each cl
 spread, and ``W`` fitted by maximum likelihood with the mean decoder frozen. Far from every
 centre ``φ → 0`` so ``σ → ζ^(−1/2)`` (``far_std``), large by construction.
 
+What this does to the metric: σ is large away from the data but *levels off* there, so its
+Jacobian ``Jσ`` (which the expected metric ``JμᵀJμ + JσᵀJσ`` sees) is largest in the band
+where σ rises, just outside the data, and tends to 0 far away (``∇φ → 0``). The magnification
+``√det M`` is therefore moderate on the data, largest in a ring around it, and small far
+from it — measured on the demo VAE (``latentgeo demo``): median 4.7 on the data, 9.7 near it,
+0.33 far from it. Geodesics are pushed back by the ring (they avoid crossing it), not by a
+large measure everywhere off the data; a curve that starts far away sees a nearly flat space.
+
 Example:
     >>> import torch, latentgeo as lg
     >>> codes = torch.randn(200, 2, dtype=torch.float64)

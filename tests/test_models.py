@@ -166,8 +166,10 @@ def test_bad_inputs():
         vae.encode(torch.full((2, 12), float("nan")))
     with pytest.raises(ValueError, match="dtype"):
         vae.encode(torch.rand(2, 12, dtype=torch.float64))
-    with pytest.raises(ValueError, match="torch.Tensor"):
-        vae.encode([[0.0] * 12])
+    # lists are converted to the model's dtype (CONTRIBUTING: non-tensor input takes the model's dtype)
+    assert torch.equal(vae.encode_mean([[0.0] * 12]), vae.encode_mean(torch.zeros(1, 12)))
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        vae.encode("digits")
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
         vae.decode(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="n_samples"):

@@ -11,10 +11,11 @@ Subcommands::
     latentgeo train --data {digits,moons,circles,tree} --out DIR [--latent euclidean]
                     [--latent-dim 2] [--likelihood gaussian|bernoulli] [--epochs N]
                     [--batch-size B] [--seed S] [--hidden 64,64] [--variance rbf|learned|constant]
-                    [--report] [--resume] [--skip SECTION] [--threads T] [--quiet]
+                    [--report] [--resume | --force] [--skip SECTION] [--threads T] [--quiet]
         Train a VAE; writes DIR/model.safetensors, the per-epoch log DIR/train_log.jsonl and
         the resumable trainer state DIR/train_state.safetensors (and the report with
-        --report). --resume continues an interrupted run from that state.
+        --report). --resume continues an interrupted run from that state; an OUT that holds a
+        previous run is refused unless --resume or --force (replace it) is given.
 
     latentgeo report CHECKPOINT --out DIR [--data NAME] [--log LOG] [--skip SECTION]
         Write the analysis report of a saved model (no training); the data set is the one
@@ -56,10 +57,17 @@ __all__ = ["main", "build_parser", "CLIError"]
 COMMANDS = (demo, train, report, analyze, cluster, info)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (``latentgeo train: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Riemannian geometry of VAE latent spaces: train, analyse, report.",
     )
@@ -103,8 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
     try:
         return int(args.func(args, argv))
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        # CLIError, CheckpointError and the library's input errors are ValueErrors
+    except (ValueError, TypeError, OSError) as exc:
+        # CLIError, CheckpointError and the library's input errors are ValueErrors/TypeErrors;
+        # unusable files (missing, a folder, no permission, disk full) are OSErrors
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return 2
     except FloatingPointError as exc:  # e.g. training diverged: a known failure, not a bug

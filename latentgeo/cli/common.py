@@ -10,9 +10,9 @@ from typing import Optional
 
 __all__ = [
     "CLIError", "int_at_least", "seed_arg", "widths", "latent_kinds", "say",
-    "prepare_out", "subset_dataset", "train_model", "selected_sections", "write_cli_report", "fmt",
+    "prepare_out", "refuse_overwrite", "subset_dataset", "train_model", "selected_sections", "write_cli_report", "fmt",
     "print_summary", "add_report_options", "common_parser", "PROG", "DATASETS", "LIKELIHOODS",
-    "VARIANCES", "VAL_FRACTION", "TRAIN_STATE", "DEMO_EPOCHS",
+    "VARIANCES", "VAL_FRACTION", "TRAIN_STATE", "DEMO_EPOCHS", "RUN_FILES", "split_of",
 ]
 
 PROG = "latentgeo"
@@ -87,6 +87,22 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
+#: what `latentgeo train` writes into --out (a run's files: replacing them loses a model)
+RUN_FILES = ("model.safetensors", "train_log.jsonl", TRAIN_STATE, "summary.json")
+
+
+def refuse_overwrite(out: Path, args) -> None:
+    """Refuse to replace a previous run in ``out`` unless ``--resume`` or ``--force`` says how."""
+    if getattr(args, "resume", False) or getattr(args, "force", False) or not out.is_dir():
+        return
+    found = [f for f in RUN_FILES if (out / f).exists()]
+    if found:
+        raise CLIError(
+            f"--out {out} already holds a run ({', '.join(found)}); pass --resume to continue it "
+            "or --force to replace it (or choose another --out)"
+        )
+
+
 def subset_dataset(dataset, max_items: Optional[int], seed: int):
     """A seeded random subset of a Dataset (same class, same metadata)."""
     if max_items is None or max_items >= len(dataset.data):
@@ -152,11 +168,28 @@ def selected_sections(args) -> list[str]:
     return [n for n in names if n not in set(args.skip)]
 
 
-def write_cli_report(args, model, dataset, history, out: Path, train_s: float, command: list[str]) -> dict:
-    from ..report import write_report
+def split_of(model, n_items: int):
+    """``(val_idx, words)``: the validation items of the split stored with ``model`` by the
+    trainer (``model.metadata["split"]``), and a phrase saying which items they are; ``None``
+    indices when the model stores no split or it was made for another number of items."""
     from ..datasets import split_indices
 
-    _, val_idx = split_indices(len(dataset), VAL_FRACTION, args.seed)  # the trainer's held-out items
+    sp = (getattr(model, "metadata", None) or {}).get("split")
+    if not sp:
+        return None, "all items (the checkpoint stores no train/validation split)"
+    if int(sp["n_items"]) != n_items:
+        return None, (f"all items (the checkpoint's split is of {sp['n_items']} items, the data set has {n_items})")
+    _, val_idx = split_indices(n_items, float(sp["val_fraction"]), int(sp["random_state"]))
+    if len(val_idx) == 0:
+        return None, "all items (the model was trained without a validation split)"
+    return val_idx, (f"the {len(val_idx)} validation items of the training split "
+                     f"(val_fraction {sp['val_fraction']}, random_state {sp['random_state']})")
+
+
+def write_cli_report(args, model, dataset, history, out: Path, train_s: float, command: list[str]) -> dict:
+    from ..report import write_report
+
+    val_idx, _ = split_of(model, len(dataset))  # the trainer's held-out items
     return write_report(
         model,
         dataset,
@@ -178,7 +211,8 @@ def fmt(x, spec=".4g") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def print_summary(summary: dict, out: Path, total_s: float) -> None:
+def print_summary(summary: dict, out: Path, total_s: float, items: Optional[str] = None) -> None:
+    """Print the report's headline numbers; ``items``: which items the IWAE used, in words."""
     tr = summary.get("training", {}) or {}
     mag = summary.get("magnification", {}) or {}
     iw = summary.get("iwae", {}) or {}
@@ -188,7 +222,8 @@ def print_summary(summary: dict, out: Path, total_s: float) -> None:
         f"final val loss: {fmt(tr.get('final_val_loss'))}",
     ]
     if "log_likelihood" in iw:
-        lines.append(f"  IWAE log-likelihood (K={iw['n_samples']}, {iw['n_points']} items): {iw['log_likelihood']:.4g} nats/item")
+        lines.append(f"  IWAE log-likelihood (K={iw['n_samples']}, {iw['n_points']} items): {iw['log_likelihood']:.4g} nats/item"
+                     f"\n    on {items or iw.get('items', 'n/a')}" + (f" (a random {iw['n_points']} of them)" if items else ""))
     if mag.get("on_data"):
         near, far = mag.get("near_data") or {}, mag.get("far_from_data") or {}
         lines.append(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .common import (
-    DEMO_EPOCHS, add_report_options, int_at_least, prepare_out, print_summary, say, selected_sections, subset_dataset,
+    DEMO_EPOCHS, add_report_options, int_at_least, prepare_out, print_summary, say, selected_sections, split_of, subset_dataset,
     train_model, write_cli_report,
 )
 
@@ -43,5 +43,5 @@ def run(args, argv: list[str]) -> int:
     model, history, train_s = train_model(args, dataset, "euclidean", 2, "gaussian", (64, 64), "rbf", out)
     say(args, f"latentgeo demo: trained in {train_s:.1f} s; writing the report ...")
     summary = write_cli_report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])
-    print_summary(summary, out, time.perf_counter() - t0)
+    print_summary(summary, out, time.perf_counter() - t0, items=split_of(model, len(dataset))[1])
     return 0

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import CLIError, DATASETS, add_report_options, prepare_out, print_summary, say, selected_sections, subset_dataset
+from .common import CLIError, DATASETS, add_report_options, prepare_out, print_summary, say, selected_sections, split_of, subset_dataset
 
 __all__ = ["add_parser", "run"]
 
@@ -61,11 +61,13 @@ def run(args, argv: list[str]) -> int:
         raise CLIError(f"--log: no training log at {log}")
     history = log if log.is_file() else None
     out = prepare_out(args.out)
+    val_idx, which = split_of(model, len(dataset))
     say(args, f"latentgeo report: analysing {ckpt} on {dataset.name} ({len(dataset)} items) ...")
+    say(args, f"latentgeo report: IWAE on {which}")
     summary = write_report(
         model, dataset, history, out, random_state=args.seed, extra={"command": ["latentgeo", *argv], "source": str(ckpt)},
         resolution=args.resolution, iwae_points=args.iwae_points, iwae_samples=args.iwae_samples,
-        sections=sections,
+        eval_index=val_idx, sections=sections,
     )
-    print_summary(summary, out, time.perf_counter() - t0)
+    print_summary(summary, out, time.perf_counter() - t0, items=which)
     return 0

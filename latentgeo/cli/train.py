@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .common import (
     CLIError, DATASETS, LIKELIHOODS, TRAIN_STATE, VARIANCES, add_report_options, fmt, int_at_least, latent_kinds,
-    prepare_out, print_summary, say, selected_sections, subset_dataset, train_model, widths, write_cli_report,
+    prepare_out, print_summary, refuse_overwrite, say, selected_sections, split_of, subset_dataset, train_model, widths, write_cli_report,
 )
 
 __all__ = ["add_parser", "run"]
@@ -35,6 +35,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--report", action="store_true", help="also write the analysis report into OUT")
     t.add_argument("--resume", action="store_true",
                    help=f"continue an interrupted run from OUT/{TRAIN_STATE} (give the same arguments)")
+    t.add_argument("--force", action="store_true",
+                   help="replace a previous run in OUT (model, log, trainer state); without it an OUT that "
+                   "holds one is refused")
     add_report_options(t)
     t.set_defaults(func=run)
     return t
@@ -47,6 +50,11 @@ def run(args, argv: list[str]) -> int:
     variance = args.variance or "rbf"
     if args.report:
         selected_sections(args)  # check --skip before training
+    if args.resume and args.force:
+        raise CLIError("--resume continues the run in --out and --force replaces it: give one of them")
+    refuse_overwrite(args.out, args)
+    if args.resume and not (args.out / TRAIN_STATE).is_file():
+        raise CLIError(f"--resume: no trainer state {args.out / TRAIN_STATE} to resume from")
     out = prepare_out(args.out)
     from ..datasets import load_dataset
 
@@ -58,7 +66,7 @@ def run(args, argv: list[str]) -> int:
     )
     if args.report:
         summary = write_cli_report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])
-        print_summary(summary, out, time.perf_counter() - t0)
+        print_summary(summary, out, time.perf_counter() - t0, items=split_of(model, len(dataset))[1])
         return 0
     ckpt = out / "model.safetensors"
     model.save(ckpt)

@@ -258,22 +258,9 @@ class VAE(nn.Module):
 
     # -- data checks -------------------------------------------------------------------
     def _check_x(self, x, name="x") -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor of data items, got {type(x).__name__}")
-        if x.dim() >= 2 and tuple(x.shape[1:]) == self.item_shape:
-            x = x.reshape(x.shape[0], -1)
-        if x.dim() != 2 or x.shape[1] != self.data_dim:
-            raise ValueError(
-                f"{name} must have shape (N, {self.data_dim}) or (N, *{self.item_shape}), got {tuple(x.shape)}"
-            )
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is empty")
-        if not x.is_floating_point():
-            x = x.to(self.dtype)
-        if x.dtype != self.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the model is {self.dtype}; convert one of them")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN/inf")
+        from .._validation import as_data_batch
+
+        x = as_data_batch(x, self.data_dim, self.item_shape, self.dtype, name=name)
         if self.likelihood_name == "bernoulli" and bool(((x < 0) | (x > 1)).any()):
             raise ValueError(f"{name} must lie in [0, 1] for a Bernoulli likelihood")
         return x

@@ -10,9 +10,7 @@ pullback metric), ``ctx.extent`` and ``ctx.magnification_grid``.
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -80,15 +78,10 @@ def jsonable(x):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically, with a normal file mode (0644 under umask 022)."""
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, text)
 
 
 @dataclass
@@ -131,15 +124,16 @@ class ReportContext:
 
     def save_figure(self, fig, name: str, dpi: Optional[int] = None) -> Path:
         """Save a matplotlib figure atomically as ``out_dir/name`` (closed if pyplot made it)."""
+        import io
+
+        from ..checkpoint import atomic_write
+
         p = self.path(name)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=p.suffix)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=dpi or self.options["dpi"])
-            os.replace(tmp, p)
+            buf = io.BytesIO()
+            fig.savefig(buf, dpi=dpi or self.options["dpi"], format=p.suffix.lstrip(".") or "png")
+            atomic_write(p, buf.getvalue())  # complete or absent; mode 0666 less the umask, not 0600
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             plt = sys.modules.get("matplotlib.pyplot")  # only pyplot-made figures need closing
             num = getattr(fig, "number", None)
             if plt is not None and num is not None and plt.fignum_exists(num):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -45,7 +48,9 @@ def write_report(
         dataset: a :class:`latentgeo.datasets.Dataset` (``data``, ``labels``, ``item_shape``,
             ``name``, ``params``); ``None`` with a Subject.
         history: the per-epoch training records (or ``None``; with a Subject, its ``history``).
-        out_dir: report folder (created if missing; existing files are overwritten).
+        out_dir: report folder (created if missing; existing files are overwritten). Complete or
+            absent: the sections write into a staging folder and the files move into place only
+            when all succeeded; a failure leaves ``out_dir`` as it was (removed if it was created).
         random_state: int seed for the sections' randomness (subsets, Monte-Carlo estimates).
         sections: section names or :class:`ReportSection` objects to run (default: all
             registered, see :func:`report_sections`).
@@ -114,14 +119,39 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ReportError(f"report folder {out} exists and is not a directory")
+    for f in files:
+        if not (out / f).is_file():
+            raise ReportError(f"file {f!r} listed in files= does not exist in {out}")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    # complete or absent: sections write into a staging folder inside out/; only when every
+    # section has succeeded are the files moved into place (each move atomic), summary.json last
+    stage = Path(tempfile.mkdtemp(prefix=".report-partial-", dir=out))
+    try:
+        clean = _write(model, dataset, history, stage, random_state, run, opts, resolution, margin, timings, extra,
+                       files, __version__, subject=subject, html=html)
+        for rel in clean["files"]:
+            src = stage / rel
+            if rel != "summary.json" and src.is_file():
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, out / rel)
+        os.replace(stage / "summary.json", out / "summary.json")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+    return clean
+
+
+def _write(model, dataset, history, out, random_state, run, opts, resolution, margin, timings, extra, files,
+           __version__, subject=None, html=True) -> dict:
     opts.update(resolution=int(resolution), margin=float(margin))
     ctx = ReportContext(model=model, dataset=dataset, history=history, out_dir=out, random_state=int(random_state),
                         options=opts, subject=subject)
     for f in files:
-        if not (out / f).is_file():
-            raise ReportError(f"file {f!r} listed in files= does not exist in {out}")
-        ctx.path(f)
+        ctx.files.append(str(Path(f)))
     summary = ctx.summary
     summary["latentgeo_version"] = __version__
     summary["created_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
