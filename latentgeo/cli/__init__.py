@@ -21,6 +21,15 @@ Subcommands::
         Write the analysis report of a saved model (no training); the data set is the one
         recorded in the checkpoint unless --data is given.
 
+    latentgeo analyze --decoder MODULE:FACTORY --codes CODES [--labels LABELS] [--data DATA]
+                      [--item-shape H,W] [--rbf-variance] --out DIR [--skip SECTION]
+        The report of your own decoder at your own codes (.npy/.pt, never pickle): the factory
+        returns a latentgeo decoder, a module returning (mean, std), or a mean network (with
+        --rbf-variance the LSO variance is fitted to DATA). Sections that need a VAE say skipped.
+
+    latentgeo cluster --decoder MODULE:FACTORY --codes CODES --k K --out LABELS.npy [--centers C.npy]
+        Geodesic k-means (GeodesicKMeans) of the codes under the decoder's metric; labels to .npy.
+
     latentgeo info CHECKPOINT [--json]
         Verify a checkpoint (format, digest) and print its configuration.
 
@@ -39,13 +48,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, info, report, train
+from . import analyze, cluster, demo, info, report, train
 from .common import PROG, CLIError, common_parser
 
 __all__ = ["main", "build_parser", "CLIError"]
 
 #: the subcommands, one module each (``add_parser(sub, common)`` and ``run(args, argv)``)
-COMMANDS = (demo, train, report, info)
+COMMANDS = (demo, train, report, analyze, cluster, info)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (demo, train, report or info)", file=sys.stderr)
+        names = ", ".join(m.__name__.rsplit(".", 1)[1] for m in COMMANDS)
+        print(f"{PROG}: error: a command is required ({names})", file=sys.stderr)
         return 2
     threads = getattr(args, "threads", None)
     if threads is not None:

@@ -32,6 +32,16 @@ Your own section, from a notebook or a script (:func:`register_section`)::
         ctx.save_figure(fig, "my_figure.png")
         return {"n": ctx.options["my_n"]}
 
+The subject of a report is a trained model and its data set, or any decoder and codes
+(:class:`Subject`; the model optional)::
+
+    write_report(model, dataset, history, "report")
+    write_report(Subject(decoder, codes, labels=labels), None, None, "report")
+
+Without a model, the ``model``, ``training``, ``checkpoint``, ``iwae`` and ``training_curves``
+sections say ``{"skipped": ...}``; the geometric ones run on the decoder. The last step writes
+``index.html`` (:mod:`.html`): figures, tables and timings of every section, offline.
+
 A section that cannot run on a model says so in its returned dict (``{"skipped": reason}``)
 rather than silently writing nothing; an exception in a section aborts the report with a
 :class:`ReportSectionError` naming the section (the original exception chained).
@@ -46,6 +56,7 @@ from . import checkpoint, dataset, decoded_grid, geodesics, iwae, magnification,
 from . import walks
 from .context import CONTEXT_DEFAULTS, ReportContext, ReportError, ReportSection, ReportSectionError
 from .registry import _add, register_section, report_sections, unregister_section
+from .subject import Subject
 from .writer import write_report
 
 #: the sections every report has, in the order they are listed (each runs at its ``order``)
@@ -72,6 +83,7 @@ __all__ = [
     "ReportSection",
     "ReportError",
     "ReportSectionError",
+    "Subject",
     "register_section",
     "unregister_section",
     "report_sections",

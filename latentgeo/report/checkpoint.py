@@ -11,6 +11,8 @@ def _section_checkpoint(ctx: ReportContext) -> dict:
     name = ctx.options["checkpoint_name"]
     if name is None:
         return {"skipped": "checkpoint_name=None"}
+    if ctx.model is None:
+        return {"skipped": "no model: the subject is a decoder and codes"}
     if not str(name).endswith(".safetensors"):
         raise ReportError(f"checkpoint_name must end in .safetensors, got {name!r}")
     if not hasattr(ctx.model, "save"):

@@ -1,6 +1,7 @@
 """What report sections see: :class:`ReportContext`, :class:`ReportSection` and the errors.
 
-The context holds the subject of the analysis (a model and its data set), the report's
+The context holds the subject of the analysis (a model and its data set, or a
+:class:`~latentgeo.report.subject.Subject`: a decoder and codes, the model optional), the report's
 options and the quantities sections share, computed once on first use: ``ctx.codes``
 (encoder means of the data), ``ctx.decoder`` / ``ctx.metric`` (the analysis decoder and its
 pullback metric), ``ctx.extent`` and ``ctx.magnification_grid``.
@@ -88,7 +89,10 @@ class ReportContext:
     """What sections see: inputs, options, shared lazily computed quantities, outputs.
 
     Attributes:
-        model, dataset, history: as passed to :func:`write_report`.
+        model, dataset, history: as passed to :func:`write_report` (``dataset`` is ``None``
+            and ``model`` may be ``None`` when the report's subject is a :class:`Subject`).
+        subject: the :class:`~latentgeo.report.subject.Subject` analysed, or ``None`` (a model
+            and its data set).
         out_dir: the report folder.
         random_state: int seed for any randomness in sections (subsets, initialisations).
         options: the report's options: :data:`CONTEXT_DEFAULTS` and every section's
@@ -105,6 +109,7 @@ class ReportContext:
     options: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     files: list = field(default_factory=list)
+    subject: Any = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     # -- files --------------------------------------------------------------------------
@@ -147,7 +152,7 @@ class ReportContext:
     def class_means(self) -> tuple[np.ndarray, torch.Tensor]:
         """``(classes (C,), means (C, d))``: the mean code of each label (``ValueError`` without labels)."""
         if self.labels is None:
-            raise ValueError(f"data set {getattr(self.dataset, 'name', '?')!r} has no labels")
+            raise ValueError(f"data set {self.name!r} has no labels")
         classes = np.unique(self.labels)
         lab = torch.as_tensor(self.labels, device=self.codes.device)
         means = torch.stack([self.codes[lab == c].mean(0) for c in classes])
@@ -160,10 +165,55 @@ class ReportContext:
         return self._cache[key]
 
     @property
-    def data(self) -> torch.Tensor:
-        """The data items analysed ``(N, D)``: the data set, or a seeded subset of ``max_points``."""
+    def name(self) -> str:
+        """What the report analyses: the data set's or the subject's name."""
+        src = self.subject if self.subject is not None else self.dataset
+        return getattr(src, "name", None) or "data"
+
+    @property
+    def item_shape(self) -> Optional[tuple]:
+        """Shape of one data item (e.g. ``(8, 8)``), or ``None`` when unknown."""
+        src = self.subject if self.subject is not None else self.dataset
+        shape = getattr(src, "item_shape", None)
+        return None if shape is None else tuple(shape)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (codes) before any ``max_points`` subset."""
+        if self.subject is not None:
+            return int(self.subject.codes.shape[0])
+        return int(len(self.dataset.data))
+
+    @property
+    def all_data(self) -> Optional[torch.Tensor]:
+        """Every data item, flattened ``(n_items, D)`` (no subset), or ``None`` when the subject has no data."""
+        x = self.subject.data if self.subject is not None else self.dataset.data
+        if x is None:
+            return None
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        return x.reshape(x.shape[0], -1)
+
+    def mean_fn(self):
+        """``z (N, d) -> x̂ (N, ...)``: the decoder's mean output (the value of a deterministic decoder)."""
+        from ..decoders import DeterministicDecoder
+
+        dec = self.decoder
+        if isinstance(dec, DeterministicDecoder):
+            return lambda z: dec(z)
+        return lambda z: dec.distribution(z).mean
+
+    @property
+    def data(self) -> Optional[torch.Tensor]:
+        """The data items analysed ``(N, D)``: the data set, or a seeded subset of ``max_points``
+        (``None`` when the subject has no data)."""
 
         def make():
+            if self.subject is not None:
+                x = self.all_data
+                if x is None:
+                    return None
+                idx = self.subset_index
+                return x if idx is None else x[idx.to(x.device)]
             x = self.dataset.data
             x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
             x = x.reshape(x.shape[0], -1)
@@ -177,7 +227,7 @@ class ReportContext:
         """Indices of the analysed items in the data set (``None``: all of them)."""
 
         def make():
-            n = len(self.dataset.data)
+            n = self.n_items
             m = self.options.get("max_points")
             if m is None or m >= n:
                 return None
@@ -191,7 +241,8 @@ class ReportContext:
         """Labels of the analysed items ``(N,)`` or ``None``."""
 
         def make():
-            lab = getattr(self.dataset, "labels", None)
+            src = self.subject if self.subject is not None else self.dataset
+            lab = getattr(src, "labels", None)
             if lab is None:
                 return None
             lab = lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab)
@@ -202,21 +253,29 @@ class ReportContext:
 
     @property
     def param_dtype(self) -> torch.dtype:
-        """dtype of the model's parameters (data are converted to it)."""
+        """dtype of the model's parameters (data are converted to it); the codes' without a model."""
+        if self.model is None and self.subject is not None:
+            return self.subject.codes.dtype
         p = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
         return p.dtype if p is not None else torch.get_default_dtype()
 
     @property
     def param_device(self) -> torch.device:
-        """device of the model's parameters (data are moved to it)."""
+        """device of the model's parameters (data are moved to it); the codes' without a model."""
+        if self.model is None and self.subject is not None:
+            return self.subject.codes.device
         p = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
         return p.device if p is not None else torch.device("cpu")
 
     @property
     def codes(self) -> torch.Tensor:
-        """Encoder means of :attr:`data` in the analysis coordinates, ``(N, d)``."""
+        """Encoder means of :attr:`data` in the analysis coordinates (the subject's codes), ``(N, d)``."""
 
         def make():
+            if self.subject is not None:
+                z = self.subject.codes
+                idx = self.subset_index
+                return z if idx is None else z[idx.to(z.device)]
             with torch.no_grad():
                 z = self.model.encode_mean(self.data.to(device=self.param_device, dtype=self.param_dtype))
             return z.detach()
@@ -229,7 +288,9 @@ class ReportContext:
 
     @property
     def decoder(self):
-        """The model's analysis decoder (``model.decoder_for_analysis()``)."""
+        """The model's analysis decoder (``model.decoder_for_analysis()``), or the subject's decoder."""
+        if self.subject is not None:
+            return self.subject.decoder
         return self._cached("decoder", lambda: self.model.decoder_for_analysis())
 
     @property
@@ -291,7 +352,7 @@ class ReportContext:
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.1 if below else 0.02,
                           **({"location": "bottom", "aspect": 40} if below else {}))
         cb.set_label("√det M(z) (log scale)")
-        name = getattr(self.dataset, "name", None)
+        name = self.name
         scatter_codes(ax, self.codes.cpu().numpy(), self.labels, legend_title="digit" if name == "digits" else "label")
         ax.set_xlim(self.extent[0], self.extent[1])
         ax.set_ylim(self.extent[2], self.extent[3])

@@ -11,6 +11,8 @@ __all__ = ["SECTION"]
 
 
 def _section_dataset(ctx: ReportContext) -> dict:
+    if ctx.subject is not None:
+        return _subject_dataset(ctx)
     ds = ctx.dataset
     x = ds.data
     labels = getattr(ds, "labels", None)
@@ -29,7 +31,27 @@ def _section_dataset(ctx: ReportContext) -> dict:
     return out
 
 
+def _subject_dataset(ctx: ReportContext) -> dict:
+    """The codes (and data, labels) of a :class:`~latentgeo.report.subject.Subject`."""
+    sub = ctx.subject
+    x = ctx.all_data
+    out = {
+        "name": ctx.name,
+        "n_items": ctx.n_items,
+        "latent_dim": ctx.latent_dim,
+        "decoder": type(sub.decoder).__name__,
+        "data_dim": None if x is None else int(x.shape[1]),
+        "item_shape": None if ctx.item_shape is None else list(ctx.item_shape),
+        "n_analysed": int(ctx.codes.shape[0]),
+        "params": dict(sub.params or {}),
+    }
+    if sub.labels is not None:
+        out["classes"] = sorted(int(c) for c in np.unique(sub.labels))
+        out["n_classes"] = len(out["classes"])
+    return out
+
+
 SECTION = ReportSection(
-    "dataset", _section_dataset, order=0, description="data set name, size and shape",
+    "dataset", _section_dataset, order=0, description="data set (or codes) name, size and shape",
     defaults={},
 )

@@ -12,14 +12,14 @@ def _section_decoded_grid(ctx: ReportContext) -> dict:
         return {"skipped": f"the decoded grid needs a 2-D latent space; this model's is {ctx.latent_dim}-D"}
     from ..plotting import plot_image_grid
 
-    item_shape = getattr(ctx.dataset, "item_shape", None)
+    item_shape = ctx.item_shape
     if item_shape is None or len(tuple(item_shape)) != 2:
         return {"skipped": f"items of shape {item_shape} are not images"}
     n = int(ctx.options["grid_n"])
     fig, ax = ctx.new_figure(figsize=(6.4, 6.4))
     data = ctx.data
-    clip = (float(data.min()), float(data.max()))
-    plot_image_grid(ctx.decoder, ctx.extent, n=n, item_shape=tuple(item_shape), ax=ax, clip=clip,
+    clip = None if data is None else (float(data.min()), float(data.max()))  # None: the decoded range
+    plot_image_grid(ctx.mean_fn(), ctx.extent, n=n, item_shape=tuple(item_shape), ax=ax, clip=clip,
                     title="Decoder mean μ(z) over the latent plane", dtype=ctx.codes.dtype)
     ctx.save_figure(fig, "decoded_grid.png")
     return {"n": n, "extent": list(ctx.extent)}

@@ -124,10 +124,11 @@ def geodesics_section(ctx: ReportContext) -> dict:
     rows = torch.stack([geo_pts, line_pts], 1).reshape(2 * n, len(tt), 2)
     row_failed = torch.stack([~res.converged.cpu(), torch.zeros(n, dtype=torch.bool)], 1).reshape(-1)
     row_labels = [f"{lab} {kind}" for lab in labels for kind in ("geodesic", "straight")]
-    item_shape = getattr(ctx.dataset, "item_shape", None)
+    item_shape = ctx.item_shape
     item_shape = tuple(item_shape) if item_shape is not None and len(item_shape) == 2 else None
-    if item_shape is not None or int(np.sqrt(ctx.data.shape[1])) ** 2 == ctx.data.shape[1]:
-        fig = plot_decoded_strips(ctx.decoder, rows.to(ctx.codes.dtype), n_images=len(tt), item_shape=item_shape, row_labels=row_labels,
+    width = ctx.data.shape[1] if ctx.data is not None else None
+    if item_shape is not None or (width is not None and int(np.sqrt(width)) ** 2 == width):
+        fig = plot_decoded_strips(ctx.mean_fn(), rows.to(ctx.codes.dtype), n_images=len(tt), item_shape=item_shape, row_labels=row_labels,
                                   title="Decoded along geodesics and straight lines", failed=row_failed)
         ctx.save_figure(fig, "geodesic_strips.png")
         strips = True

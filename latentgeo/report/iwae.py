@@ -20,8 +20,11 @@ def _section_iwae(ctx: ReportContext) -> dict:
         if isinstance(v, bool) or int(v) != v or v < 1:
             raise ReportError(f"{nm} must be a positive integer, got {v!r}")
     n_pts, k = int(n_pts), int(k)
-    x = ctx.dataset.data
-    x = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).reshape(len(x), -1)
+    if ctx.model is None:
+        return {"skipped": "no model: the subject is a decoder and codes"}
+    x = ctx.all_data
+    if x is None:
+        return {"skipped": "no data items to evaluate the likelihood of"}
     g = torch.Generator().manual_seed(ctx.random_state)
     idx = ctx.options["eval_index"]
     if idx is not None and len(idx) > 0:

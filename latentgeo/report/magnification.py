@@ -53,7 +53,7 @@ def _section_magnification(ctx: ReportContext) -> dict:
         kind, f"{kind} metric" if kind else "metric"
     )
     fig, ax = ctx.magnification_figure(
-        title=f"Magnification factor √det M(z) — {getattr(ctx.dataset, 'name', 'data')}, {kind_name}"
+        title=f"Magnification factor √det M(z) — {ctx.name}, {kind_name}"
     )
     ctx.save_figure(fig, "magnification.png")
     codes = ctx.codes

@@ -8,6 +8,8 @@ __all__ = ["SECTION"]
 
 
 def _section_model(ctx: ReportContext) -> dict:
+    if ctx.model is None:
+        return {"skipped": "no model: the subject is a decoder and codes"}
     m = ctx.model
     cfg = getattr(m, "config", None)
     cfg = dict(cfg) if cfg is not None else {}

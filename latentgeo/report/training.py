@@ -14,7 +14,7 @@ from ..plotting import history_records
 
 def _section_training(ctx: ReportContext) -> dict:
     if ctx.history is None:
-        return {"skipped": "no training history given"}
+        return {"skipped": "no training history given" + (" (no model)" if ctx.model is None else "")}
     recs = [r for r in history_records(ctx.history) if r.get("phase") != "rbf"]
     if not recs:
         return {"epochs_run": 0}

@@ -9,7 +9,7 @@ __all__ = ["SECTION"]
 
 def _section_training_curves(ctx: ReportContext) -> dict:
     if ctx.history is None:
-        return {"skipped": "no training history given"}
+        return {"skipped": "no training history given" + (" (no model)" if ctx.model is None else "")}
     from ..plotting import plot_training_curves
 
     fig, ax = ctx.new_figure(figsize=(7.0, 4.2))

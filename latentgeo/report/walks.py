@@ -79,7 +79,7 @@ def _section_walks(ctx: ReportContext) -> dict:
         if codes_legend is not None:
             ax.add_artist(codes_legend)  # keep the codes' legend next to the walks'
         ctx.save_figure(fig, "walks.png")
-    item_shape = tuple(getattr(ctx.dataset, "item_shape", None) or ())
+    item_shape = tuple(ctx.item_shape or ())  # the data set's or the Subject's
     if len(item_shape) == 2 and results:
         n_frames = 10
         idx = torch.linspace(0, n_steps, n_frames).round().long()

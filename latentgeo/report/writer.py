@@ -1,4 +1,4 @@
-"""The report driver: :func:`write_report` runs the sections and writes ``summary.json``."""
+"""The report driver: :func:`write_report` runs the sections and writes ``summary.json`` and ``index.html``."""
 
 from __future__ import annotations
 
@@ -31,17 +31,23 @@ def write_report(
     timings: Optional[dict] = None,
     extra: Optional[dict] = None,
     files: Sequence[str] = (),
+    html: bool = True,
     **options,
 ) -> dict:
-    """Write the analysis report of a trained model into ``out_dir``; returns the summary.
+    """Write the analysis report of a trained model, or of any decoder, into ``out_dir``; returns the summary.
+
+    Two forms: ``write_report(model, dataset, history, out_dir)`` for a trained model and its
+    data set, and ``write_report(subject, None, None, out_dir)`` for a
+    :class:`~latentgeo.report.subject.Subject` (a decoder and codes; the model, data and
+    history optional). The sections that need what the subject lacks say ``{"skipped": ...}``.
 
     Args:
         model: a trained model with ``encode_mean(x)``, ``decoder_for_analysis()`` (and, for
             the default sections, ``parameters()``, ``config``, ``elbo(x)``), e.g.
-            :class:`latentgeo.models.VAE`.
+            :class:`latentgeo.models.VAE`; or a :class:`~latentgeo.report.subject.Subject`.
         dataset: a :class:`latentgeo.datasets.Dataset` (``data``, ``labels``, ``item_shape``,
-            ``name``, ``params``).
-        history: the per-epoch training records (or ``None``).
+            ``name``, ``params``); ``None`` with a Subject.
+        history: the per-epoch training records (or ``None``; with a Subject, its ``history``).
         out_dir: report folder (created if missing; existing files are overwritten). Complete or
             absent: the sections write into a staging folder and the files move into place only
             when all succeeded; a failure leaves ``out_dir`` as it was (removed if it was created).
@@ -52,6 +58,9 @@ def write_report(
         extra: extra top-level summary entries (e.g. the command line).
         files: files the caller already wrote into ``out_dir`` (e.g. the training log), to be
             listed in ``summary["files"]``.
+        html: also write ``index.html`` (:func:`latentgeo.report.html.write_html`): the
+            figures, the tables and the numbers of the summary, section by section, with what
+            each section computed and how long it took; it opens offline.
         options: report options, each known to the report (:data:`CONTEXT_DEFAULTS`:
             ``resolution``, ``margin``, ``max_points``, ``dpi``, ``cmap``) or to a registered
             section (its ``defaults``, e.g. ``checkpoint_name``, ``iwae_points``,
@@ -59,7 +68,8 @@ def write_report(
             a :class:`ReportError`. Sections see them merged over the defaults as ``ctx.options``.
 
     Returns:
-        the summary dict, also written to ``out_dir/summary.json``: ``latentgeo_version``,
+        the summary dict, also written to ``out_dir/summary.json`` (and shown in
+        ``out_dir/index.html``): ``latentgeo_version``,
         ``created_utc``, ``random_state``, one entry per section, ``timings`` (seconds per section and
         the given ``timings``), ``sections`` (names in run order) and ``files`` (everything
         written, relative to ``out_dir``, ``summary.json`` included).
@@ -82,7 +92,15 @@ def write_report(
         raise ReportError(f"max_points must be an integer >= 2 or None, got {max_points!r}")
     if isinstance(opts["dpi"], bool) or not isinstance(opts["dpi"], (int, np.integer)) or opts["dpi"] < 10:
         raise ReportError(f"dpi must be an integer >= 10, got {opts['dpi']!r}")
-    if not hasattr(dataset, "data"):
+    from .subject import Subject
+
+    subject = None
+    if isinstance(model, Subject):
+        if dataset is not None or history is not None:
+            raise ReportError("with a Subject, pass dataset=None and history=None (the subject carries its data "
+                              "and history)")
+        subject, model, history = model, model.model, model.history
+    elif not hasattr(dataset, "data"):
         raise ReportError(f"dataset must have a .data array (a latentgeo Dataset), got {type(dataset).__name__}")
 
     if sections is None:
@@ -111,7 +129,7 @@ def write_report(
     stage = Path(tempfile.mkdtemp(prefix=".report-partial-", dir=out))
     try:
         clean = _write(model, dataset, history, stage, random_state, run, opts, resolution, margin, timings, extra,
-                       files, __version__)
+                       files, __version__, subject=subject, html=html)
         for rel in clean["files"]:
             src = stage / rel
             if rel != "summary.json" and src.is_file():
@@ -128,10 +146,10 @@ def write_report(
 
 
 def _write(model, dataset, history, out, random_state, run, opts, resolution, margin, timings, extra, files,
-           __version__) -> dict:
+           __version__, subject=None, html=True) -> dict:
     opts.update(resolution=int(resolution), margin=float(margin))
     ctx = ReportContext(model=model, dataset=dataset, history=history, out_dir=out, random_state=int(random_state),
-                        options=opts)
+                        options=opts, subject=subject)
     for f in files:
         ctx.files.append(str(Path(f)))
     summary = ctx.summary
@@ -149,8 +167,10 @@ def _write(model, dataset, history, out, random_state, run, opts, resolution, ma
     if hasattr(model, "eval"):
         model.eval()
     t_all = time.perf_counter()
+    section_files: dict = {}
     try:
         for sec in run:
+            n_files = len(ctx.files)
             t0 = time.perf_counter()
             try:
                 res = sec.fn(ctx)
@@ -161,6 +181,7 @@ def _write(model, dataset, history, out, random_state, run, opts, resolution, ma
                     f"report section {sec.name!r} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             times[f"{sec.name}_s"] = round(time.perf_counter() - t0, 4)
+            section_files[sec.name] = ctx.files[n_files:]
             if res is not None:
                 if not isinstance(res, dict):
                     raise ReportError(f"report section {sec.name!r} returned {type(res).__name__}, expected a dict")
@@ -172,7 +193,13 @@ def _write(model, dataset, history, out, random_state, run, opts, resolution, ma
     summary["timings"] = times
     summary["sections"] = [s.name for s in run]
     ctx.path("summary.json")
+    if html:
+        ctx.path("index.html")
     summary["files"] = list(ctx.files)
     clean = jsonable(summary)
     atomic_write_text(out / "summary.json", json.dumps(clean, indent=2, sort_keys=False) + "\n")
+    if html:  # last: the page shows the summary as written
+        from .html import write_html
+
+        write_html(clean, out, sections=[(s.name, s.description, section_files.get(s.name, [])) for s in run])
     return clean
