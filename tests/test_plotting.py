@@ -249,21 +249,21 @@ def test_plotting_docstring_examples():
 
 
 def test_quickstart_notebook_runs_against_the_api():
-    """notebooks/01_quickstart.ipynb is valid notebook JSON and its code cells execute."""
+    """notebooks/01_quickstart.py (a jupytext percent script) executes, and its claims hold."""
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "notebooks" / "01_quickstart.ipynb"
-    nb = json.loads(path.read_text())
-    assert nb["nbformat"] == 4 and nb["cells"]
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert code and all(c["outputs"] == [] and "source" in c for c in code)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "01_quickstart.py"
+    src = path.read_text()
+    assert "# %%" in src
     ns: dict = {"__name__": "__notebook__"}
-    for k, cell in enumerate(code):
-        exec(compile("".join(cell["source"]), f"{path.name}[cell {k}]", "exec"), ns)
+    exec(compile(src, path.name, "exec"), ns)
     # the notebook's claims: the RBF variance makes the space between clusters long
     metric = ns["metric"]
-    between = metric.magnification(torch.tensor([[0.0, 0.8]]))
-    assert float(between) > 5 * float(metric.magnification(ns["codes"]).median())
+    between = metric.magnification(0.5 * (ns["centres"][0] + ns["centres"][1])[None])  # between two clusters
+    assert float(between) > 2 * float(metric.magnification(ns["codes"]).median())
     assert float(metric.length(ns["line"])) > 2 * float(lg.PullbackMetric(ns["decoder"], kind="mean").length(ns["line"]))
 
 
