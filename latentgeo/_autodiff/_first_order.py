@@ -270,16 +270,17 @@ def _r_reduce(step, root, a, at, kw, d):
     return y, _fit(r, y)
 
 
-def _r_generic(step, root, a, at, kw, d, kwt=None):
-    """``vmap`` over the ``d`` tangents of ``jvp`` of the node (exact for any differentiable op)."""
+def _node_as_function(step, root, a, at, kw, kwt=None):
+    """The node as a function of its tangent-carrying tensor leaves: ``(f_sub, primals, tangents)``,
+    or ``None`` when no leaf carries a tangent (shared by the generic rules of every mode)."""
     leaves, spec = pytree.tree_flatten((list(a), kw))
-    tleaves, tspec = pytree.tree_flatten(([_tangent_tree(v, t) for v, t in zip(a, at)], kwt or {
+    tleaves, _ = pytree.tree_flatten(([_tangent_tree(v, t) for v, t in zip(a, at)], kwt or {
         k: pytree.tree_map(lambda _: _NO, v) for k, v in kw.items()}))
     if len(tleaves) != len(leaves):
         raise _Unsupported(f"cannot align tangents with the arguments of {step.target!r}")
     idx = [i for i, t in enumerate(tleaves) if isinstance(t, torch.Tensor)]
     if not idx:
-        return _call(step, root, a, kw), None
+        return None
 
     def f_sub(*xs):
         args = list(leaves)
@@ -288,8 +289,16 @@ def _r_generic(step, root, a, at, kw, d, kwt=None):
         aa, kk = pytree.tree_unflatten(args, spec)
         return _call(step, root, aa, kk)
 
-    primals = tuple(leaves[i] for i in idx)
-    return vmap(lambda *ts: jvp(f_sub, primals, ts), out_dims=(None, 0))(*(tleaves[i] for i in idx))
+    return f_sub, tuple(leaves[i] for i in idx), tuple(tleaves[i] for i in idx)
+
+
+def _r_generic(step, root, a, at, kw, d, kwt=None):
+    """``vmap`` over the ``d`` tangents of ``jvp`` of the node (exact for any differentiable op)."""
+    node = _node_as_function(step, root, a, at, kw, kwt)
+    if node is None:
+        return _call(step, root, a, kw), None
+    f_sub, primals, tangents = node
+    return vmap(lambda *ts: jvp(f_sub, primals, ts), out_dims=(None, 0))(*tangents)
 
 
 

@@ -79,7 +79,7 @@ from torch.utils import _pytree as pytree
 
 from . import _first_order as fo
 from ._interpreter import Mode
-from ._trace import _NO, _Decline, _Unsupported, _arg, _call, _fit, _resolve, _tangent_tree
+from ._trace import _Decline, _Unsupported, _arg, _call, _fit, _resolve
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -276,24 +276,11 @@ RULES.update(activation=_s_activation, unary=_s_unary, mul=_s_mul, div=_s_div, m
 
 def _s_generic(step, root, a, at, kw, D, kwt=None):
     """``vmap(jvp(node))`` over the ``D`` slots plus ``∂²node[ẋ, ẋ]`` (jvp of jvp) in the last one."""
-    leaves, spec = pytree.tree_flatten((list(a), kw))
-    tleaves, _ = pytree.tree_flatten(([_tangent_tree(v, t) for v, t in zip(a, at)], kwt or {
-        k: pytree.tree_map(lambda _: _NO, v) for k, v in kw.items()}))
-    if len(tleaves) != len(leaves):
-        raise _Unsupported(f"cannot align tangents with the arguments of {step.target!r}")
-    idx = [i for i, t in enumerate(tleaves) if isinstance(t, torch.Tensor)]
-    if not idx:
+    node = fo._node_as_function(step, root, a, at, kw, kwt)
+    if node is None:
         return _call(step, root, a, kw), None
-
-    def f_sub(*xs):
-        args = list(leaves)
-        for i, x in zip(idx, xs):
-            args[i] = x
-        aa, kk = pytree.tree_unflatten(args, spec)
-        return _call(step, root, aa, kk)
-
-    primals = tuple(leaves[i] for i in idx)
-    tans = tuple(_full(tleaves[i], leaves[i]) for i in idx)
+    f_sub, primals, tangents = node
+    tans = tuple(_full(t, p) for t, p in zip(tangents, primals))
     y, u = vmap(lambda *ts: jvp(f_sub, primals, ts), out_dims=(None, 0))(*tans)
     xd = tuple(t[-2] for t in tans)
     _, sec = jvp(lambda *xs: jvp(f_sub, xs, xd)[1], primals, xd)
