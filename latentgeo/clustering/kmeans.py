@@ -73,7 +73,14 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         centroid: ``"karcher"`` (Fréchet mean by Riemannian gradient steps) or ``"medoid"``.
         n_neighbors: ``k`` of the kNN graph over the codes used for seeding and bounds.
         geodesic_options: keyword options for :func:`latentgeo.geodesics.connecting_geodesic`
-            (``solver``, ``tol``, ``budget``, ...); defaults: ``tol=1e-4``, ``budget=1.0`` s per pair.
+            used by the final assignment, ``transform`` and ``predict`` (``solver``, ``tol``,
+            ``budget``, ...); defaults: ``tol=1e-4``, ``budget=1.0`` s per pair, and the codes'
+            graph as a competitor (``graph=graph_``: a certified distance is never longer than
+            the graph path).
+        iteration_options: the same for the geodesics of the intermediate iterations (Karcher
+            steps and re-assignments), which only steer the centres: defaults ``tol=1e-3`` and a
+            lighter solver (``Collocation(nodes=32, max_nodes=64, degree=16, energy_max_iter=20,
+            max_iter=12)``). Their curves warm-start the next iteration's and the final solves.
         random_state: ``None``, an int or a numpy random generator (scikit-learn's ``check_random_state``).
         verbose: print per-iteration inertia and show a progress bar over ``n_init × max_iter``.
 
@@ -82,7 +89,8 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         inertia_: ``Σ d(x_i, c_{label_i})²``; n_iter_: iterations of the kept run;
         distances_: ``(n,)`` distance of each point to its centre; distance_converged_: ``(n,)``
         bool, whether that distance is certified; inertia_history_: inertia after each iteration
-        of the kept run; n_geodesics_: geodesics solved in ``fit`` (all runs); graph_: the
+        of the kept run; n_geodesics_: geodesics solved in ``fit`` (all runs); n_open_pairs_: pairs
+        (point, other centre) the triangle inequality could not rule out; graph_: the
         :class:`~latentgeo.geodesics.LatentGraph` over the codes.
     """
 
@@ -98,6 +106,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         centroid: str = "karcher",
         n_neighbors: int = 10,
         geodesic_options: Optional[dict] = None,
+        iteration_options: Optional[dict] = None,
         random_state=None,
         verbose: bool = False,
     ):
@@ -110,6 +119,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.centroid = centroid
         self.n_neighbors = n_neighbors
         self.geodesic_options = geodesic_options
+        self.iteration_options = iteration_options
         self.random_state = random_state
         self.verbose = verbose
 
@@ -154,50 +164,118 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 return p.dtype
         return torch.get_default_dtype()
 
-    def _options(self):
-        opts = {"tol": 1e-4, "budget": 1.0, "progress": False}
-        opts.update(self.geodesic_options or {})
+    def _options(self, final=True):
+        if final:
+            opts = {"tol": 1e-4, "budget": 1.0, "progress": False, "graph": getattr(self, "_graph", None)}
+            opts.update(self.geodesic_options or {})
+        else:
+            from ..geodesics import Collocation
+
+            opts = {"tol": 1e-3, "budget": 1.0, "progress": False,
+                    "solver": Collocation(nodes=32, max_nodes=64, degree=16, energy_max_iter=20, max_iter=12)}
+            opts.update(self.iteration_options or {})
+        for bad in ("init", "return_result"):
+            if bad in opts:
+                raise ValueError(f"geodesic options may not set {bad!r} (GeodesicKMeans chooses the starting curves)")
         return opts
 
     # ------------------------------------------------------------------ geodesics
-    def _pairs(self, C, X, ci, xi):
-        """Geodesics centre ``C[ci]`` → point ``X[xi]``: lengths, certified mask, initial velocities."""
+    _T_WARM = 17  # points per stored curve (warm starts)
+
+    def _pairs(self, C, X, ci, xi, final=False, store=True):
+        """Geodesics centre ``C[ci]`` → point ``X[xi]``: lengths, certified mask, initial velocities.
+
+        With ``store``, each pair's curve is kept (per centre index and point); a pair solved
+        before, possibly from an earlier position ``c_old`` of its centre, starts from that curve
+        shifted to the centre's new position, ``γ(t) + (1 − t)(c − c_old)``.
+        """
         from ..geodesics import connecting_geodesic
 
-        if len(ci) == 0:
-            e = X.new_zeros(0)
-            return e, torch.zeros(0, dtype=torch.bool), X.new_zeros(0, X.shape[1])
+        n = len(ci)
+        length = X.new_zeros(n)
+        conv = torch.zeros(n, dtype=torch.bool)
+        v = X.new_zeros(n, X.shape[1])
+        if n == 0:
+            return length, conv, v
+        opts = self._opts if final else self._opts_iter
+        t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
         z0, z1 = C[ci], X[xi]
-        res = connecting_geodesic(self.metric, z0, z1, **self._opts)
-        self._n_geo += len(ci)
-        length = res.length.detach()
-        conv = res.converged.clone().cpu()
-        v = res.initial_velocity.detach()
         same = (z0 - z1).abs().amax(-1) == 0
-        length = torch.where(same, torch.zeros_like(length), length)
-        v = torch.where(same[:, None], torch.zeros_like(v), v)
-        return length, conv | same.cpu(), v
+        todo = torch.nonzero(~same).reshape(-1)
+        ci_t, xi_t = torch.as_tensor(ci)[todo], torch.as_tensor(xi)[todo]
+        have = torch.zeros(len(todo), dtype=torch.bool)
+        if store:
+            for j in torch.unique(ci_t).tolist():
+                if j in self._warm:
+                    sel = ci_t == j
+                    have[sel] = self._warm[j][2][xi_t[sel]]
+        for warm in (True, False):
+            sel = have == warm
+            if not bool(sel.any()):
+                continue
+            ps = todo[sel]
+            if warm:
+                init = torch.empty(len(ps), self._T_WARM, X.shape[1], dtype=X.dtype, device=X.device)
+                shift = torch.empty(len(ps), X.shape[1], dtype=X.dtype, device=X.device)
+                cj, xj = ci_t[sel], xi_t[sel]
+                for j in torch.unique(cj).tolist():
+                    m = cj == j
+                    cpos, curves, _ = self._warm[j]
+                    init[m] = curves[xj[m]]
+                    shift[m] = C[j] - cpos[xj[m]]
+                init = init + (1 - t)[None, :, None] * shift[:, None, :]
+                init[:, 0], init[:, -1] = z0[ps], z1[ps]
+                res = connecting_geodesic(self.metric, z0[ps], z1[ps], init=init, **opts)
+            else:
+                res = connecting_geodesic(self.metric, z0[ps], z1[ps], **opts)
+            self._n_geo += len(ps)
+            length[ps] = res.length.detach().to(X.dtype)
+            conv[ps] = res.converged.cpu()
+            v[ps] = res.initial_velocity.detach().to(X.dtype)
+            if store:
+                with torch.no_grad():
+                    curves = res.curve(t).detach().to(X.dtype)
+                cj, xj = ci_t[sel], xi_t[sel]
+                for j in torch.unique(cj).tolist():
+                    m = cj == j
+                    if j not in self._warm:
+                        self._warm[j] = (X.new_zeros(X.shape), X.new_zeros(X.shape[0], self._T_WARM, X.shape[1]),
+                                         torch.zeros(X.shape[0], dtype=torch.bool))
+                    cpos, cur, hv = self._warm[j]
+                    cpos[xj[m]] = C[j]
+                    cur[xj[m]] = curves[m]
+                    hv[xj[m]] = True
+        conv |= same.cpu()
+        return length, conv, v
 
-    def _centre_distances(self, C):
+    def _centre_distances(self, C, final):
+        """Centre–centre distances and whether each is certified (``(k, k)`` each)."""
         k = C.shape[0]
         iu = torch.triu_indices(k, k, 1)
         cc = torch.zeros(k, k, dtype=C.dtype, device=C.device)
+        ok = torch.ones(k, k, dtype=torch.bool)
         if iu.shape[1]:
-            d, _, _ = self._pairs(C, C, iu[0], iu[1])
-            cc[iu[0], iu[1]] = d
-            cc[iu[1], iu[0]] = d
-        return cc
+            d, c, _ = self._pairs(C, C, iu[0], iu[1], final=final, store=False)
+            cc[iu[0], iu[1]] = cc[iu[1], iu[0]] = d
+            ok[iu[0], iu[1]] = ok[iu[1], iu[0]] = c
+        return cc, ok
 
-    def _assign(self, X, C, labels):
-        """Exact assignment with Elkan pruning. Returns labels, distances, certified, velocities (from the centre)."""
+    def _assign(self, X, C, labels, final=False, known=None):
+        """Assignment with Elkan pruning. Returns labels, distances, certified, velocities (from the centre).
+
+        ``known``: ``(dist, conv, vel)`` of every point to ``C[labels]``, when already solved (by
+        the Karcher step's check); otherwise those geodesics are solved first.
+        """
         n, k = X.shape[0], C.shape[0]
         idx = torch.arange(n)
-        dist, conv, vel = self._pairs(C, X, labels, idx)
+        dist, conv, vel = known if known is not None else self._pairs(C, X, labels, idx, final=final)
         if k == 1:
             return labels, dist, conv, vel
-        cc = self._centre_distances(C)
-        # c_j can be closer only if d(c_a, c_j) < 2 d(x, c_a) (triangle inequality)
-        open_ = cc[labels] < 2.0 * dist[:, None]
+        cc, cc_ok = self._centre_distances(C, final)
+        # c_j can be closer only if d(c_a, c_j) < 2 d(x, c_a) (triangle inequality: d(x, c_j) ≥
+        # d(c_a, c_j) − d(x, c_a), valid with an upper bound of d(x, c_a) but only with a certified
+        # centre–centre distance)
+        open_ = (cc[labels] < 2.0 * dist[:, None]) | ~cc_ok[labels]
         open_[idx, labels] = False
         pi, pj = torch.nonzero(open_, as_tuple=True)
         D = torch.full((n, k), math.inf, dtype=dist.dtype, device=dist.device)
@@ -205,8 +283,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         V = vel.new_zeros(n, k, vel.shape[1])
         D[idx, labels], CV[idx, labels], V[idx, labels] = dist, conv, vel
         if len(pi):
-            d2, c2, v2 = self._pairs(C, X, pj, pi)
+            d2, c2, v2 = self._pairs(C, X, pj, pi, final=final)
             D[pi, pj], CV[pi, pj], V[pi, pj] = d2, c2, v2
+        self._n_open += len(pi)
         lab = torch.argmin(D, 1)
         return lab, D[idx, lab], CV[idx, lab], V[idx, lab]
 
@@ -238,14 +317,13 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return X[torch.tensor(chosen)].clone()
 
     # ------------------------------------------------------------------ centre update
-    def _karcher(self, X, C, labels, dist, vel):
+    def _karcher(self, X, C, labels, dist, conv, vel):
         """One step-controlled Karcher step per cluster. Returns new centres, and the members'
         distances/certification/velocities from the new centres (reused by the next assignment)."""
         from ..geodesics import exp_map
 
         C = C.clone()
-        dist, vel = dist.clone(), vel.clone()
-        conv = torch.ones(X.shape[0], dtype=torch.bool)
+        dist, conv, vel = dist.clone(), conv.clone(), vel.clone()
         moved = torch.zeros(C.shape[0], dtype=X.dtype)
         for j in range(C.shape[0]):
             members = torch.nonzero(labels == j, as_tuple=True)[0]
@@ -258,7 +336,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 e = exp_map(self.metric, C[j][None], (step * g)[None])
                 cand = e.z1[0].detach()
                 if bool(e.converged[0]) and bool(torch.isfinite(cand).all()):
-                    d2, c2, v2 = self._pairs(cand[None], X, torch.zeros(len(members), dtype=torch.long), members)
+                    Cj = C.clone()
+                    Cj[j] = cand
+                    d2, c2, v2 = self._pairs(Cj, X, torch.full((len(members),), j, dtype=torch.long), members)
                     if float((d2**2).sum()) <= value * (1 + 1e-12):
                         with torch.no_grad():
                             moved[j] = float(self.metric.norm(C[j], step * g))
@@ -266,7 +346,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                         dist[members], conv[members], vel[members] = d2, c2, v2
                         break
                 step *= 0.5
-        return C, moved
+        return C, moved, (dist, conv, vel)
 
     @staticmethod
     def _medoid_index(G, labels, k):
@@ -298,12 +378,15 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         n = X.shape[0]
         k = self._check_params(n)
         rng = check_random_state(self.random_state)
-        self._opts = self._options()
         self._n_geo = 0
+        self._n_open = 0
+        self._warm = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # bridging of disconnected kNN components
             graph = LatentGraph(self.metric, X, k=min(self.n_neighbors, n - 1), disconnected="bridge") if n > 1 else None
         G = graph.distances(X).to(X.dtype) if graph is not None else X.new_zeros(1, 1)
+        self._graph = graph
+        self._opts, self._opts_iter = self._options(True), self._options(False)
         best = None
         bar = progress_bar(total=self.n_init * self.max_iter, desc="geodesic k-means", progress=bool(self.verbose))
         for run in range(self.n_init):
@@ -322,8 +405,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 C = X[self._medoid_index(G, labels, k)].clone()
             history = []
             n_iter = 0
+            known = None
+            self._warm = {}
             for it in range(self.max_iter):
-                labels_new, dist, conv, vel = self._assign(X, C, labels)
+                labels_new, dist, conv, vel = self._assign(X, C, labels, known=known)
                 # empty clusters: re-seed at the point farthest from its centre
                 for j in range(k):
                     if not bool((labels_new == j).any()):
@@ -338,19 +423,22 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 n_iter = it + 1
                 bar.update(1)
                 if self.verbose:
-                    print(f"run {run} iteration {it}: inertia {history[-1]:.6g}, {changed} labels changed")
+                    print(f"run {run} iteration {it}: inertia {history[-1]:.6g}, {changed} labels changed, "
+                          f"{self._n_geo} geodesics so far ({time.perf_counter() - t0:.1f} s)")
                 if self.centroid == "karcher":
-                    C_new, moved = self._karcher(X, C, labels, dist, vel)
+                    C_new, moved, known = self._karcher(X, C, labels, dist, conv, vel)
                 else:
                     C_new = self._medoid(X, G, labels, k)
                     moved = torch.as_tensor([float((a - b).norm()) for a, b in zip(C_new, C)], dtype=X.dtype)
+                    known = None
                 scale = torch.stack([dist[labels == j].median() if bool((labels == j).any()) else dist.new_tensor(0.0)
                                      for j in range(k)])
                 C = C_new
                 if changed == 0 and bool((moved <= self.tol * scale.clamp_min(1e-300)).all()):
                     break
-            # final exact assignment to the final centres
-            labels, dist, conv, _ = self._assign(X, C, labels)
+            # final assignment to the final centres, at the full tolerance (warm-started from the
+            # iterations' curves)
+            labels, dist, conv, _ = self._assign(X, C, labels, final=True)
             inertia = float((dist**2).sum())
             history.append(inertia)
             if best is None or inertia < best[0]:
@@ -365,10 +453,16 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.distance_converged_ = conv.cpu().numpy().astype(bool)
         self.inertia_history_ = history
         self.n_geodesics_ = self._n_geo
+        self.n_open_pairs_ = self._n_open
         self.graph_ = graph
         self.fit_time_ = time.perf_counter() - t0
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _prepare_solves(self):
+        self._graph = self.graph_
+        self._opts, self._opts_iter = self._options(True), self._options(False)
+        self._n_geo, self._n_open, self._warm = 0, 0, {}
 
     def _check_fitted(self):
         if not hasattr(self, "cluster_centers_"):
@@ -380,27 +474,25 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Geodesic distances ``(n_samples, n_clusters)`` to the centres (upper bounds where not certified)."""
         self._check_fitted()
         X = self._check_X(X)
-        self._opts = self._options()
-        self._n_geo = 0
+        self._prepare_solves()
         C = self.cluster_centers_
         n, k = X.shape[0], C.shape[0]
         ci = torch.arange(k).repeat_interleave(n)
         xi = torch.arange(n).repeat(k)
-        d, _, _ = self._pairs(C, X, ci, xi)
+        d, _, _ = self._pairs(C, X, ci, xi, final=True, store=False)
         return d.reshape(k, n).T.contiguous()
 
     def predict(self, X):
         """Index of the geodesically nearest centre for each code ``(n_samples,)``."""
         self._check_fitted()
         X = self._check_X(X)
-        self._opts = self._options()
-        self._n_geo = 0
+        self._prepare_solves()
         C = self.cluster_centers_
         if self.graph_ is not None:
             start = torch.argmin(self.graph_.distances(X, C), 1)
         else:
             start = torch.zeros(X.shape[0], dtype=torch.long)
-        labels, _, _, _ = self._assign(X, C, start)
+        labels, _, _, _ = self._assign(X, C, start, final=True)
         return labels.cpu().numpy().astype(np.int64)
 
     def fit_predict(self, X, y=None):

@@ -217,8 +217,12 @@ class LatentGraph:
         self.adjacency = self._build_adjacency(pairs, weights)
         coo = self.adjacency.tocoo()
         self._coo = (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
-        # straight segments between query points closer than the longest edge are also candidates
-        self._reach = float(np.linalg.norm(self._np_nodes[pairs[:, 0]] - self._np_nodes[pairs[:, 1]], axis=1).max())
+        # straight segments between query points closer than a typical edge are also candidates
+        # (the 95th percentile of the Euclidean edge lengths, bridges excluded: an outlier's or a
+        # bridge's long edge would otherwise make every pair "close" and cost N·K segment lengths)
+        own = pairs[: len(pairs) - self.n_bridges]
+        elen = np.linalg.norm(self._np_nodes[own[:, 0]] - self._np_nodes[own[:, 1]], axis=1)
+        self._reach = float(np.quantile(elen, 0.95)) if len(elen) else 0.0
         self._direct_sub = max(16, 4 * self.n_sub)
 
     # -- construction -----------------------------------------------------------------------
@@ -408,7 +412,7 @@ class LatentGraph:
         )
 
     def _direct_close_pairs(self, A: torch.Tensor, B: torch.Tensor):
-        """Pairs closer than the longest edge (Euclidean) and their straight-segment metric lengths."""
+        """Pairs closer than the 95th percentile of the edge lengths (Euclidean, bridges excluded) and their straight-segment metric lengths."""
         ta, tb = cKDTree(A.detach().cpu().double().numpy()), cKDTree(B.detach().cpu().double().numpy())
         close = ta.sparse_distance_matrix(tb, self._reach, output_type="ndarray")
         i, j = close["i"].astype(np.int64), close["j"].astype(np.int64)
@@ -416,7 +420,7 @@ class LatentGraph:
             return i, j, np.zeros(0)
         dt, dev = self.nodes.dtype, self.nodes.device
         it, jt = torch.as_tensor(i, device=A.device), torch.as_tensor(j, device=B.device)
-        return i, j, self._segment_lengths(A[it].to(dt).to(dev), B[jt].to(dt).to(dev), self._direct_sub)
+        return i, j, self._segment_lengths(A[it].to(dt).to(dev), B[jt].to(dt).to(dev))
 
     @torch.no_grad()
     def distances(self, A, B=None) -> torch.Tensor:
@@ -425,7 +429,7 @@ class LatentGraph:
         ``D[i, j]`` is the shortest length of a curve ``a_i → n → (graph path) → n' → b_j``
         where ``n`` runs over the ``n_attach`` nearest nodes of ``a_i``, ``n'`` over those of
         ``b_j``, and the attaching pieces are straight segments measured with the metric; for
-        pairs closer than the longest graph edge the straight segment ``a_i → b_j`` itself is
+        pairs closer than a typical graph edge (95th percentile of the Euclidean edge lengths) the straight segment ``a_i → b_j`` itself is
         also a candidate. Every candidate is a real curve, so ``D`` is an upper bound of the
         geodesic distance (up to the sub-point discretisation of segment lengths).
         ``B=None`` gives the symmetric matrix of ``A`` with a zero diagonal.
