@@ -149,7 +149,7 @@ class DaskBackend(Backend):
         shared = [client.submit(_identity, c, key=f"latentgeo-common-{tag}-{i}", pure=False)
                   for i, c in enumerate(common)]
         todo = enumerate(blocks)
-        ac = distributed.as_completed()
+        ac = distributed.as_completed(loop=client.loop)
         pending = {}
 
         def submit(n):
