@@ -175,6 +175,22 @@ def test_disk_matrix_equals_in_memory_and_resumes(tmp_path):
         distance_matrix_to_disk(metric, A, None, tmp_path / "aa", block_size=5, resume=True, **OPTS)
 
 
+def test_interrupted_blocks_are_stopped_not_silently_filled():
+    metric, A = _metric(), _codes(5, 13)
+    ref = distance_matrix(metric, A, chunk_size=4, **OPTS)
+    with pytest.warns(RuntimeWarning, match="STOPPED 6"):
+        part = distance_matrix(metric, A, chunk_size=4, backend=StopAfter(1), **OPTS)
+    iu = torch.triu_indices(5, 5, 1)
+    s = part.status[iu[0], iu[1]]
+    assert s[:4].tolist() == [0] * 4 and s[4:].tolist() == [int(GeodesicStatus.STOPPED)] * 6
+    assert torch.equal(part.distances[iu[0][:4], iu[1][:4]], ref.distances[iu[0][:4], iu[1][:4]])
+    res = solve_pair_blocks(metric, A, A.flip(0), block_size=2, backend=StopAfter(2), **OPTS)
+    assert res.status.tolist() == [0, 0, 0, 0, 4] and res.length[4].isnan() and "KeyboardInterrupt" in res.messages[4]
+    nc = nearest_centres(metric, A, A[:2], block_size=2, backend=StopAfter(1), on_failure="ignore", **OPTS)
+    assert nc.status.tolist() == [0, 4, 4, 4, 4] and sorted(nc.reasons) == [1, 2, 3, 4]
+    assert lg.backends.SerialBackend is SerialBackend
+
+
 # -------------------------------------------------------------------- Dask, threads in this process
 def test_dask_equals_serial_bit_for_bit(client):
     metric, A, B = _metric(), _codes(6, 4), _codes(5, 5)

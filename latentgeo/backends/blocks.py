@@ -263,7 +263,16 @@ def solve_pair_blocks(metric, z0, z1, *, block_size: int = 256, backend="serial"
 
     This is the function :class:`~latentgeo.clustering.GeodesicKMeans` (assignment) and other
     callers use to send their pairs to a cluster: it returns what ``GeodesicKMeans._pairs``
-    needs (lengths, certified mask, initial velocities from ``z0``).
+    needs (lengths, certified mask, initial velocities from ``z0``). Inside ``_pairs`` the call
+    ``connecting_geodesic(self.metric, z0, z1, **self._opts)`` becomes::
+
+        res = solve_pair_blocks(self.metric, z0, z1, block_size=self.block_size,
+                                backend=self.backend, client=self.client, progress=False, **self._opts)
+        length, conv, v = res.length, res.converged, res.initial_velocity
+
+    (``self._opts`` must then hold only ``init="line"``/``"graph"``; a warm-start tensor is not
+    split into blocks). With ``backend="serial"`` and ``block_size`` at least the number of
+    pairs this is the same single ``connecting_geodesic`` call as before, bit for bit.
 
     Args:
         metric: a latentgeo metric (float32 models are solved on a float64 copy made once, here).
@@ -369,7 +378,9 @@ def nearest_centres(metric, X, C, *, block_size: int = 1024, backend="serial", c
                     progress: Optional[bool] = None, on_failure: str = "warn", **geodesic_kwargs) -> NearestCentres:
     """Geodesic nearest centre of every point, never holding more than one block of distances.
 
-    The pairs ``X[i] → C[j]`` are solved point-major (the pair order of
+    The pairs ``X[i] → C[j]`` (from the point to the centre; :class:`~latentgeo.clustering.GeodesicKMeans`
+    solves centre → point for the velocities at the centre, which agrees to the solver's
+    tolerance, not bit for bit) are solved point-major (the pair order of
     ``distance_matrix(metric, X, C)``) in blocks of ``max(1, block_size // len(C))`` whole
     points; each block is reduced to its points' nearest centres where it was solved (on the
     worker), so only ``O(len(X))`` numbers come back. With ``block_size`` a multiple of
