@@ -286,6 +286,7 @@ def test_two_worker_processes_and_a_killed_worker(tmp_path):
                           "distributed.nanny.environ": env}), \
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
             distributed.Client(cl, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)
         got = distance_matrix(metric, A, B, chunk_size=4, backend="dask", client=c, **OPTS)
         _same_matrix(ref, got)
         assert got.stats["workers"] == 2
