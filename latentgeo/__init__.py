@@ -98,4 +98,8 @@ def __getattr__(name):
 
         clustering = importlib.import_module(".clustering", __name__)
         return clustering if name == "clustering" else getattr(clustering, name)
+    if name == "backends":  # serial/Dask execution of blocks of pairs; dask itself loads only when used
+        import importlib
+
+        return importlib.import_module(".backends", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

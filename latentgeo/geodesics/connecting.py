@@ -937,6 +937,9 @@ def distance_matrix(
     chunk_size: int = 1024,
     progress: Optional[bool] = None,
     on_failure: str = "warn",
+    backend="serial",
+    client=None,
+    block_size: Optional[int] = None,
 ) -> DistanceMatrix:
     """Pairwise geodesic distances between the rows of ``A`` and of ``B``.
 
@@ -950,6 +953,15 @@ def distance_matrix(
         progress: progress bar over pairs (solved / certified); Ctrl-C stops early and returns the
             matrix so far (unsolved entries: the straight line's length, status ``STOPPED``).
         on_failure: ``"warn"`` (a ``RuntimeWarning`` with the count), ``"raise"`` or ``"ignore"``.
+        backend: ``"serial"`` (default: the pairs are solved here, chunk by chunk), ``"dask"`` or a
+            :class:`latentgeo.backends.Backend`: blocks of ``block_size`` consecutive pairs become
+            tasks (see :mod:`latentgeo.backends.dask` for clients, pickling and threads).
+        client: a ``distributed.Client`` for ``backend="dask"`` (``None``: the current client).
+        block_size: pairs per block/task (default ``chunk_size``; each block is solved with
+            ``chunk_size``). The blocks are the pair order cut every ``block_size`` pairs whatever
+            the backend, so every backend gives the same numbers bit for bit; with the default
+            ``block_size`` they equal the serial path's. For matrices too large to hold, see
+            :func:`latentgeo.backends.distance_matrix_to_disk` and :func:`latentgeo.backends.nearest_centres`.
 
     Returns:
         :class:`DistanceMatrix`.
@@ -983,9 +995,15 @@ def distance_matrix(
     evals = 0
     npairs = ii.numel()
     done = 0
-    with progress_bar(total=npairs, desc="geodesic distances", progress=progress, unit="pair") as bar:
+    blocked = not (isinstance(backend, str) and backend == "serial" and block_size is None and client is None)
+    if blocked:
+        evals, extra = _distance_blocks(metric, A, B, ii, jj, D, S, R, reasons, solver=solver, tol=tol, graph=graph,
+                                        budget=budget, chunk_size=chunk_size, progress=progress, backend=backend,
+                                        client=client, block_size=chunk_size if block_size is None else block_size)
+    with progress_bar(total=0 if blocked else npairs, desc="geodesic distances",
+                      progress=False if blocked else progress, unit="pair") as bar:
         try:
-            for s in range(0, npairs, chunk_size):
+            for s in range(0, 0 if blocked else npairs, chunk_size):
                 i, j = ii[s : s + chunk_size], jj[s : s + chunk_size]
                 res = connecting_geodesic(metric, A[i], B[j], solver=solver, tol=tol, graph=graph, budget=budget,
                                           chunk_size=chunk_size, progress=False)
@@ -1009,7 +1027,8 @@ def distance_matrix(
         R = R + R.T
     out = DistanceMatrix(D.to(out_dtype) if out_dtype.is_floating_point else D, S == 0, S,
                          R.to(out_dtype) if out_dtype.is_floating_point else R, reasons,
-                         dict(pairs=npairs, wall_time=time.perf_counter() - t0, evaluations=evals))
+                         dict(pairs=npairs, wall_time=time.perf_counter() - t0, evaluations=evals,
+                              **(extra if blocked else {})))
     if out.n_failed:
         counts = {}
         for s_ in S[ii, jj].tolist():
@@ -1024,3 +1043,43 @@ def distance_matrix(
         if on_failure == "warn":
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return out
+
+
+def _distance_blocks(metric, A, B, ii, jj, D, S, R, reasons, *, solver, tol, graph, budget, chunk_size, progress,
+                     backend, client, block_size):
+    """``distance_matrix`` on a backend: fill ``D, S, R, reasons`` block by block; return evaluations, stats."""
+    from ..backends import get_backend, map_pair_blocks
+
+    block_size = check_int(block_size, "block_size", minimum=1)
+    backend = get_backend(backend, client)
+    npairs = ii.numel()
+    starts = list(range(0, npairs, block_size))
+    blocks = ({"z0": A[ii[s:s + block_size]], "z1": B[jj[s:s + block_size]]} for s in starts)
+    it = map_pair_blocks(metric, blocks, backend=backend, solver=solver, tol=tol, graph=graph, budget=budget,
+                         chunk_size=chunk_size)
+    evals, done, pids, block_time = 0, set(), set(), [math.nan] * len(starts)
+    with progress_bar(total=npairs, desc="geodesic distances", progress=progress, unit="pair") as bar:
+        try:
+            for k, o in it:
+                i, j = ii[starts[k]:starts[k] + block_size], jj[starts[k]:starts[k] + block_size]
+                D[i, j], S[i, j], R[i, j] = o["length"], o["status"], o["rel_residual"]
+                for p, r in o["messages"].items():
+                    reasons[(int(i[p]), int(j[p]))] = r
+                evals += o["evaluations"]
+                pids.add(o["pid"])
+                block_time[k] = o["wall_time"]
+                done.add(k)
+                bar.update(i.numel())
+                bar.set_postfix(failed=len(reasons))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            it.close()
+    for k in sorted(set(range(len(starts))) - done):
+        i, j = ii[starts[k]:starts[k] + block_size], jj[starts[k]:starts[k] + block_size]
+        lr = _line_result(metric, A[i], B[j], 5, GeodesicStatus.STOPPED, "stopped by the user (KeyboardInterrupt)")
+        D[i, j], S[i, j], R[i, j] = lr.length, lr.status, lr.rel_residual
+        for p, r in enumerate(lr.messages):
+            reasons[(int(i[p]), int(j[p]))] = r
+    return evals, dict(backend=backend.name, blocks=len(starts), block_size=block_size, block_wall_time=block_time,
+                       workers=len(pids))
