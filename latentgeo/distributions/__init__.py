@@ -9,5 +9,6 @@
 """
 
 from .von_mises_fisher import HypersphericalUniform, VonMisesFisher
+from .power_spherical import PowerSpherical
 
-__all__ = ["VonMisesFisher", "HypersphericalUniform"]
+__all__ = ["VonMisesFisher", "HypersphericalUniform", "PowerSpherical"]
