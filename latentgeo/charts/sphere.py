@@ -48,7 +48,7 @@ def _basis(pole: torch.Tensor) -> torch.Tensor:
     with ``Q e₁ = ±pole`` built from ``e₁ ± pole`` (whichever is longer, so exact at ``pole = ±e₁``)."""
     n = pole.shape[0]
     sign = 1.0 if float(pole[0]) >= 0 else -1.0
-    u = -sign * pole.clone()
+    u = sign * pole.clone()
     u[0] = u[0] + 1.0
     q = torch.eye(n, dtype=pole.dtype, device=pole.device) - 2.0 * torch.outer(u, u) / (u @ u)
     return q[:, 1:]
