@@ -60,6 +60,7 @@ _SAMPLERS = ("rejection", "mh")
 _GL_NODES = 128
 _DROP = 50.0  # the integrand is cut where it is e^-50 below its peak
 _CHUNK = 16384
+_MAX_ROUNDS = 1000
 
 
 def _gl(dtype, device):
@@ -261,8 +262,13 @@ class VonMisesFisher(Distribution):
         if self.sampler == "rejection":
             w, omw, opw = (torch.empty_like(kappa) for _ in range(3))
             todo = torch.arange(kappa.numel(), device=kappa.device)
-            proposed = 0
+            proposed, rounds = 0, 0
             while todo.numel():
+                rounds += 1
+                if rounds > _MAX_ROUNDS:  # Wood's envelope accepts > 50% everywhere: never reached
+                    raise RuntimeError(f"vMF rejection sampler: {todo.numel()} draws still rejected after "
+                                       f"{_MAX_ROUNDS} rounds (kappa in [{float(kappa[todo].min()):.3g}, "
+                                       f"{float(kappa[todo].max()):.3g}], m = {m})")
                 k, bb = kappa[todo], b[todo]
                 pw, pomw, popw = self._wood_proposal(k, bb)
                 ok = self._log_weight(k, bb, pomw) >= torch.log(torch.rand_like(k))
