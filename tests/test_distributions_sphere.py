@@ -304,3 +304,15 @@ def test_bad_input_names_the_argument(cls, kname):
     assert d.batch_shape == (3,)
     with pytest.raises(ValueError, match="sampler"):
         VonMisesFisher(loc, torch.tensor(1.0, dtype=F64), sampler="gibbs")
+
+
+def test_shared_loc_fast_path_equals_batched_path():
+    for m in (3, 7):
+        for loc in (e1(m), -e1(m), torch.nn.functional.normalize(torch.arange(1.0, m + 1, dtype=F64), dim=0)):
+            k = torch.tensor(4.0, dtype=F64)
+            fast = VonMisesFisher(loc, k).sample((300,), random_state=0)
+            slow = VonMisesFisher(loc.clone().requires_grad_(True), k).rsample((300,), random_state=0)
+            assert torch.allclose(fast, slow.detach(), atol=1e-12)
+            fast = PowerSpherical(loc, k).sample((300,), random_state=0)
+            slow = PowerSpherical(loc.clone().requires_grad_(True), k).rsample((300,), random_state=0)
+            assert torch.allclose(fast, slow.detach(), atol=1e-12)

@@ -82,6 +82,10 @@ def householder_from_e1(z0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
     ``u = e₁ − μ`` divides 0 by 0 at ``μ = e₁``). Any ``Q`` fixing the law of ``z0`` works, since
     the samplers' ``z0`` are invariant under rotations about ``e₁``.
     """
+    if loc.dim() == 1:  # one location for every sample: build Q once, one matmul
+        m = loc.shape[0]
+        q = householder_from_e1(torch.eye(m, dtype=loc.dtype, device=loc.device), loc[None, :])
+        return z0 @ q  # q = Qᵀ (row i is Q e_i), so each row of z0 @ q is (Q z0_row)ᵀ
     mu1 = loc[..., :1]
     sign = torch.where(mu1 >= 0, torch.ones_like(mu1), -torch.ones_like(mu1))
     e1 = torch.zeros_like(loc)
@@ -95,10 +99,8 @@ def householder_from_e1(z0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
 def uniform_directions(shape, m: int, dtype, device) -> torch.Tensor:
     """Uniform unit vectors in ``R^m``, shape ``(*shape, m)`` (global torch RNG)."""
     v = torch.randn(*shape, m, dtype=dtype, device=device)
-    n = v.norm(dim=-1, keepdim=True)
-    # a zero draw has probability 0; guard anyway
-    return torch.where(n > 0, v / n.clamp_min(1e-300 if dtype == torch.float64 else 1e-30),
-                       torch.nn.functional.pad(torch.ones_like(v[..., :1]), (0, m - 1)))
+    # a zero draw has probability 0 (and would give NaN, caught downstream by the norm checks)
+    return v / v.norm(dim=-1, keepdim=True)
 
 
 def log_sphere_area(m: int) -> float:

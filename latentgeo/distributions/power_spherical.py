@@ -117,7 +117,8 @@ class PowerSpherical(Distribution):
         t = (g1 - g2) / tot
         sin = 2.0 * torch.sqrt(g1 * g2) / tot
         z0 = torch.cat([t[..., None], sin[..., None] * v], -1)
-        z = householder_from_e1(z0, self.loc.expand(shape))
+        loc = self.loc if (not self.batch_shape and not self.loc.requires_grad) else self.loc.expand(shape)
+        z = householder_from_e1(z0, loc)
         return z / z.norm(dim=-1, keepdim=True)
 
     def sample(self, sample_shape=torch.Size(), random_state=None) -> torch.Tensor:

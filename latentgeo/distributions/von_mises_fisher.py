@@ -303,7 +303,7 @@ class VonMisesFisher(Distribution):
         k64 = kappa.detach().to(torch.float64).reshape(-1)
         with seeded(random_state, dev), torch.no_grad():
             w, omw, opw = self._sample_w(k64)
-            v = uniform_directions((k64.numel(),), m - 1, torch.float64, dev)
+            v = uniform_directions((k64.numel(),), m - 1, dtype, dev)
         w, omw, opw = w.reshape(shape[:-1]), omw.reshape(shape[:-1]), opw.reshape(shape[:-1])
         if kappa.requires_grad:
             with torch.no_grad():
@@ -316,7 +316,8 @@ class VonMisesFisher(Distribution):
         sin = torch.sqrt((omw.to(dtype) - delta).clamp_min(0) * (opw.to(dtype) + delta).clamp_min(0))
         sin = torch.where(sin > 0, sin, torch.zeros_like(sin))
         z0 = torch.cat([w_t[..., None], sin[..., None] * v.reshape(*shape[:-1], m - 1).to(dtype)], -1)
-        z = householder_from_e1(z0, self.loc.expand(shape))
+        loc = self.loc if (not self.batch_shape and not self.loc.requires_grad) else self.loc.expand(shape)
+        z = householder_from_e1(z0, loc)
         return z / z.norm(dim=-1, keepdim=True)
 
     def sample(self, sample_shape=torch.Size(), random_state=None) -> torch.Tensor:
