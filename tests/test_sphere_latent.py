@@ -75,6 +75,9 @@ def test_training_checkpoint_iwae(family, digits, tmp_path):
     iw = iwae_log_likelihood(vae, x[:100], k=64, random_state=0)
     assert torch.isfinite(iw).all() and iw.shape == (100,)
     assert float(iw.mean()) >= float(elbo.mean())
+    # E[L_1] = ELBO: log q(z) from log_prob agrees with the closed-form KL used by the ELBO
+    i1 = torch.stack([iwae_log_likelihood(vae, x[:100], k=1, random_state=s) for s in range(30)]).mean()
+    assert abs(float(i1) - float(elbo.mean())) < 0.3, (float(i1), float(elbo.mean()))
 
 
 def test_cli_train_sphere(tmp_path, capsys):
