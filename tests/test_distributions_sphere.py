@@ -185,7 +185,7 @@ def test_kl_gradient_finite_float32():
 
 
 # -- reparameterisation gradient --------------------------------------------------------
-@pytest.mark.parametrize("m,kappa", [(5, 2.0), (10, 5.0), (3, 1.0)])
+@pytest.mark.parametrize("m,kappa", [(5, 2.0), (10, 5.0), (3, 1.0), (2, 3.0)])
 def test_rsample_kappa_gradient_matches_exact_derivative(m, kappa):
     n = 40000
     mu = torch.nn.functional.normalize(torch.linspace(1.0, 2.0, m, dtype=F64), dim=0)
@@ -316,3 +316,31 @@ def test_shared_loc_fast_path_equals_batched_path():
             fast = PowerSpherical(loc, k).sample((300,), random_state=0)
             slow = PowerSpherical(loc.clone().requires_grad_(True), k).rsample((300,), random_state=0)
             assert torch.allclose(fast, slow.detach(), atol=1e-12)
+
+
+def _mp_dw_dkappa(m, k, w):
+    """−(∂F/∂κ)/f for the w-marginal ∝ (1 − t²)^{(m−3)/2} e^{κt}, by mpmath quadrature and differences."""
+    nu = mpmath.mpf(m - 3) / 2
+    w = mpmath.mpf(w)
+    dens = lambda t, kk: (1 - t * t) ** nu * mpmath.exp(kk * (t - 1))  # noqa: E731
+    split = [-1, 1 - mpmath.mpf(20) / k, 1] if k > 40 else [-1, 0, 1]
+    Z = lambda kk: mpmath.quad(lambda t: dens(t, kk), split)  # noqa: E731
+    F = lambda kk: mpmath.quad(lambda t: dens(t, kk), [-1, w]) / Z(kk)  # noqa: E731
+    h = mpmath.mpf(k) * mpmath.mpf(10) ** -12
+    return float(-(F(k + h) - F(k - h)) / (2 * h) / (dens(w, k) / Z(k)))
+
+
+def test_implicit_gradient_quadrature_vs_mpmath():
+    from latentgeo.distributions.von_mises_fisher import _dw_dkappa
+
+    mpmath.mp.dps = 30
+    cases = [(2, 2.0, [-0.9, 0.95]), (2, 1000.0, [0.999, 0.9999]), (5, 2.0, [-0.5, 0.9]),
+             (10, 1000.0, [0.998, 0.99]), (1000, 1e-3, [-0.05, 0.03]), (100, 50.0, [0.3, 0.6])]
+    for m, k, ws in cases:
+        kk = torch.tensor([k] * len(ws), dtype=F64)
+        omw = torch.tensor([float(1 - mpmath.mpf(w)) for w in ws], dtype=F64)
+        got = _dw_dkappa(omw, 2 - omw, kk, bessel_ratio(m, kk), m)
+        for g, w in zip(got.tolist(), ws):
+            ref = _mp_dw_dkappa(m, k, w)
+            assert abs(g - ref) <= 1e-9 * abs(ref), (m, k, w, g, ref)
+    mpmath.mp.dps = 40

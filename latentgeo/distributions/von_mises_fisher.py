@@ -17,7 +17,8 @@ and float64:
   marginal of ``w = μᵀz``: ``dw/dκ = −(∂F/∂κ)/f`` with ``F`` the CDF of ``w``, which is
   ``∫_{−1}^{w} (A_m(κ) − t) f(t)/f(w) dt`` (or ``∫_w^1 (t − A_m) f(t)/f(w) dt``, whichever side
   has no cancellation), by Gauss–Legendre quadrature on the range where the integrand is not
-  negligible. Unbiased, unlike the plain reparameterisation of the accepted proposal, and
+  negligible (for ``m = 2``, whose ``(1 − t²)^{−1/2}`` is singular at the ends, the end piece is
+  integrated separately). Unbiased, unlike the plain reparameterisation of the accepted proposal, and
   independent of how ``w`` was drawn. Gradients in ``loc`` flow through the reflection.
 
 The ``sampler="mh"`` option replaces the rejection loop by an independence Metropolis–Hastings
@@ -100,20 +101,31 @@ def _truncate(peak, far, s0, other0, kappa, nu, sign):
     return torch.where(idx >= 0, chosen, far)
 
 
-def _side_integral(s0, other0, base, kappa, nu, sign, peak):
-    """``∫_0^{s0} (base − s) r(s) ds`` with ``r = f/f(w)``, truncated around ``peak`` (float64)."""
-    if nu >= 0.0:
-        lo = _truncate(peak, torch.zeros_like(peak), s0, other0, kappa, nu, sign)
-        hi = _truncate(peak, s0, s0, other0, kappa, nu, sign)
-    else:  # m = 2: singular at the ends, not log-concave; whole range
-        lo, hi = torch.zeros_like(s0), s0
+def _piece(lo, hi, s0, other0, base, kappa, nu, sign):
+    """Gauss–Legendre ``∫_lo^hi (base − s) r(s) ds`` with nodes clustered at ``lo`` (``s = lo + (hi−lo)y²``),
+    which makes the integrand analytic at a ``t = ±1`` end (``lo = 0``) for half-integer ν."""
     y, wts = _gl(s0.dtype, s0.device)
     span = (hi - lo)[:, None]
-    s = lo[:, None] + span * y[None, :] ** 2  # nodes cluster at the end of the interval (t = ±1)
+    s = lo[:, None] + span * y[None, :] ** 2
     jac = 2.0 * span * y[None, :]
     lr = _logr(s, s0[:, None], other0[:, None], kappa[:, None], nu, sign)
-    integrand = (base[:, None] - s) * torch.exp(lr) * jac
-    return (integrand * wts[None, :]).sum(1)
+    out = ((base[:, None] - s) * torch.exp(lr) * jac * wts[None, :]).sum(1)
+    return torch.where(hi > lo, out, torch.zeros_like(out))  # an empty piece (0·inf at a singular end)
+
+
+def _side_integral(s0, other0, base, kappa, nu, sign, peak):
+    """``∫_0^{s0} (base − s) r(s) ds`` with ``r = f/f(w)``, truncated around ``peak`` (float64)."""
+    zero = torch.zeros_like(peak)
+    if nu >= 0.0:  # log r concave: cut where it is e^-50 below the peak
+        lo = _truncate(peak, zero, s0, other0, kappa, nu, sign)
+        hi = _truncate(peak, s0, s0, other0, kappa, nu, sign)
+        return _piece(lo, hi, s0, other0, base, kappa, nu, sign)
+    # m = 2: (1 − t²)^{-1/2} is singular at the ends and log r is not concave; cut by the
+    # exponential factor alone and keep the (tiny, singular) end piece [0, lo] as a piece of its own
+    lo = _truncate(peak, zero, s0, other0, kappa, 0.0, sign)
+    hi = _truncate(peak, s0, s0, other0, kappa, 0.0, sign)
+    return (_piece(zero, lo, s0, other0, base, kappa, nu, sign)
+            + _piece(lo, hi, s0, other0, base, kappa, nu, sign))
 
 
 def _dw_dkappa(omw, opw, kappa, a, m):
