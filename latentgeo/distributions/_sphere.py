@@ -121,7 +121,8 @@ def seeded(random_state, device=None):
     from .._random import as_seed
 
     seed = as_seed(random_state)
-    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    dev = torch.device(device) if device is not None else None
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev is not None and dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
