@@ -122,3 +122,18 @@ def test_bad_input():
         ChartDecoder(lambda x: x, StereographicChart(torch.tensor([0.0, 0.0, 1.0])))
     with pytest.raises(ValueError, match="width"):
         chart_decoder(lg.DeterministicDecoder(lambda x: x, latent_dim=2), StereographicChart(torch.tensor([0.0, 0.0, 1.0])))
+
+
+def test_kmeans_and_walks_run_unchanged_in_a_chart():
+    from latentgeo.clustering import GeodesicKMeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.stack([unit(1.0, 0.2, 0.0), unit(0.2, 1.0, 0.1)])
+    x = torch.nn.functional.normalize(centres.repeat_interleave(10, 0) + 0.05 * torch.randn(20, 3, generator=g,
+                                                                                            dtype=F64), dim=1)
+    ch = StereographicChart.opposite_mean(x)
+    metric = lg.PullbackMetric(chart_decoder(lg.DeterministicDecoder(lambda z: z), ch))
+    labels = torch.as_tensor(GeodesicKMeans(metric, n_clusters=2, random_state=0).fit(ch.to_chart(x)).labels_)
+    assert len(set(labels[:10].tolist())) == 1 and len(set(labels[10:].tolist())) == 1 and labels[0] != labels[10]
+    walk = lg.random_walk(metric, ch.to_chart(x[:2]), 30, step_size=1e-3, method="brownian", random_state=0)
+    assert "2/2" in repr(walk)
