@@ -173,7 +173,7 @@ def test_kl_high_dimension_vs_mpmath(dtype):
         kl = kl_divergence(q, HypersphericalUniform(m))
         ref = mp_kl(m, float(torch.tensor(k, dtype=dtype)))
         assert kl.dtype == dtype and torch.isfinite(kl)
-        rtol = 1e-6 if dtype == F64 else 1e-6 + 1e-6  # values are computed in float64 and rounded
+        rtol = 1e-6 if dtype == F64 else 2e-6  # float32: computed in float64, then rounded to float32
         assert abs(float(kl) - ref) <= rtol * abs(ref), (m, k, float(kl), ref)
 
 
