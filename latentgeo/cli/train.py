@@ -25,6 +25,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, choices=DATASETS, help="data set")
     t.add_argument("--out", required=True, type=Path, help="output folder (created)")
     t.add_argument("--latent", default="euclidean", choices=latent_kinds(), help="latent space (default euclidean)")
+    t.add_argument("--family", default=None, choices=("vmf", "power"),
+                   help="posterior family of --latent sphere: vmf (von Mises-Fisher, default) or power "
+                        "(power spherical); an error with any other latent")
     t.add_argument("--latent-dim", type=int_at_least(1, "latent-dim"), default=2, help="latent dimension (default 2)")
     t.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS, help="decoder likelihood (default gaussian)")
     t.add_argument("--epochs", type=int_at_least(1, "epochs"), default=100, help="training epochs (default 100)")
@@ -48,6 +51,11 @@ def run(args, argv: list[str]) -> int:
     if args.likelihood != "gaussian" and args.variance is not None:
         raise CLIError(f"--variance applies to the gaussian likelihood only (got --likelihood {args.likelihood})")
     variance = args.variance or "rbf"
+    latent_kwargs = {}
+    if args.family is not None:
+        if args.latent != "sphere":
+            raise CLIError(f"--family applies to --latent sphere only (got --latent {args.latent})")
+        latent_kwargs["family"] = args.family
     if args.report:
         selected_sections(args)  # check --skip before training
     if args.resume and args.force:
@@ -62,7 +70,8 @@ def run(args, argv: list[str]) -> int:
     say(args, f"latentgeo train: {args.likelihood} VAE, {args.latent} latent of dimension {args.latent_dim}, "
                f"on {args.data} ({len(dataset.data)} items), {args.epochs} epochs ...")
     model, history, train_s = train_model(
-        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, variance, out, resumable=True
+        args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, variance, out, resumable=True,
+        latent_kwargs=latent_kwargs,
     )
     if args.report:
         summary = write_cli_report(args, model, dataset, history, out, train_s, ["latentgeo", *argv])

@@ -1,7 +1,8 @@
 """Pluggable latent spaces for :class:`~latentgeo.models.VAE`: one module per latent.
 
 * :mod:`.base` — the :class:`Latent` interface, :func:`register_latent`, :func:`get_latent`;
-* :mod:`.euclidean` — :class:`EuclideanLatent` (``"euclidean"``).
+* :mod:`.euclidean` — :class:`EuclideanLatent` (``"euclidean"``);
+* :mod:`.sphere` — :class:`SphericalLatent` (``"sphere"``, vMF or power spherical on ``S^d``).
 
 A new latent (hyperspherical, hyperbolic) is a module here that subclasses :class:`Latent`
 and calls :func:`register_latent`; this ``__init__`` imports it so it is registered.
@@ -9,5 +10,6 @@ and calls :func:`register_latent`; this ``__init__`` imports it so it is registe
 
 from .base import LATENTS, Latent, get_latent, register_latent
 from .euclidean import EuclideanLatent
+from .sphere import SphericalLatent
 
-__all__ = ["Latent", "EuclideanLatent", "register_latent", "get_latent", "LATENTS"]
+__all__ = ["Latent", "EuclideanLatent", "SphericalLatent", "register_latent", "get_latent", "LATENTS"]
