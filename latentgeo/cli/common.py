@@ -117,8 +117,10 @@ def subset_dataset(dataset, max_items: Optional[int], seed: int):
 
 
 def train_model(args, dataset, latent: str, latent_dim: int, likelihood: str, hidden, variance: str, out: Path,
-           resumable: bool = False):
+           resumable: bool = False, latent_kwargs: Optional[dict] = None):
     """Build and train a VAE; returns ``(model, history, seconds)``.
+
+    ``latent_kwargs``: extra keyword arguments of the latent (e.g. ``{"flow": "tc"}``).
 
     ``resumable``: write the trainer state to ``out/train_state.safetensors`` after every
     epoch, and resume from it when ``args.resume`` is set.
@@ -130,6 +132,7 @@ def train_model(args, dataset, latent: str, latent_dim: int, likelihood: str, hi
         dataset.dim,
         latent_dim,
         latent=latent,
+        latent_kwargs=latent_kwargs,
         likelihood=likelihood,
         hidden=tuple(hidden),
         item_shape=tuple(dataset.item_shape),

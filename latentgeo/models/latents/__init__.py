@@ -1,7 +1,8 @@
 """Pluggable latent spaces for :class:`~latentgeo.models.VAE`: one module per latent.
 
 * :mod:`.base` — the :class:`Latent` interface, :func:`register_latent`, :func:`get_latent`;
-* :mod:`.euclidean` — :class:`EuclideanLatent` (``"euclidean"``).
+* :mod:`.euclidean` — :class:`EuclideanLatent` (``"euclidean"``; optional posterior flows);
+* :mod:`.hyperbolic` — :class:`HyperbolicLatent` (``"hyperbolic"``; wrapped normal, optional TC/WHC flows).
 
 A new latent (hyperspherical, hyperbolic) is a module here that subclasses :class:`Latent`
 and calls :func:`register_latent`; this ``__init__`` imports it so it is registered.
@@ -9,5 +10,6 @@ and calls :func:`register_latent`; this ``__init__`` imports it so it is registe
 
 from .base import LATENTS, Latent, get_latent, register_latent
 from .euclidean import EuclideanLatent
+from .hyperbolic import HyperbolicLatent
 
-__all__ = ["Latent", "EuclideanLatent", "register_latent", "get_latent", "LATENTS"]
+__all__ = ["Latent", "EuclideanLatent", "HyperbolicLatent", "register_latent", "get_latent", "LATENTS"]
