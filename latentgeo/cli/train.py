@@ -67,6 +67,10 @@ def run(args, argv: list[str]) -> int:
             raise CLIError(f"--flow {args.flow} (coupling layers) needs --latent-dim ≥ 2, got {args.latent_dim}")
         latent_kwargs = {"flow": args.flow}
     if args.report:
+        from .report import NO_REPORT_LATENTS
+
+        if args.latent in NO_REPORT_LATENTS:
+            raise CLIError(f"--report: {NO_REPORT_LATENTS[args.latent]}")
         selected_sections(args)  # check --skip before training
     if args.resume and args.force:
         raise CLIError("--resume continues the run in --out and --force replaces it: give one of them")
