@@ -135,7 +135,7 @@ def test_zuko_flow_inverse_and_logdet(kind):
     ctxf = ctx.expand(2, 5, h).reshape(-1, h)
     ref = []
     for i in range(xf.shape[0]):
-        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None], ctxf[i : i + 1])[0][0], xf[i])
+        jac = torch.func.jacfwd(lambda v: flow(v[None], ctxf[i : i + 1])[0][0])(xf[i])
         ref.append(torch.linalg.slogdet(jac)[1])
     assert torch.allclose(ld.reshape(-1), torch.stack(ref), atol=1e-6)
     # float32 round trip
