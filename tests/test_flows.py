@@ -199,6 +199,20 @@ def test_hyperbolic_flow_stack_unconditional_float32():
     assert torch.allclose(ld64, ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("n, parity", [(2, 0), (2, 1), (3, 0), (3, 1), (4, 0)])
+def test_whc_equals_tc_exactly_when_the_moved_block_is_one_dimensional(n, parity):
+    """H^1 is a line: exp_t ∘ PT_{o→t} is translation by t, so WHC = TC when one coordinate moves."""
+    tc = _randomize(TangentCoupling(n, 2, parity, (8,)).double(), 0.4, seed=1)
+    whc = WrappedHyperboloidCoupling(n, 2, parity, (8,)).double()
+    whc.load_state_dict(tc.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = L.exp0(torch.randn(5, n, generator=g, dtype=D), 1.0)
+    ctx = torch.randn(5, 2, generator=g, dtype=D)
+    (y1, l1), (y2, l2) = tc(x, ctx), whc(x, ctx)
+    same = torch.allclose(y1, y2, atol=1e-10) and torch.allclose(l1, l2, atol=1e-10)
+    assert same == (whc.d2 == 1)
+
+
 def test_fresh_coupling_is_identity():
     layer = WrappedHyperboloidCoupling(3, context_dim=2).double()
     x = L.exp0(torch.randn(4, 3, dtype=D), 1.0)

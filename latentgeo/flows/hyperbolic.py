@@ -15,6 +15,11 @@ in tangent (orthonormal, exp₀) coordinates at the origin:
   ``u₂' = log₀(exp_{t̂}(PT_{o→t̂}(u₂ ⊙ exp s)))``;
   ``log det = Σ s + (n − d − 1)[ℓ(√c|u₂ ⊙ e^s|) − ℓ(√c|u₂'|)] + (n − 1)[ℓ(√c|u'|) − ℓ(√c|u|)]``.
 
+When the transformed block is one-dimensional (``n − d = 1``: always for ``n = 2``, and for
+``n = 3`` with ``parity=0``), ``H^1`` is a line on which ``exp_{t̂} ∘ PT_{o→t̂}`` is the translation
+by ``t``, so a WHC layer coincides with a TC layer there (in Bose et al.'s formulation too); in
+particular a 2-D hyperbolic latent gets the same flow from ``"tc"`` and ``"whc"``.
+
 ``h`` is an optional context (the encoder's features), broadcast against the input's batch.
 The coupling networks' last layers start at zero, so a fresh layer is the identity.
 
