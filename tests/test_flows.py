@@ -255,3 +255,27 @@ def test_flow_posterior_euclidean_matches_transformed_distribution():
     ref = torch.distributions.TransformedDistribution(base, flow.transforms(ctx))
     z = q.rsample((6,))
     assert torch.allclose(q.log_prob(z), ref.log_prob(z.clone()), atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", [TangentCoupling, WrappedHyperboloidCoupling])
+def test_flow_posterior_density_integrates_to_one_on_the_disk(cls):
+    """q = f_#(wrapped normal) on H²: ∫ q dvol = 1 by quadrature in the Poincaré disk (inverse path)."""
+    import numpy as np
+
+    stack = _randomize(FlowStack([cls(2, 0, 0, (8,)), cls(2, 0, 1, (8,))]).double(), 0.3, seed=2)
+    loc = L.exp0(torch.tensor([0.4, -0.3], dtype=D), 1.0)
+    q = FlowPosterior(WrappedNormal(loc, torch.tensor([0.5, 0.3], dtype=D), geoopt.Lorentz()), stack)
+    xs, ws = np.polynomial.legendre.leggauss(400)
+    s = torch.as_tensor(5.0 * (xs + 1.0), dtype=D)            # geodesic radius in [0, 10]
+    w_s = torch.as_tensor(5.0 * ws, dtype=D)
+    m = 400
+    theta = torch.arange(m, dtype=D) * (2 * math.pi / m)
+    rho = torch.tanh(s / 2)
+    z = rho[:, None, None] * torch.stack([torch.cos(theta), torch.sin(theta)], -1)[None]
+    x = L.ball_to_hyperboloid(z, 1.0)
+    with torch.no_grad():
+        dens = q.log_prob(x).exp()
+    lam = 2.0 / (1.0 - (z * z).sum(-1))
+    vol = lam**2 * rho[:, None] * (0.5 * (1 - rho**2))[:, None]   # λ² ρ dρ/ds
+    total = float((dens * vol * w_s[:, None]).sum() * (2 * math.pi / m))
+    assert abs(total - 1.0) < 1e-5, total

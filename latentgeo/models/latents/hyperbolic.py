@@ -6,7 +6,8 @@ tangent vector at the origin in orthonormal coordinates), the tangent standard d
 ``context_dim`` that conditions the flow layers. ``q₀ = WrappedNormal(μ, σ)``; with
 ``flow="tc"`` or ``"whc"`` the posterior is ``q₀`` pushed through ``flow_layers`` tangent or
 wrapped-hyperboloid couplings (alternating parities). The prior is the wrapped normal at the
-origin with unit scale.
+origin with unit scale. For ``d = 2`` the two flows coincide (a WHC layer moving one coordinate is a
+TC layer: see :mod:`latentgeo.flows.hyperbolic`).
 
 Codes handed to the decoder are the ``d + 1`` hyperboloid coordinates. The KL term is the
 Monte-Carlo estimate ``mean_s [log q(z_s) − log p(z_s)]`` on the training samples; ``log q`` of
