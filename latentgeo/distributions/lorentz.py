@@ -13,6 +13,18 @@ Numerics (float64): ``exp0``/``log0`` involve no cancellation (``log0`` uses ``a
 spatial norm, not ``acosh`` of the time component); :func:`transvect` (the isometry moving ``o``
 to ``mu`` along the geodesic, equal to ``exp_mu ∘ PT_{o→mu} ∘ log0``) is a Lorentz boost whose
 entries grow like ``cosh d(o, mu)``.
+
+Example:
+    >>> import torch
+    >>> from latentgeo.distributions import lorentz as L
+    >>> v = torch.tensor([[3.0, 4.0]], dtype=torch.float64)     # tangent coordinates at o, |v| = 5
+    >>> x = L.exp0(v, 1.0)
+    >>> float(L.lorentz_inner(x, x)), float(L.dist(L.origin(2, 1.0, dtype=x.dtype), x, 1.0))
+    (-1.0..., 5.0...)
+    >>> mu = L.exp0(torch.tensor([[1.0, -2.0]], dtype=torch.float64), 1.0)
+    >>> y = L.transvect(mu, x, 1.0)                               # exp_mu(PT_{o→mu}(v))
+    >>> bool(torch.allclose(L.log0(L.transvect_inv(mu, y, 1.0), 1.0), v))
+    True
 """
 
 from __future__ import annotations
