@@ -73,7 +73,12 @@ class ZukoFlow(nn.Module):
         _posint(dim, "dim", 2)
         _posint(context_dim, "context_dim", 0)
         _posint(transforms, "transforms")
-        import zuko
+        try:
+            import zuko
+        except ImportError as exc:
+            raise ImportError(
+                f"flow {kind!r} needs zuko (a latentgeo dependency: pip install 'zuko>=1.6'): {exc}"
+            ) from None
 
         cls = zuko.flows.RealNVP if kind == "realnvp" else zuko.flows.NSF
         self.kind, self.dim, self.context_dim = kind, dim, context_dim
