@@ -90,3 +90,11 @@ def test_bad_input():
         PoincareChart.for_model(lg.VAE(4, 2, hidden=(4,)))
     with pytest.raises(TypeError, match="decoder"):
         poincare_decoder(object(), PoincareChart(2))
+
+
+def test_codes_outside_the_ball_are_reported_not_decoded_on_the_other_sheet():
+    dec = lg.DeterministicDecoder(lambda x: torch.tanh(x @ torch.ones(3, 4, dtype=x.dtype)))
+    metric = lg.PullbackMetric(poincare_decoder(dec, PoincareChart(2)))
+    assert torch.isfinite(metric.tensor(torch.tensor([[0.1, 0.2]], dtype=D))).all()
+    with pytest.raises(ValueError, match=r"NaN/inf at 1 point\(s\) \(indices 1\)"):
+        metric.tensor(torch.tensor([[0.1, 0.2], [0.9, 0.9]], dtype=D))

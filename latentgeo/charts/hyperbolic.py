@@ -123,7 +123,9 @@ class _OnBall(nn.Module):
         sq = (z * z).sum(-1, keepdim=True)
         den = 1.0 - self.c * sq
         x = torch.cat([(1.0 + self.c * sq) / (math.sqrt(self.c) * den), 2.0 * z / den], -1)
-        return self.f(x)
+        # outside the ball the formula lands on the other sheet of the hyperboloid: give NaN
+        # instead, so the decoder checks name those points rather than decode a wrong code
+        return self.f(torch.where(den > 0, x, torch.full_like(x, float("nan"))))
 
 
 def poincare_decoder(decoder, chart: Optional[PoincareChart] = None):
@@ -139,7 +141,9 @@ def poincare_decoder(decoder, chart: Optional[PoincareChart] = None):
             dimension minus one, curvature 1).
 
     Returns:
-        a wrapper of the same class taking ball coordinates ``(N, d)``.
+        a wrapper of the same class taking ball coordinates ``(N, d)``. Codes outside the open
+        ball are mapped to NaN before the decoder sees them, so the metric code reports them
+        (a ``ValueError`` naming the points) instead of decoding the hyperboloid's other sheet.
     """
     from ..decoders import BernoulliDecoder, CategoricalDecoder, DeterministicDecoder, GaussianDecoder
 
