@@ -98,3 +98,17 @@ def test_codes_outside_the_ball_are_reported_not_decoded_on_the_other_sheet():
     assert torch.isfinite(metric.tensor(torch.tensor([[0.1, 0.2]], dtype=D))).all()
     with pytest.raises(ValueError, match=r"NaN/inf at 1 point\(s\) \(indices 1\)"):
         metric.tensor(torch.tensor([[0.1, 0.2], [0.9, 0.9]], dtype=D))
+
+
+def test_kmeans_and_walks_run_unchanged_on_the_ball():
+    chart = PoincareChart(2)
+    metric = lg.PullbackMetric(poincare_decoder(_fisher_half_plane_decoder(), chart), kind="fisher")
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([0.5, 0.0], dtype=D) + 0.05 * torch.randn(4, 2, generator=g, dtype=D)
+    b = torch.tensor([-0.5, 0.2], dtype=D) + 0.05 * torch.randn(4, 2, generator=g, dtype=D)
+    labels = lg.GeodesicKMeans(metric, n_clusters=2, random_state=0, n_init=1).fit_predict(torch.cat([a, b]))
+    assert len(set(labels[:4].tolist())) == 1 and len(set(labels[4:].tolist())) == 1 and labels[0] != labels[4]
+    walk = lg.random_walk(metric, a[:2], 30, 0.02, method="brownian", random_state=0, progress=False)
+    assert int(walk.stopped.sum()) == 0
+    tr = walk.trajectories
+    assert torch.isfinite(tr).all() and float(tr.norm(dim=-1).max()) < 1.0
