@@ -120,7 +120,8 @@ def train_model(args, dataset, latent: str, latent_dim: int, likelihood: str, hi
            resumable: bool = False, latent_kwargs: Optional[dict] = None):
     """Build and train a VAE; returns ``(model, history, seconds)``.
 
-    ``latent_kwargs``: extra keyword arguments of the latent (e.g. ``{"family": "power"}``).
+    ``latent_kwargs``: extra keyword arguments of the latent (e.g. ``{"family": "power"}``,
+    ``{"flow": "tc"}``).
 
     ``resumable``: write the trainer state to ``out/train_state.safetensors`` after every
     epoch, and resume from it when ``args.resume`` is set.

@@ -13,6 +13,10 @@ from .common import (
 
 __all__ = ["add_parser", "run"]
 
+#: posterior flows by latent (the latents validate them too)
+LATENT_FLOWS = {"hyperbolic": ("tc", "whc"), "euclidean": ("realnvp", "nsf", "planar", "radial")}
+FLOWS = ("tc", "whc", "realnvp", "nsf", "planar", "radial")
+
 
 def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to the subparsers ``sub``."""
@@ -28,6 +32,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--family", default=None, choices=("vmf", "power"),
                    help="posterior family of --latent sphere: vmf (von Mises-Fisher, default) or power "
                         "(power spherical); an error with any other latent")
+    t.add_argument("--flow", default=None, choices=FLOWS,
+                   help="posterior flow: tc|whc for --latent hyperbolic (Bose et al. 2020), realnvp|nsf|planar|radial "
+                   "for --latent euclidean (default none)")
     t.add_argument("--latent-dim", type=int_at_least(1, "latent-dim"), default=2, help="latent dimension (default 2)")
     t.add_argument("--likelihood", default="gaussian", choices=LIKELIHOODS, help="decoder likelihood (default gaussian)")
     t.add_argument("--epochs", type=int_at_least(1, "epochs"), default=100, help="training epochs (default 100)")
@@ -56,7 +63,22 @@ def run(args, argv: list[str]) -> int:
         if args.latent != "sphere":
             raise CLIError(f"--family applies to --latent sphere only (got --latent {args.latent})")
         latent_kwargs["family"] = args.family
+    if args.flow is not None:
+        allowed = LATENT_FLOWS.get(args.latent, ())
+        if args.flow not in allowed:
+            raise CLIError(
+                f"--flow {args.flow} does not apply to --latent {args.latent}"
+                + (f" (choose one of {', '.join(allowed)})" if allowed else " (it has no posterior flows)")
+            )
+        if args.flow in ("tc", "whc", "realnvp", "nsf") and args.latent_dim < 2:
+            raise CLIError(f"--flow {args.flow} (coupling layers) needs --latent-dim ≥ 2, got {args.latent_dim}")
+        latent_kwargs["flow"] = args.flow
+    latent_kwargs = latent_kwargs or None
     if args.report:
+        from .report import NO_REPORT_LATENTS
+
+        if args.latent in NO_REPORT_LATENTS:
+            raise CLIError(f"--report: {NO_REPORT_LATENTS[args.latent]}")
         selected_sections(args)  # check --skip before training
     if args.resume and args.force:
         raise CLIError("--resume continues the run in --out and --force replaces it: give one of them")
@@ -67,7 +89,8 @@ def run(args, argv: list[str]) -> int:
     from ..datasets import load_dataset
 
     dataset = subset_dataset(load_dataset(args.data), args.max_items, args.seed)
-    say(args, f"latentgeo train: {args.likelihood} VAE, {args.latent} latent of dimension {args.latent_dim}, "
+    flow_txt = f" with a {args.flow} posterior flow" if args.flow else ""
+    say(args, f"latentgeo train: {args.likelihood} VAE, {args.latent} latent of dimension {args.latent_dim}{flow_txt}, "
                f"on {args.data} ({len(dataset.data)} items), {args.epochs} epochs ...")
     model, history, train_s = train_model(
         args, dataset, args.latent, args.latent_dim, args.likelihood, args.hidden, variance, out, resumable=True,
