@@ -122,6 +122,25 @@ def test_variance_gap_splits_geodesically_not_euclidean():
     assert adjusted_rand_score(truth, eu.labels_) < 0.2  # Euclidean k-means cuts across the long axis
     km = lg.GeodesicKMeans(_ridge_metric(), n_clusters=2, random_state=0, max_iter=5).fit(X)
     assert adjusted_rand_score(truth, km.labels_) == 1.0
+    # the graph-only variant (k-medoids on kNN-graph distances, no ODE solves) splits it too
+    gr = lg.GeodesicKMeans(_ridge_metric(), n_clusters=2, algorithm="graph", centroid="medoid", random_state=0).fit(X)
+    assert adjusted_rand_score(truth, gr.labels_) == 1.0
+    assert not gr.distance_converged_.any()
+
+
+def test_graph_algorithm_distances_are_upper_bounds():
+    # under a linear decoder the geodesic distance is ‖A(x − c)‖: graph distances may only exceed it
+    A = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=D64)
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T))
+    X = _blobs()
+    km = lg.GeodesicKMeans(metric, n_clusters=3, algorithm="graph", centroid="medoid", random_state=0).fit(X)
+    D = km.transform(X)
+    exact = ((X[:, None] - km.cluster_centers_[None]) @ A.T).norm(dim=-1)
+    assert bool((D >= exact * (1 - 1e-9)).all())
+    assert float((D / exact.clamp_min(1e-12))[exact > 1e-9].median()) < 1.15  # and close to it (a kNN path is typically 5-15 % longer)
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    torch.testing.assert_close(km.distances_, D[torch.arange(len(X)), torch.as_tensor(km.labels_)])
+    assert km.inertia_ == pytest.approx(float((km.distances_ ** 2).sum()))
 
 
 def test_estimator_conventions_and_errors():
@@ -144,6 +163,12 @@ def test_estimator_conventions_and_errors():
         lg.GeodesicKMeans(metric, n_clusters=2, centroid="mean").fit(X)
     with pytest.raises(TypeError, match="Metric"):
         lg.GeodesicKMeans("euclidean", n_clusters=2).fit(X)
+    with pytest.raises(ValueError, match="algorithm"):
+        lg.GeodesicKMeans(metric, n_clusters=2, algorithm="exact").fit(X)
+    with pytest.raises(ValueError, match="centroid='medoid'"):
+        lg.GeodesicKMeans(metric, n_clusters=2, algorithm="graph").fit(X)
+    with pytest.raises(ValueError, match="init"):
+        lg.GeodesicKMeans(metric, n_clusters=2, geodesic_options={"init": "graph"}).fit(X)
     # numpy input and the medoid variant
     labels = lg.GeodesicKMeans(metric, n_clusters=2, centroid="medoid", random_state=0).fit_predict(X.numpy())
     assert labels.shape == (20,) and set(labels.tolist()) == {0, 1}
