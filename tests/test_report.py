@@ -242,3 +242,26 @@ def test_report_docstring_examples():
 
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_clustering_section_scores_both_labelings(tmp_path, digits, model):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    s = write_report(model, digits, None, tmp_path, random_state=0, sections=["clustering"], resolution=24,
+                     clustering_k=3, clustering_max_codes=120)
+    c = s["clustering"]
+    assert (tmp_path / "clustering.png").stat().st_size > 0
+    assert c["k"] == 3 and c["n_codes"] == 120 and c["algorithm"] == "graph"
+    # the Euclidean scores are scikit-learn's KMeans on the same seeded subsample, recomputed here
+    idx = np.sort(np.random.RandomState(0).choice(300, 120, replace=False))
+    with torch.no_grad():
+        X = model.encode_mean(digits.data)[torch.as_tensor(idx)].double().numpy()
+    lab = KMeans(3, n_init=10, random_state=0).fit(X).labels_
+    truth = digits.labels.numpy()[idx]
+    assert c["euclidean"]["adjusted_rand"] == pytest.approx(adjusted_rand_score(truth, lab))
+    assert c["euclidean"]["f_measure"] == pytest.approx(lg.clustering.f_measure(truth, lab))
+    assert 0 < c["geodesic"]["f_measure"] <= 100 and c["geodesic"]["certified_distances"] == 0.0
+    with pytest.raises(ReportError, match="clustering_algorithm"):
+        write_report(model, digits, None, tmp_path / "bad", sections=["clustering"], resolution=16,
+                     clustering_algorithm="exact")
