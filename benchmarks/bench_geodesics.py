@@ -49,7 +49,7 @@ def train_demo_vae(latent_dim):
     ds = load_dataset("digits")
     m = VAE(ds.dim, latent_dim, latent="euclidean", likelihood="gaussian", hidden=(64, 64),
             item_shape=tuple(ds.item_shape), random_state=0)
-    train_vae(m, ds, epochs=300, random_state=0, quiet=True, val_fraction=0.1, variance="rbf")
+    train_vae(m, ds, epochs=300, random_state=0, progress=False, val_fraction=0.1, variance="rbf")
     m = m.double().eval()
     x = torch.as_tensor(ds.data, dtype=D64)
     with torch.no_grad():
