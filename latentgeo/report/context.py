@@ -211,7 +211,8 @@ class ReportContext:
 
         dec = self.decoder
         if isinstance(dec, DeterministicDecoder):
-            fn = dec
+            def fn(z):  # a plain function: plotting treats Decoder objects by their likelihood mean
+                return dec(z)
         else:
             def fn(z):
                 return dec.distribution(z).mean
