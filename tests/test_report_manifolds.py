@@ -136,3 +136,13 @@ def test_cli_train_hyperbolic_report(tmp_path):
     rep = tmp_path / "rep"
     assert main(["report", str(out / "model.safetensors"), "--out", str(rep), *fast]) == 0
     assert json.loads((rep / "summary.json").read_text())["chart"]["kind"] == "poincare"
+
+
+def test_poincare_decoded_grid_masks_outside_the_disk(tmp_path):
+    ds = subset_dataset(load_dataset("digits"), 150, 0)
+    vae, hist = _train(ds, "hyperbolic", 3)
+    # a wide margin puts the grid's corners outside the disk: clipped extent, masked tiles
+    s = write_report(vae, ds, hist, tmp_path, sections=["magnification", "decoded_grid"], margin=10.0, **CHEAP)
+    assert s["decoded_grid"]["extent"] == [-1.0, 1.0, -1.0, 1.0]
+    assert (tmp_path / "decoded_grid.png").is_file() and (tmp_path / "magnification.png").is_file()
+    assert s["magnification"]["far_from_data"] is None or math.isfinite(s["magnification"]["far_from_data"]["median"])
