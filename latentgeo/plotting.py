@@ -39,6 +39,7 @@ import torch
 
 __all__ = [
     "default_extent",
+    "label_colors",
     "scatter_codes",
     "history_records",
     "latent_grid",
@@ -210,6 +211,12 @@ def _label_colors(n: int):
         return cols[:n]
     cmap = matplotlib.colormaps["tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def label_colors(n: int) -> list:
+    """The ``n`` colours :func:`scatter_codes` gives classes, in sorted-label order (tab10 with
+    black for its grey; tab20 beyond ten classes), for figures that draw the codes themselves."""
+    return list(_label_colors(int(n)))
 
 
 def scatter_codes(ax, codes: np.ndarray, labels=None, size=None, legend=True, label_names=None,

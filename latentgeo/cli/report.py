@@ -30,14 +30,6 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return r
 
 
-#: latents whose codes are not free coordinates; the report would analyse the ambient embedding
-NO_REPORT_LATENTS = {
-    "hyperbolic": "the report does not analyse hyperbolic latents yet (its sections would treat the "
-                  "hyperboloid coordinates as a flat 3-D latent space); analyse the decoder in the Poincaré "
-                  "ball with latentgeo.charts.PoincareChart and poincare_decoder",
-}
-
-
 def run(args, argv: list[str]) -> int:
     from ..checkpoint import checkpoint_file
     from ..datasets import load_dataset
@@ -48,8 +40,6 @@ def run(args, argv: list[str]) -> int:
     sections = selected_sections(args)
     model = VAE.load(args.checkpoint)  # CheckpointError (a ValueError) names the file and the problem
     ckpt = checkpoint_file(args.checkpoint)
-    if model.latent_name in NO_REPORT_LATENTS:
-        raise CLIError(NO_REPORT_LATENTS[model.latent_name])
     subset = None
     if args.data is not None:
         dataset = load_dataset(args.data)

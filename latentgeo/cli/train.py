@@ -75,10 +75,6 @@ def run(args, argv: list[str]) -> int:
         latent_kwargs["flow"] = args.flow
     latent_kwargs = latent_kwargs or None
     if args.report:
-        from .report import NO_REPORT_LATENTS
-
-        if args.latent in NO_REPORT_LATENTS:
-            raise CLIError(f"--report: {NO_REPORT_LATENTS[args.latent]}")
         selected_sections(args)  # check --skip before training
     if args.resume and args.force:
         raise CLIError("--resume continues the run in --out and --force replaces it: give one of them")

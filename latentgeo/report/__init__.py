@@ -15,8 +15,9 @@ One module per built-in section, assembled here (``order``): :mod:`.dataset` (0)
 :mod:`.model` (5), :mod:`.training` (10), :mod:`.checkpoint` (20), :mod:`.magnification` (30,
 ``magnification.png`` and on-/off-data statistics), :mod:`.decoded_grid` (40), :mod:`.training_curves`
 (50), :mod:`.iwae` (60, importance-weighted log-likelihood on held-out items), :mod:`.geodesics`
-(70, geodesics between class centres), :mod:`.clustering` (75, Euclidean vs geodesic k-means
-on the codes), :mod:`.walks` (80, random walks: fraction of steps
+(70, geodesics between class centres), :mod:`.manifold` (75, curved latents: the codes on S² or in
+the Poincaré disk, geodesics mapped back from the chart, chart-independence of their lengths),
+:mod:`.clustering` (76, Euclidean vs geodesic k-means on the codes), :mod:`.walks` (80, random walks: fraction of steps
 within the data support per method, decoded strips). A new built-in section is a module with a ``SECTION``
 and one line in :data:`BUILTIN_SECTIONS` below.
 
@@ -54,7 +55,7 @@ Example:
 """
 
 from . import checkpoint, dataset, decoded_grid, geodesics, iwae, magnification, model, training, training_curves
-from . import clustering, walks
+from . import clustering, manifold, walks
 from .context import CONTEXT_DEFAULTS, ReportContext, ReportError, ReportSection, ReportSectionError
 from .registry import _add, register_section, report_sections, unregister_section
 from .subject import Subject
@@ -71,6 +72,7 @@ BUILTIN_SECTIONS = (
     training_curves.SECTION,
     iwae.SECTION,
     geodesics.SECTION,
+    manifold.SECTION,
     clustering.SECTION,
     walks.SECTION,
 )

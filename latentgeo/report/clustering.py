@@ -108,7 +108,7 @@ def _section_clustering(ctx: ReportContext) -> dict:
 
 
 SECTION = ReportSection(
-    "clustering", _section_clustering, order=75,
+    "clustering", _section_clustering, order=76,
     description="clustering.png: Euclidean vs geodesic k-means on the codes, F-measure and adjusted Rand index",
     defaults={"clustering_k": None, "clustering_max_codes": 2000, "clustering_algorithm": "graph"},
 )

@@ -5,6 +5,12 @@ The context holds the subject of the analysis (a model and its data set, or a
 options and the quantities sections share, computed once on first use: ``ctx.codes``
 (encoder means of the data), ``ctx.decoder`` / ``ctx.metric`` (the analysis decoder and its
 pullback metric), ``ctx.extent`` and ``ctx.magnification_grid``.
+
+Curved latents are analysed in a chart (``ctx.chart``): a spherical VAE's codes on
+``S^d ⊂ R^{d+1}`` in the stereographic chart from the pole opposite their mean direction, a
+hyperbolic VAE's hyperboloid codes in the Poincaré ball. ``ctx.codes``, ``ctx.decoder`` and
+``ctx.metric`` are then the chart's (``ctx.ambient_codes`` keeps the model's own), so every
+section works in ``d`` free coordinates unchanged; ``summary["chart"]`` records the chart.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ CONTEXT_DEFAULTS = {
     "dpi": 120,  # figure resolution
     "cmap": "bone",  # colour map of the magnification map
 }
+
+
+#: the chart each curved latent is analysed in (``ReportContext.chart_kind``)
+CHART_KINDS = {"sphere": "stereographic", "hyperbolic": "poincare"}
+#: the Poincaré-ball analysis stays within this fraction of the ball's radius (grids are masked beyond)
+POINCARE_MAX_RADIUS = 0.999
 
 
 class ReportError(ValueError):
@@ -199,8 +211,24 @@ class ReportContext:
 
         dec = self.decoder
         if isinstance(dec, DeterministicDecoder):
-            return lambda z: dec(z)
-        return lambda z: dec.distribution(z).mean
+            def fn(z):  # a plain function: plotting treats Decoder objects by their likelihood mean
+                return dec(z)
+        else:
+            def fn(z):
+                return dec.distribution(z).mean
+        if self.chart_kind != "poincare":
+            return fn
+
+        def masked(z):  # outside the Poincaré disk: NaN items (drawn blank), never a decoded wrong sheet
+            inside = self.in_domain(z)
+            if bool(inside.all()):
+                return fn(z)
+            x = fn(z[inside]) if bool(inside.any()) else fn(z[:1] * 0)[:0]
+            out = torch.full((z.shape[0], *x.shape[1:]), float("nan"), dtype=x.dtype, device=x.device)
+            out[inside] = x
+            return out
+
+        return masked
 
     @property
     def data(self) -> Optional[torch.Tensor]:
@@ -268,8 +296,9 @@ class ReportContext:
         return p.device if p is not None else torch.device("cpu")
 
     @property
-    def codes(self) -> torch.Tensor:
-        """Encoder means of :attr:`data` in the analysis coordinates (the subject's codes), ``(N, d)``."""
+    def ambient_codes(self) -> torch.Tensor:
+        """Encoder means of :attr:`data` as the model gives them, ``(N, code_dim)``: points of
+        ``S^d ⊂ R^{d+1}`` or of the hyperboloid for curved latents (the subject's codes)."""
 
         def make():
             if self.subject is not None:
@@ -280,7 +309,103 @@ class ReportContext:
                 z = self.model.encode_mean(self.data.to(device=self.param_device, dtype=self.param_dtype))
             return z.detach()
 
-        return self._cached("codes", make)
+        return self._cached("ambient_codes", make)
+
+    @property
+    def chart_kind(self) -> Optional[str]:
+        """``"stereographic"`` (sphere latents), ``"poincare"`` (hyperbolic latents) or ``None``
+        (flat codes: Euclidean latents and every :class:`Subject`, whose codes are already the
+        analysis coordinates)."""
+        if self.subject is not None or self.model is None:
+            return None
+        kind = getattr(self.model, "latent_name", None) or getattr(getattr(self.model, "latent", None), "name", None)
+        return CHART_KINDS.get(kind)
+
+    @property
+    def chart(self):
+        """The chart the analysis runs in, or ``None`` (see :attr:`chart_kind`).
+
+        Sphere latents: a :class:`~latentgeo.charts.StereographicChart` projecting from the pole
+        opposite the codes' mean direction (computed in float64), so the codes sit near the
+        chart's origin. Hyperbolic latents: the model's :class:`~latentgeo.charts.PoincareChart`.
+        """
+
+        def make():
+            kind = self.chart_kind
+            if kind == "stereographic":
+                from ..charts import StereographicChart
+
+                return StereographicChart.opposite_mean(self.ambient_codes.double())
+            if kind == "poincare":
+                from ..charts import PoincareChart
+
+                return PoincareChart.for_model(self.model)
+            return None
+
+        return self._cached("chart", make)
+
+    def chart_info(self) -> Optional[dict]:
+        """What ``summary["chart"]`` records: the chart's kind and parameters (``None``: flat codes)."""
+        chart, kind = self.chart, self.chart_kind
+        if chart is None:
+            return None
+        if kind == "stereographic":
+            return {"kind": kind, "dim": chart.dim, "pole": chart.pole.tolist(),
+                    "definition": "y = Bᵀx / (1 − pᵀx), projected from the pole p opposite the codes' mean direction "
+                                  "(B: an orthonormal basis of p⊥)"}
+        return {"kind": kind, "dim": chart.dim, "curvature": chart.c, "radius": 1.0 / math.sqrt(chart.c),
+                "definition": "y = x_s / (1 + √c x_0): the Poincaré ball of the hyperboloid"}
+
+    def to_chart(self, x: torch.Tensor) -> torch.Tensor:
+        """Model codes ``(..., code_dim)`` → analysis coordinates (unchanged without a chart)."""
+        chart, kind = self.chart, self.chart_kind
+        if chart is None:
+            return x
+        return chart.to_chart(x) if kind == "stereographic" else chart.to_ball(x)
+
+    def from_chart(self, y: torch.Tensor) -> torch.Tensor:
+        """Analysis coordinates ``(..., d)`` → model codes (unchanged without a chart)."""
+        chart, kind = self.chart, self.chart_kind
+        if chart is None:
+            return y
+        return chart.from_chart(y) if kind == "stereographic" else chart.from_ball(y)
+
+    def in_domain(self, y: torch.Tensor) -> torch.Tensor:
+        """``(...)`` bool: which analysis coordinates the analysis evaluates: inside
+        ``POINCARE_MAX_RADIUS`` of the ball's radius for the Poincaré chart, everywhere else."""
+        if self.chart_kind != "poincare":
+            return torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device)
+        return self.chart.c * (y * y).sum(-1) < POINCARE_MAX_RADIUS**2
+
+    def decoder_of(self, model):
+        """``model.decoder_for_analysis()`` expressed in the analysis coordinates (this report's chart).
+
+        Used for :attr:`decoder`, and by sections that solve on a float64 copy of the model
+        (:meth:`float64_model`)."""
+        dec = model.decoder_for_analysis()
+        kind = self.chart_kind
+        if kind == "stereographic":
+            return self.chart.decoder(dec)
+        if kind == "poincare":
+            from ..charts import poincare_decoder
+
+            return poincare_decoder(dec, self.chart)
+        return dec
+
+    def float64_model(self):
+        """A float64 copy of the model in eval mode (cached; the model itself is untouched), or
+        ``None`` when there is no model to copy (a :class:`Subject` without one)."""
+        import copy
+
+        if self.subject is not None or not (hasattr(self.model, "double") and hasattr(self.model, "decoder_for_analysis")):
+            return None
+        return self._cached("model64", lambda: copy.deepcopy(self.model).double().eval())
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """Encoder means of :attr:`data` in the analysis coordinates, ``(N, d)``: the model's codes,
+        mapped into :attr:`chart` for curved latents (the subject's codes as given)."""
+        return self._cached("codes", lambda: self.to_chart(self.ambient_codes).to(self.ambient_codes.dtype))
 
     @property
     def latent_dim(self) -> int:
@@ -288,10 +413,11 @@ class ReportContext:
 
     @property
     def decoder(self):
-        """The model's analysis decoder (``model.decoder_for_analysis()``), or the subject's decoder."""
+        """The model's analysis decoder (``model.decoder_for_analysis()``, composed with the chart's
+        inverse for curved latents: :meth:`decoder_of`), or the subject's decoder."""
         if self.subject is not None:
             return self.subject.decoder
-        return self._cached("decoder", lambda: self.model.decoder_for_analysis())
+        return self._cached("decoder", lambda: self.decoder_of(self.model))
 
     @property
     def metric(self):
@@ -306,22 +432,37 @@ class ReportContext:
         side widened to at least 3/4 of the longer one (maps are drawn with equal aspect)."""
         from ..plotting import default_extent
 
-        return self._cached(
-            "extent", lambda: default_extent(self.codes, self.options["margin"], min_aspect=0.75)
-        )
+        def make():
+            ext = default_extent(self.codes, self.options["margin"], min_aspect=0.75)
+            if self.chart_kind == "poincare":  # the ball is the whole space: never plot beyond it
+                r = 1.0 / math.sqrt(self.chart.c)
+                ext = (max(ext[0], -r), min(ext[1], r), max(ext[2], -r), min(ext[3], r))
+            return ext
+
+        return self._cached("extent", make)
 
     @property
     def magnification_grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(mag (R, R), xs, ys)`` over :attr:`extent` at ``options["resolution"]``."""
-        from ..plotting import magnification_grid
+        from ..plotting import latent_grid, magnification_grid
 
-        return self._cached(
-            "mag_grid",
-            lambda: magnification_grid(
-                self.metric, self.extent, self.options["resolution"], dtype=self.codes.dtype,
-                device=self.codes.device,
-            ),
-        )
+        def make():
+            if self.chart_kind != "poincare":
+                return magnification_grid(self.metric, self.extent, self.options["resolution"], dtype=self.codes.dtype,
+                                          device=self.codes.device)
+            # the Poincaré ball: evaluate inside the disk only; NaN (masked in the figures) outside
+            z, xs, ys = latent_grid(self.extent, self.options["resolution"], dtype=self.codes.dtype,
+                                    device=self.codes.device)
+            inside = self.in_domain(z)
+            mag = torch.full((z.shape[0],), float("nan"), dtype=z.dtype, device=z.device)
+            zi = z[inside]
+            with torch.no_grad():
+                mag[inside] = torch.cat([self.metric.magnification(zi[s: s + 16384]).detach()
+                                         for s in range(0, zi.shape[0], 16384)])
+            r = len(xs)
+            return mag.cpu().numpy().reshape(r, r), xs, ys
+
+        return self._cached("mag_grid", make)
 
     def magnification_figure(self, title: Optional[str] = "Magnification factor √det M(z)", figsize=(7.2, None)):
         """``(fig, ax)``: the magnification heat map with the codes coloured by label.
@@ -340,7 +481,7 @@ class ReportContext:
         w = float(figsize[0])
         figsize = (w, min(max(0.6 * w * (y1 - y0) / (x1 - x0) + 1.8, 3.5), 2 * w))
         fig, ax = self.new_figure(figsize=figsize)
-        data = np.ma.masked_less_equal(mag, 0.0)
+        data = np.ma.masked_where(~np.isfinite(mag) | (mag <= 0.0), mag)  # NaN: outside the Poincaré disk
         pos = data.compressed()
         if pos.size == 0:
             raise ReportError("the metric is singular (√det M = 0) everywhere on the plotted grid")
@@ -354,6 +495,10 @@ class ReportContext:
         cb.set_label("√det M(z) (log scale)")
         name = self.name
         scatter_codes(ax, self.codes.cpu().numpy(), self.labels, legend_title="digit" if name == "digits" else "label")
+        if self.chart_kind == "poincare":
+            r = 1.0 / math.sqrt(self.chart.c)
+            t = np.linspace(0, 2 * np.pi, 400)
+            ax.plot(r * np.cos(t), r * np.sin(t), color="0.3", lw=0.8, zorder=2)
         ax.set_xlim(self.extent[0], self.extent[1])
         ax.set_ylim(self.extent[2], self.extent[3])
         ax.set_xlabel("$z_1$")

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 
@@ -72,13 +71,13 @@ def geodesics_section(ctx: ReportContext) -> dict:
         return {"skipped": "the data set has no labels, so there are no class centres"}
     n_classes = int(ctx.options["geodesic_classes"])
     metric, codes = ctx.metric, ctx.codes
-    if codes.dtype != torch.float64 and hasattr(ctx.model, "double") and hasattr(ctx.model, "decoder_for_analysis"):
+    model64 = ctx.float64_model() if codes.dtype != torch.float64 else None
+    if model64 is not None:
         # certifying a geodesic to 1e-6 relative length needs float64 (float32 stalls near 1e-5):
-        # solve on a float64 copy of the model, leaving the model itself untouched
+        # solve on a float64 copy of the model (in the report's chart), leaving the model itself untouched
         from ..metric import PullbackMetric
 
-        model64 = copy.deepcopy(ctx.model).double().eval()
-        metric, codes = PullbackMetric(model64.decoder_for_analysis()), codes.double()
+        metric, codes = PullbackMetric(ctx.decoder_of(model64)), codes.double()
     tol = ctx.options["geodesic_tol"]
     tol = float(tol if tol is not None else (1e-6 if codes.dtype == torch.float64 else 1e-4))
     max_iter = int(ctx.options["geodesic_max_iter"])

@@ -65,9 +65,10 @@ def _section_magnification(ctx: ReportContext) -> dict:
     diag = float((codes.amax(0) - codes.amin(0)).norm())
     rel = _nearest_distance(grid, codes.cpu()).numpy() / max(diag, 1e-300)
     flat = mag.ravel()
+    finite = np.isfinite(flat)  # NaN: outside the Poincaré disk (not evaluated)
 
     def band(lo, hi):
-        sel = (rel >= lo) & (rel < hi)
+        sel = (rel >= lo) & (rel < hi) & finite
         return _stats(flat[sel]) if sel.any() else None
 
     near = band(*MAGNIFICATION_BANDS["near"])

@@ -11,7 +11,7 @@ from .context import CONTEXT_DEFAULTS, ReportSection
 __all__ = ["register_section", "unregister_section", "report_sections", "get_section", "known_options"]
 
 _SECTIONS: dict[str, ReportSection] = {}
-RESERVED = {"latentgeo_version", "created_utc", "random_state", "timings", "files", "sections", "out_dir"}
+RESERVED = {"latentgeo_version", "created_utc", "random_state", "timings", "files", "sections", "out_dir", "chart"}
 
 
 def _add(section: ReportSection, replace: bool = False) -> ReportSection:

@@ -45,7 +45,10 @@ def _section_walks(ctx: ReportContext) -> dict:
     out = {"walkers": n_walkers, "steps": n_steps, "support_threshold": tau,
            "step_size": {"euclidean": h_e, "metric": h_m}, "methods": {}}
     log_prob = None
-    if "mmala" in methods:
+    if "mmala" in methods and ctx.chart is not None:
+        out["methods"]["mmala"] = {"skipped": f"the encoder's posteriors are not Gaussian in the {ctx.chart_kind} chart, "
+                                              "so there is no aggregate-posterior target"}
+    elif "mmala" in methods:
         try:
             with torch.no_grad():
                 post = ctx.model.encode(ctx.data)

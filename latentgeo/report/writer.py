@@ -162,6 +162,8 @@ def _write(model, dataset, history, out, random_state, run, opts, resolution, ma
                 raise ReportError(f"extra key {k!r} is reserved")
         summary.update(extra)
     times = {k: float(v) for k, v in (timings or {}).items()}
+    if ctx.chart_kind is not None:  # curved latents: the sections run in this chart (see ReportContext.chart)
+        summary["chart"] = ctx.chart_info()
 
     was_training = getattr(model, "training", None)
     if hasattr(model, "eval"):
