@@ -299,3 +299,19 @@ def test_two_worker_processes_and_a_killed_worker(tmp_path):
         assert set(c.run(os.getpid).values()) != pids  # ... and was replaced by the nanny
         _same_matrix(ref, died)  # ... and its block was recomputed: complete and identical
         assert bool((died.status == GeodesicStatus.SUCCESS).all())
+
+
+def test_geodesic_kmeans_on_dask_equals_serial_labels():
+    distributed = pytest.importorskip("distributed")
+    import latentgeo as lg
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([torch.randn(8, 2, generator=g, dtype=torch.float64) * 0.2 + c for c in (-1.0, 1.0)])
+    metric = _metric()
+    serial = lg.GeodesicKMeans(metric, n_clusters=2, random_state=0, max_iter=3).fit(X)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        km = lg.GeodesicKMeans(metric, n_clusters=2, random_state=0, max_iter=3, backend="dask", client=client,
+                               block_size=5).fit(X)
+    np.testing.assert_array_equal(km.labels_, serial.labels_)
+    torch.testing.assert_close(km.distances_, serial.distances_, rtol=1e-3, atol=1e-6)  # warm starts differ

@@ -8,6 +8,7 @@ import torch
 import latentgeo as lg
 from latentgeo.geodesics import Collocation, GeodesicStatus, Shooting, connecting_geodesic, minimize_discrete_energy
 
+
 D64 = torch.float64
 
 
@@ -286,3 +287,8 @@ def test_non_minimising_geodesic_is_flagged_not_reported_as_distance():
     short_way = lg.connecting_geodesic(metric, z0, z1)
     assert bool(short_way.converged[0])
     assert abs(short_way.length[0].item() - math.pi / 2) < 1e-6
+
+
+@pytest.fixture(autouse=True)
+def _closed_forms_without_time_budget(no_default_budget):
+    """See tests/conftest.py: these tests check results, the budget has tests of its own."""

@@ -7,6 +7,7 @@ import torch
 
 import latentgeo as lg
 from latentgeo.geodesics import (
+
     Collocation,
     GeodesicConvergenceError,
     distance_matrix,
@@ -126,3 +127,8 @@ def test_distance_matrix_bad_input():
         distance_matrix(ball, torch.tensor([[0.0, math.nan]], dtype=D64))
     with pytest.raises(ValueError, match="chunk_size"):
         distance_matrix(ball, torch.zeros(3, 2, dtype=D64), chunk_size=0)
+
+
+@pytest.fixture(autouse=True)
+def _closed_forms_without_time_budget(no_default_budget):
+    """See tests/conftest.py: these tests check results, the budget has tests of its own."""

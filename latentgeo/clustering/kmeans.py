@@ -86,6 +86,12 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             steps and re-assignments), which only steer the centres: defaults ``tol=1e-3`` and a
             lighter solver (``Collocation(nodes=32, max_nodes=64, degree=16, energy_max_iter=20,
             max_iter=12)``). Their curves warm-start the next iteration's and the final solves.
+        backend: ``"serial"`` (default) or ``"dask"`` / a :class:`latentgeo.backends.Backend`: the
+            geodesics of each assignment and Karcher check are solved in blocks of
+            ``block_size`` pairs on that backend (:func:`latentgeo.backends.solve_pair_blocks`;
+            warm starts from stored curves are off there, since only lengths and velocities come back).
+        client: the ``distributed.Client`` for ``backend="dask"`` (``None``: the current one).
+        block_size: pairs per task with a non-serial backend.
         random_state: ``None``, an int or a numpy random generator (scikit-learn's ``check_random_state``).
         verbose: print per-iteration inertia and show a progress bar over ``n_init × max_iter``.
 
@@ -113,6 +119,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         n_neighbors: int = 10,
         geodesic_options: Optional[dict] = None,
         iteration_options: Optional[dict] = None,
+        backend="serial",
+        client=None,
+        block_size: int = 256,
         random_state=None,
         verbose: bool = False,
     ):
@@ -127,6 +136,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_neighbors = n_neighbors
         self.geodesic_options = geodesic_options
         self.iteration_options = iteration_options
+        self.backend = backend
+        self.client = client
+        self.block_size = block_size
         self.random_state = random_state
         self.verbose = verbose
 
@@ -209,6 +221,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         if n == 0:
             return length, conv, v
         opts = self._opts if final else self._opts_iter
+        points = store  # X holds the codes (not the centres): stored curves and graph bounds apply
         t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
         z0, z1 = C[ci], X[xi]
         same = (z0 - z1).abs().amax(-1) == 0
@@ -220,7 +233,19 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 if j in self._warm:
                     sel = ci_t == j
                     have[sel] = self._warm[j][2][xi_t[sel]]
-        for warm in (True, False):
+        if self.backend != "serial":
+            from ..backends import solve_pair_blocks
+
+            ps = todo
+            res = solve_pair_blocks(self.metric, z0[ps], z1[ps], block_size=check_int(self.block_size, "block_size", 1),
+                                    backend=self.backend, client=self.client, **opts)
+            self._n_geo += len(ps)
+            length[ps] = res.length.detach().to(X.dtype)
+            conv[ps] = res.converged.cpu()
+            v[ps] = res.initial_velocity.detach().to(X.dtype)
+            store = False
+            have[:] = False
+        for warm in (True, False) if self.backend == "serial" else ():
             sel = have == warm
             if not bool(sel.any()):
                 continue
@@ -257,6 +282,14 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     cur[xj[m]] = curves[m]
                     hv[xj[m]] = True
         conv |= same.cpu()
+        if points and self._graph is not None and not bool(conv.all()):
+            # an uncertified pair's length is the shortest curve the solver found; the graph path
+            # through the codes is a real curve too, so the shorter of the two is the upper bound
+            bad = torch.nonzero(~conv).reshape(-1)
+            with torch.no_grad():
+                gd = self._graph.distances(X[torch.as_tensor(xi)[bad]], C).to(X.dtype)
+            gl = gd[torch.arange(len(bad)), torch.as_tensor(ci)[bad]]
+            length[bad] = torch.minimum(length[bad], gl)
         return length, conv, v
 
     def _centre_distances(self, C, final):

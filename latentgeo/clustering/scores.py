@@ -35,4 +35,4 @@ def f_measure(truth, labels) -> float:
             if tp:
                 best = max(best, 2 * tp / (t.sum() + p.sum()))
         total += t.mean() * best
-    return 100.0 * total
+    return float(100.0 * total)

@@ -294,7 +294,7 @@ def _solve_chunk(metric, a, b, warm, solve, opts, budget):
     n = a.shape[0]
     deadline = None if budget is None else t0 + budget * max(n, 1)
     r = solve(metric, a, b, warm=warm, deadline=deadline, **opts)
-    _finalize(metric, r, opts["tol"], opts["n_points"])
+    _finalize(metric, r, opts["tol"], opts["n_points"], graph=opts.get("graph"))
     r.stats["wall_time"] = torch.full((n,), (time.perf_counter() - t0) / max(n, 1), dtype=torch.float64)
     return r
 
@@ -452,13 +452,29 @@ def _line_series_like(a, b, K):
     return s
 
 
-def _finalize(metric, r, tol, n_points):
+def _resample_polyline(vertices, arclength, T):
+    """``T`` points equally spaced in arc length along padded polylines ``(n, P, d)``."""
+    n, P, d = vertices.shape
+    tiny = torch.finfo(vertices.dtype).tiny
+    s = torch.linspace(0, 1, T, dtype=vertices.dtype, device=vertices.device)[None] * arclength[:, -1:]
+    idx = torch.searchsorted(arclength.contiguous(), s.contiguous(), right=True).clamp(1, P - 1)
+    a0, a1 = torch.gather(arclength, 1, idx - 1), torch.gather(arclength, 1, idx)
+    w = ((s - a0) / (a1 - a0).clamp_min(tiny)).clamp(0, 1)[..., None]
+    v0 = torch.gather(vertices, 1, (idx - 1)[..., None].expand(n, T, d))
+    v1 = torch.gather(vertices, 1, idx[..., None].expand(n, T, d))
+    out = v0 + w * (v1 - v0)
+    out[:, 0], out[:, -1] = vertices[:, 0], vertices[:, -1]
+    return out
+
+
+def _finalize(metric, r, tol, n_points, graph=None):
     """Status, minimality and honest upper bounds of a solved batch ``r`` (in place).
 
     Certified pairs (ODE residual, speed drift, resolution ``≤ tol``) keep ``SUCCESS`` only if no
     competitor is shorter: the straight line (a feasible curve: a shortest path is never longer)
     and the energy-minimised curve of the other start (graph path). Every other pair reports the
-    shortest curve found, measured by a 129-point Richardson-extrapolated chord sum."""
+    shortest curve found — its best curve, the straight line or (with a ``graph``) the graph path,
+    resampled to ``n_points`` points — measured by a 129-point Richardson-extrapolated chord sum."""
     n = len(r.reasons)
     dt, dev = r.z0.dtype, r.z0.device
     a, b = r.z0, r.z1
@@ -531,6 +547,27 @@ def _finalize(metric, r, tol, n_points):
             L[fix] = Lb
         lt = line_len[bi] < L[bi]
         to_line[bi[lt]] = True
+        if graph is not None:
+            # the graph path is a real curve too: where it is shorter than the best curve (and the
+            # line), the pair reports it (as a polyline of n_points points, measured densely)
+            try:
+                with torch.no_grad():
+                    gp = graph.shortest_paths(a[bi], b[bi])
+            except ValueError:  # e.g. endpoints in different components of the graph
+                gp = None
+            if gp is not None:
+                poly = _resample_polyline(gp.polylines.to(dt), gp.arclength.to(dt), n_points)
+                Lg, _ = _dense_length(metric, a[bi], b[bi], lambda t: _polyline(poly, t))
+                best = torch.where(to_line[bi], line_len[bi], L[bi])
+                use = torch.isfinite(Lg) & (Lg < best)
+                for j in torch.nonzero(use).reshape(-1).tolist():
+                    i = int(bi[j])
+                    to_line[i] = False
+                    L[i] = Lg[j]
+                    r.discrete_curve[i] = poly[j]
+                    r._polyline[i] = True
+                    r._from_knots[i] = False
+                    r.init[i] = "graph path"
     if bool(to_line.any()):
         li = torch.nonzero(to_line).reshape(-1)
         L[li] = line_len[li]

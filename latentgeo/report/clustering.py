@@ -77,7 +77,7 @@ def _section_clustering(ctx: ReportContext) -> dict:
             out[key]["adjusted_rand"] = float(adjusted_rand_score(truth, lab))
     if ctx.latent_dim == 2:
         mag, _, _ = ctx.magnification_grid
-        data = np.ma.masked_less_equal(mag, 0.0)
+        data = np.ma.masked_less_equal(np.ma.masked_invalid(mag), 0.0)
         pos = data.compressed()
         x0, x1, y0, y1 = ctx.extent
         w = 10.0
