@@ -282,46 +282,46 @@ class VonMisesFisher(Distribution):
             omx0 = 2.0 * b / (1.0 + b)
             x0 = (1.0 - b) / (1.0 + b)
             log_1mx0sq = torch.log(4.0 * b) - 2.0 * torch.log1p(b)
-        w, omw, opw = (torch.empty(n, dtype=f64, device=kappa.device) for _ in range(3))
-        v = None if dtype is None else torch.empty(n, m - 1, dtype=dtype, device=kappa.device)
-        todo = None  # all entries
-        left, proposed, rounds = n, 0, 0
-        while left:
-            rounds += 1
-            if rounds > _MAX_ROUNDS:  # Wood's envelope accepts > 50% everywhere: never reached
-                kk = kappa if scalar else kappa[todo]
-                raise RuntimeError(f"vMF rejection sampler: {left} draws still rejected after "
-                                   f"{_MAX_ROUNDS} rounds (kappa in [{float(kk.min()):.3g}, "
-                                   f"{float(kk.max()):.3g}], m = {m})")
-            k, bb = (kappa, b) if scalar or todo is None else (kappa[todo], b[todo])
-            alpha = torch.full((left,), (m - 1) / 2.0, dtype=f64, device=kappa.device)
+        dev = kappa.device
+
+        def propose(count, k, bb):
+            """``count`` proposals: ``(w, 1 − w, 1 + w, v or None, accepted mask)``."""
+            alpha = torch.full((count,), (m - 1) / 2.0, dtype=f64, device=dev)
             s2 = 2.0 * torch._standard_gamma(alpha)
             if dtype is None:
-                s1 = 2.0 * torch._standard_gamma(alpha)
+                s1, d = 2.0 * torch._standard_gamma(alpha), None
             else:
-                x = torch.randn(left, m - 1, dtype=dtype, device=kappa.device)
+                x = torch.randn(count, m - 1, dtype=dtype, device=dev)
                 s1x = (x * x).sum(-1)
-                s1 = s1x.to(f64)
+                s1, d = s1x.to(f64), x * torch.rsqrt(s1x)[:, None]
             den = s2 + bb * s1
             pomw = 2.0 * bb * s1 / den
             if scalar:
                 lw = k * (omx0 - pomw) + (m - 1) * (torch.log(omx0 + x0 * pomw) - log_1mx0sq)
             else:
                 lw = self._log_weight(k, bb, pomw)
-            ok = lw >= torch.log(torch.rand(left, dtype=f64, device=kappa.device))
-            proposed += left
-            if todo is None and bool(ok.all()):
-                idx, sel = slice(None), slice(None)
-            else:
-                idx = ok.nonzero().reshape(-1) if todo is None else todo[ok]
-                sel = ok
-            w[idx], omw[idx], opw[idx] = ((s2 - bb * s1) / den)[sel], pomw[sel], (2.0 * s2 / den)[sel]
+            ok = lw >= torch.log(torch.rand(count, dtype=f64, device=dev))
+            return (s2 - bb * s1) / den, pomw, 2.0 * s2 / den, d, ok
+
+        # first round: every entry gets a proposal in place; later rounds redraw the rejected ones only
+        w, omw, opw, v, ok = propose(n, kappa, b)
+        todo = (~ok).nonzero().reshape(-1)
+        proposed, rounds = n, 1
+        while todo.numel():
+            rounds += 1
+            if rounds > _MAX_ROUNDS:  # Wood's envelope accepts > 50% everywhere: never reached
+                kk = kappa if scalar else kappa[todo]
+                raise RuntimeError(f"vMF rejection sampler: {todo.numel()} draws still rejected after "
+                                   f"{_MAX_ROUNDS} rounds (kappa in [{float(kk.min()):.3g}, "
+                                   f"{float(kk.max()):.3g}], m = {m})")
+            k, bb = (kappa, b) if scalar else (kappa[todo], b[todo])
+            pw, pomw, popw, pv, ok = propose(todo.numel(), k, bb)
+            proposed += todo.numel()
+            idx = todo[ok]
+            w[idx], omw[idx], opw[idx] = pw[ok], pomw[ok], popw[ok]
             if v is not None:
-                v[idx] = (x * torch.rsqrt(s1x)[:, None])[sel]
-            if isinstance(idx, slice):
-                break
-            todo = (~ok).nonzero().reshape(-1) if todo is None else todo[~ok]
-            left = todo.numel()
+                v[idx] = pv[ok]
+            todo = todo[~ok]
         self.acceptance_rate = n / proposed if proposed else 1.0
         return w, omw, opw, v
 
@@ -380,11 +380,11 @@ class VonMisesFisher(Distribution):
                 a = bessel_ratio(m, k64)
                 dw = _dw_dkappa(omw.reshape(-1), opw.reshape(-1), k64, a, m).reshape(shape[:-1])
             delta = (kappa - kappa.detach()) * dw.to(dtype)
-        else:
-            delta = torch.zeros((), dtype=dtype, device=dev)
-        w_t = w.to(dtype) + delta
-        sin = torch.sqrt((omw.to(dtype) - delta).clamp_min(0) * (opw.to(dtype) + delta).clamp_min(0))
-        sin = torch.where(sin > 0, sin, torch.zeros_like(sin))
+            w_t = w.to(dtype) + delta
+            sin = torch.sqrt((omw.to(dtype) - delta).clamp_min(0) * (opw.to(dtype) + delta).clamp_min(0))
+            sin = torch.where(sin > 0, sin, torch.zeros_like(sin))
+        else:  # no κ-gradient: √((1 − w)(1 + w)) in float64, then cast (1 ∓ w ≥ 0 by construction)
+            w_t, sin = w.to(dtype), torch.sqrt(omw * opw).to(dtype)
         z0 = torch.cat([w_t[..., None], sin[..., None] * v.reshape(*shape[:-1], m - 1).to(dtype)], -1)
         loc = self.loc if (not self.batch_shape and not self.loc.requires_grad) else self.loc.expand(shape)
         z = householder_from_e1(z0, loc)
