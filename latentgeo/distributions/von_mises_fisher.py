@@ -385,7 +385,13 @@ class VonMisesFisher(Distribution):
             sin = torch.where(sin > 0, sin, torch.zeros_like(sin))
         else:  # no κ-gradient: √((1 − w)(1 + w)) in float64, then cast (1 ∓ w ≥ 0 by construction)
             w_t, sin = w.to(dtype), torch.sqrt(omw * opw).to(dtype)
-        z0 = torch.cat([w_t[..., None], sin[..., None] * v.reshape(*shape[:-1], m - 1).to(dtype)], -1)
+        v = v.reshape(*shape[:-1], m - 1).to(dtype)
+        if torch.is_grad_enabled() and (w_t.requires_grad or sin.requires_grad):
+            z0 = torch.cat([w_t[..., None], sin[..., None] * v], -1)
+        else:  # no autograd graph: fill one buffer instead of concatenating temporaries
+            z0 = torch.empty(shape, dtype=dtype, device=dev)
+            z0[..., 0] = w_t
+            torch.mul(v, sin[..., None], out=z0[..., 1:])
         loc = self.loc if (not self.batch_shape and not self.loc.requires_grad) else self.loc.expand(shape)
         z = householder_from_e1(z0, loc)
         return z / z.norm(dim=-1, keepdim=True)
