@@ -10,6 +10,9 @@ and float64:
 * sampling is Wood's (1994) algorithm with the stable ``b = (m−1)/(2κ + √(4κ² + (m−1)²))``,
   run in float64 whatever the dtype, with ``1 ∓ w`` carried separately so ``√(1 − w²)`` keeps
   its precision near the poles; a batched rejection loop redraws only the rejected entries;
+  the proposal's Beta variable is ``‖x‖²/(‖x‖² + s)`` with ``x`` the Gaussian whose direction is
+  the tangent direction of the sample and ``s ~ χ²_{m−1}`` (exact: a Gaussian's direction is
+  independent of its norm), and a single κ is kept a scalar in the loop;
   ``m = 3`` uses the exact inverse CDF ``w = 1 + log(u + (1 − u) e^{−2κ}) / κ``;
 * the map ``e₁ ↦ μ`` is a Householder reflection built from ``e₁ ± μ`` (whichever is longer),
   exact at ``μ = e₁``;
@@ -261,6 +264,67 @@ class VonMisesFisher(Distribution):
         log_1mx0sq = torch.log(4.0 * b) - 2.0 * torch.log1p(b)
         return kappa * (omx0 - omw) + (m - 1) * (torch.log(omx0 + x0 * omw) - log_1mx0sq)
 
+    def _rejection(self, kappa, b, n, dtype):
+        """Wood's rejection loop for ``n`` draws; ``kappa``/``b`` float64, flat ``(n,)`` or scalar ``()``.
+
+        Wood's proposal is ``w = (s₂ − b s₁)/(s₂ + b s₁)`` with ``s₁, s₂`` independent ``χ²_{m−1}``
+        (``s₁/(s₁ + s₂) ~ Beta((m−1)/2, (m−1)/2)``). With ``dtype`` given, ``s₁ = ‖x‖²`` for a
+        Gaussian ``x ∈ R^{m−1}`` of that dtype, and the tangent direction ``v = x/‖x‖`` is returned
+        too: a Gaussian's direction is uniform and independent of its norm, and acceptance depends
+        on the norms only, so an accepted ``v`` is uniform and independent of the accepted ``w``
+        (one Gamma draw and one Gaussian vector per proposal, instead of two Gammas and a Gaussian).
+        Returns ``(w, 1 − w, 1 + w, v or None)``.
+        """
+        m = self._m
+        scalar = kappa.dim() == 0
+        f64 = torch.float64
+        if scalar:  # κ-only terms once, not per draw
+            omx0 = 2.0 * b / (1.0 + b)
+            x0 = (1.0 - b) / (1.0 + b)
+            log_1mx0sq = torch.log(4.0 * b) - 2.0 * torch.log1p(b)
+        dev = kappa.device
+
+        def propose(count, k, bb):
+            """``count`` proposals: ``(w, 1 − w, 1 + w, v or None, accepted mask)``."""
+            alpha = torch.full((count,), (m - 1) / 2.0, dtype=f64, device=dev)
+            s2 = 2.0 * torch._standard_gamma(alpha)
+            if dtype is None:
+                s1, d = 2.0 * torch._standard_gamma(alpha), None
+            else:
+                x = torch.randn(count, m - 1, dtype=dtype, device=dev)
+                s1x = (x * x).sum(-1)
+                s1, d = s1x.to(f64), x * torch.rsqrt(s1x)[:, None]
+            den = s2 + bb * s1
+            pomw = 2.0 * bb * s1 / den
+            if scalar:
+                lw = k * (omx0 - pomw) + (m - 1) * (torch.log(omx0 + x0 * pomw) - log_1mx0sq)
+            else:
+                lw = self._log_weight(k, bb, pomw)
+            ok = lw >= torch.log(torch.rand(count, dtype=f64, device=dev))
+            return (s2 - bb * s1) / den, pomw, 2.0 * s2 / den, d, ok
+
+        # first round: every entry gets a proposal in place; later rounds redraw the rejected ones only
+        w, omw, opw, v, ok = propose(n, kappa, b)
+        todo = (~ok).nonzero().reshape(-1)
+        proposed, rounds = n, 1
+        while todo.numel():
+            rounds += 1
+            if rounds > _MAX_ROUNDS:  # Wood's envelope accepts > 50% everywhere: never reached
+                kk = kappa if scalar else kappa[todo]
+                raise RuntimeError(f"vMF rejection sampler: {todo.numel()} draws still rejected after "
+                                   f"{_MAX_ROUNDS} rounds (kappa in [{float(kk.min()):.3g}, "
+                                   f"{float(kk.max()):.3g}], m = {m})")
+            k, bb = (kappa, b) if scalar else (kappa[todo], b[todo])
+            pw, pomw, popw, pv, ok = propose(todo.numel(), k, bb)
+            proposed += todo.numel()
+            idx = todo[ok]
+            w[idx], omw[idx], opw[idx] = pw[ok], pomw[ok], popw[ok]
+            if v is not None:
+                v[idx] = pv[ok]
+            todo = todo[~ok]
+        self.acceptance_rate = n / proposed if proposed else 1.0
+        return w, omw, opw, v
+
     def _sample_w(self, kappa):
         """``(w, 1 − w, 1 + w)`` for flat float64 ``kappa (n,)``."""
         m = self._m
@@ -272,23 +336,7 @@ class VonMisesFisher(Distribution):
             return 1.0 - omw, omw, 2.0 - omw
         b = (m - 1) / (2.0 * kappa + torch.sqrt(4.0 * kappa * kappa + (m - 1.0) ** 2))
         if self.sampler == "rejection":
-            w, omw, opw = (torch.empty_like(kappa) for _ in range(3))
-            todo = torch.arange(kappa.numel(), device=kappa.device)
-            proposed, rounds = 0, 0
-            while todo.numel():
-                rounds += 1
-                if rounds > _MAX_ROUNDS:  # Wood's envelope accepts > 50% everywhere: never reached
-                    raise RuntimeError(f"vMF rejection sampler: {todo.numel()} draws still rejected after "
-                                       f"{_MAX_ROUNDS} rounds (kappa in [{float(kappa[todo].min()):.3g}, "
-                                       f"{float(kappa[todo].max()):.3g}], m = {m})")
-                k, bb = kappa[todo], b[todo]
-                pw, pomw, popw = self._wood_proposal(k, bb)
-                ok = self._log_weight(k, bb, pomw) >= torch.log(torch.rand_like(k))
-                proposed += todo.numel()
-                idx = todo[ok]
-                w[idx], omw[idx], opw[idx] = pw[ok], pomw[ok], popw[ok]
-                todo = todo[~ok]
-            self.acceptance_rate = kappa.numel() / proposed
+            w, omw, opw, _ = self._rejection(kappa, b, kappa.numel(), None)
             return w, omw, opw
         # independence Metropolis–Hastings
         w, omw, opw = self._wood_proposal(kappa, b)
@@ -312,22 +360,38 @@ class VonMisesFisher(Distribution):
         shape = self._extended_shape(sample_shape)
         m, dtype, dev = self._m, self.loc.dtype, self.loc.device
         kappa = self.concentration.expand(shape[:-1])
-        k64 = kappa.detach().to(torch.float64).reshape(-1)
+        scalar = self.concentration.numel() == 1
+        n = kappa.numel()
+        # one κ for every draw: the rejection loop works with the scalar (no (n,) float64 copy unless needed)
+        k64 = None if scalar and not kappa.requires_grad else kappa.detach().to(torch.float64).reshape(-1)
         with seeded(random_state, dev), torch.no_grad():
-            w, omw, opw = self._sample_w(k64)
-            v = uniform_directions((k64.numel(),), m - 1, dtype, dev)
+            if self.sampler == "rejection" and m != 3:
+                kk = self.concentration.detach().to(torch.float64).reshape(()) if scalar else k64
+                b = (m - 1) / (2.0 * kk + torch.sqrt(4.0 * kk * kk + (m - 1.0) ** 2))
+                w, omw, opw, v = self._rejection(kk, b, n, dtype)
+            else:
+                if k64 is None:
+                    k64 = kappa.detach().to(torch.float64).reshape(-1)
+                w, omw, opw = self._sample_w(k64)
+                v = uniform_directions((n,), m - 1, dtype, dev)
         w, omw, opw = w.reshape(shape[:-1]), omw.reshape(shape[:-1]), opw.reshape(shape[:-1])
         if kappa.requires_grad:
             with torch.no_grad():
                 a = bessel_ratio(m, k64)
                 dw = _dw_dkappa(omw.reshape(-1), opw.reshape(-1), k64, a, m).reshape(shape[:-1])
             delta = (kappa - kappa.detach()) * dw.to(dtype)
-        else:
-            delta = torch.zeros((), dtype=dtype, device=dev)
-        w_t = w.to(dtype) + delta
-        sin = torch.sqrt((omw.to(dtype) - delta).clamp_min(0) * (opw.to(dtype) + delta).clamp_min(0))
-        sin = torch.where(sin > 0, sin, torch.zeros_like(sin))
-        z0 = torch.cat([w_t[..., None], sin[..., None] * v.reshape(*shape[:-1], m - 1).to(dtype)], -1)
+            w_t = w.to(dtype) + delta
+            sin = torch.sqrt((omw.to(dtype) - delta).clamp_min(0) * (opw.to(dtype) + delta).clamp_min(0))
+            sin = torch.where(sin > 0, sin, torch.zeros_like(sin))
+        else:  # no κ-gradient: √((1 − w)(1 + w)) in float64, then cast (1 ∓ w ≥ 0 by construction)
+            w_t, sin = w.to(dtype), torch.sqrt(omw * opw).to(dtype)
+        v = v.reshape(*shape[:-1], m - 1).to(dtype)
+        if torch.is_grad_enabled() and (w_t.requires_grad or sin.requires_grad):
+            z0 = torch.cat([w_t[..., None], sin[..., None] * v], -1)
+        else:  # no autograd graph: fill one buffer instead of concatenating temporaries
+            z0 = torch.empty(shape, dtype=dtype, device=dev)
+            z0[..., 0] = w_t
+            torch.mul(v, sin[..., None], out=z0[..., 1:])
         loc = self.loc if (not self.batch_shape and not self.loc.requires_grad) else self.loc.expand(shape)
         z = householder_from_e1(z0, loc)
         return z / z.norm(dim=-1, keepdim=True)
