@@ -258,6 +258,12 @@ def test_cluster_writes_labels_of_the_blobs(files, tmp_path, capsys, monkeypatch
     # medoids are codes
     assert all(np.isclose(codes.numpy(), row).all(1).any() for row in c)
     assert "3 clusters of sizes" in cap.out
+    # the graph algorithm (no ODE solves) finds the same blobs
+    out2 = tmp_path / "labels_graph.npy"
+    rc = main(["cluster", "--decoder", "my_decoders:wrapped", "--codes", "codes.npy", "--k", "3", "--out", str(out2),
+               "--algorithm", "graph", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert adjusted_rand_score(labels.numpy(), np.load(out2, allow_pickle=False)) == 1.0
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -315,3 +315,18 @@ def test_geodesic_kmeans_on_dask_equals_serial_labels():
                                block_size=5).fit(X)
     np.testing.assert_array_equal(km.labels_, serial.labels_)
     torch.testing.assert_close(km.distances_, serial.distances_, rtol=1e-3, atol=1e-6)  # warm starts differ
+
+
+def test_frechet_mean_log_maps_on_dask_equal_serial():
+    distributed = pytest.importorskip("distributed")
+
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(7, 2, generator=g, dtype=torch.float64) * 0.3 + 0.2
+    metric = _metric()
+    serial = lg.frechet_mean(metric, pts, max_iter=5)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        res = lg.frechet_mean(metric, pts, max_iter=5, backend="dask", client=client, block_size=3)
+    # the blocks hold the same pairs as the serial path's single batch, solved from the same (line) starts
+    torch.testing.assert_close(res.mean, serial.mean, rtol=1e-8, atol=1e-10)
+    assert res.status == serial.status and res.n_iter == serial.n_iter

@@ -35,6 +35,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     c.add_argument("--centers", type=Path, default=None, help="also write the cluster centres (k, d) to this .npy")
     c.add_argument("--centroid", choices=("karcher", "medoid"), default="karcher",
                    help="cluster centres: Karcher (Fréchet) means or medoids (default karcher)")
+    c.add_argument("--algorithm", choices=("geodesic", "graph"), default="geodesic",
+                   help="geodesic: solved geodesics (slow on RBF-variance decoders: minutes); graph: k-medoids on "
+                        "kNN-graph distances over the codes, no ODE solves (seconds; implies --centroid medoid)")
     c.add_argument("--n-init", type=int_at_least(1, "n-init"), default=1, help="independent runs (default 1)")
     c.add_argument("--max-iter", type=int_at_least(1, "max-iter"), default=20, help="iterations per run (default 20)")
     c.set_defaults(func=run)
@@ -72,8 +75,9 @@ def run(args, argv: list[str]) -> int:
     if args.k > codes.shape[0]:
         raise CLIError(f"--k {args.k} exceeds the number of codes ({codes.shape[0]})")
     say(args, f"latentgeo cluster: geodesic k-means (k={args.k}) of {codes.shape[0]} codes under {how} ...")
-    km = lg.GeodesicKMeans(lg.PullbackMetric(decoder), n_clusters=args.k, centroid=args.centroid, n_init=args.n_init,
-                           max_iter=args.max_iter, random_state=args.seed)
+    centroid = "medoid" if args.algorithm == "graph" else args.centroid
+    km = lg.GeodesicKMeans(lg.PullbackMetric(decoder), n_clusters=args.k, centroid=centroid, n_init=args.n_init,
+                           max_iter=args.max_iter, algorithm=args.algorithm, random_state=args.seed)
     labels = np.asarray(km.fit_predict(codes), dtype=np.int64)
     _save_npy(args.out, labels)
     if args.centers is not None:

@@ -95,12 +95,19 @@ class FrechetMeanResult:
         )
 
 
-def _log_maps(metric, mu: torch.Tensor, points: torch.Tensor, geodesic_options: dict):
-    """``Log_mu(x_i)``, distances and certification for all points (one batched solve)."""
+def _log_maps(metric, mu: torch.Tensor, points: torch.Tensor, geodesic_options: dict, backend=None):
+    """``Log_mu(x_i)``, distances and certification for all points (one batched solve, or blocks
+    on ``backend = (name or Backend, client, block_size)``)."""
     from ..geodesics import connecting_geodesic
 
     z0 = mu.expand_as(points).contiguous()
-    res = connecting_geodesic(metric, z0, points, **geodesic_options)
+    if backend is not None and backend[0] != "serial":
+        from ..backends import solve_pair_blocks
+
+        res = solve_pair_blocks(metric, z0, points, block_size=backend[2], backend=backend[0], client=backend[1],
+                                **geodesic_options)
+    else:
+        res = connecting_geodesic(metric, z0, points, **geodesic_options)
     v = res.initial_velocity.detach()
     length = res.length.detach()
     conv = res.converged.clone()
@@ -122,6 +129,9 @@ def frechet_mean(
     tol: float = 1e-4,
     step_size: float = 1.0,
     geodesic_options: Optional[dict] = None,
+    backend="serial",
+    client=None,
+    block_size: int = 256,
 ) -> FrechetMeanResult:
     """Weighted Fréchet (Karcher) mean of latent points by Riemannian gradient descent.
 
@@ -135,6 +145,9 @@ def frechet_mean(
         step_size: initial step ``τ`` (1 = Karcher's iteration), halved when ``F`` does not decrease.
         geodesic_options: keyword options for :func:`latentgeo.geodesics.connecting_geodesic`
             (``solver``, ``tol``, ``budget``, ``graph``, ...).
+        backend, client, block_size: where the log maps are solved: ``"serial"`` (default), or
+            ``"dask"`` / a :class:`latentgeo.backends.Backend` with blocks of ``block_size`` pairs
+            (:func:`latentgeo.backends.solve_pair_blocks`; ``client`` a ``distributed.Client``).
 
     Returns:
         a :class:`FrechetMeanResult` with the mean, the gradient norm and a status.
@@ -162,6 +175,7 @@ def frechet_mean(
     tau = check_real(step_size, "step_size", 0.0, 1.0, strict_min=True)
     opts = dict(geodesic_options or {})
     opts.setdefault("progress", False)
+    be = (backend, client, check_int(block_size, "block_size", 1))
     if init is None:
         mu = (w[:, None] * pts).sum(0)
     else:
@@ -170,7 +184,7 @@ def frechet_mean(
         mu = mu[0]
     t0 = time.perf_counter()
     n_geo = 0
-    v, dist, conv = _log_maps(metric, mu, pts, opts)
+    v, dist, conv = _log_maps(metric, mu, pts, opts, be)
     n_geo += n
     value = 0.5 * float((w * dist**2).sum())
     status = FrechetStatus.MAX_ITER
@@ -191,7 +205,7 @@ def frechet_mean(
             e = exp_map(metric, mu[None], (step * g)[None])
             cand = e.z1[0].detach()
             if bool(e.converged[0]) and bool(torch.isfinite(cand).all()):
-                v2, d2, c2 = _log_maps(metric, cand, pts, opts)
+                v2, d2, c2 = _log_maps(metric, cand, pts, opts, be)
                 n_geo += n
                 val2 = 0.5 * float((w * d2**2).sum())
                 if val2 <= value * (1 + 1e-12):
