@@ -156,3 +156,22 @@ def test_graph_path_competes_with_a_certified_geodesic():
     assert bool(res.converged.all()), res.message
     gl = graph.shortest_paths(Z0, Z1).lengths
     assert bool((res.length <= torch.as_tensor(gl, dtype=D64) * (1 + 1e-3)).all())
+
+
+def test_uncertified_pair_reports_the_graph_path_when_it_is_shorter():
+    """A solver too weak to certify anything still reports an honest upper bound: the shortest of its
+    best curve, the straight line and the graph path; the returned curve has that length."""
+    graph_mod = pytest.importorskip("latentgeo.geodesics.graph")
+    metric = ring_metric()
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.rand(400, 2, generator=g, dtype=D64) * 2.4 - 1.2
+    graph = graph_mod.LatentGraph(metric, nodes, k=10)
+    weak = Collocation(nodes=4, max_nodes=4, degree=4, max_iter=1, energy_max_iter=0)
+    res = connecting_geodesic(metric, Z0, Z1, graph=graph, solver=weak, budget=None, n_points=65)
+    assert not bool(res.converged.any())
+    gl = torch.as_tensor(graph.shortest_paths(Z0, Z1).lengths, dtype=D64)
+    assert bool((res.length <= gl * (1 + 1e-2)).all())  # the 65-point resampled path, measured densely
+    assert bool((res.length <= res.line_length * (1 + 1e-12)).all())
+    t = torch.linspace(0, 1, 2049, dtype=D64)
+    dense = metric.length(res.curve(t))
+    torch.testing.assert_close(dense, res.length, rtol=2e-3, atol=0)

@@ -293,3 +293,17 @@ def test_class_centre_pairs():
     torch.testing.assert_close(z1, torch.tensor([[1.0, 0.0], [0.0, 5.0], [0.0, 5.0]], dtype=F64))
     with pytest.raises(ValueError, match="2 classes"):
         class_centre_pairs(codes, np.zeros(5), n_classes=3)
+
+
+def test_chunk_is_the_deprecated_spelling_of_chunk_size():
+    import warnings as _w
+
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z * 2.0))
+    nodes = torch.randn(30, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = LatentGraph(metric, nodes, k=5, chunk_size=7)
+    with pytest.warns(DeprecationWarning, match="chunk_size"):
+        old = LatentGraph(metric, nodes, k=5, chunk=7)
+    assert old.chunk_size == ref.chunk_size == 7
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        torch.testing.assert_close(old.distances(nodes), ref.distances(nodes))

@@ -452,21 +452,6 @@ def _line_series_like(a, b, K):
     return s
 
 
-def _resample_polyline(vertices, arclength, T):
-    """``T`` points equally spaced in arc length along padded polylines ``(n, P, d)``."""
-    n, P, d = vertices.shape
-    tiny = torch.finfo(vertices.dtype).tiny
-    s = torch.linspace(0, 1, T, dtype=vertices.dtype, device=vertices.device)[None] * arclength[:, -1:]
-    idx = torch.searchsorted(arclength.contiguous(), s.contiguous(), right=True).clamp(1, P - 1)
-    a0, a1 = torch.gather(arclength, 1, idx - 1), torch.gather(arclength, 1, idx)
-    w = ((s - a0) / (a1 - a0).clamp_min(tiny)).clamp(0, 1)[..., None]
-    v0 = torch.gather(vertices, 1, (idx - 1)[..., None].expand(n, T, d))
-    v1 = torch.gather(vertices, 1, idx[..., None].expand(n, T, d))
-    out = v0 + w * (v1 - v0)
-    out[:, 0], out[:, -1] = vertices[:, 0], vertices[:, -1]
-    return out
-
-
 def _finalize(metric, r, tol, n_points, graph=None):
     """Status, minimality and honest upper bounds of a solved batch ``r`` (in place).
 
@@ -556,7 +541,9 @@ def _finalize(metric, r, tol, n_points, graph=None):
             except ValueError:  # e.g. endpoints in different components of the graph
                 gp = None
             if gp is not None:
-                poly = _resample_polyline(gp.polylines.to(dt), gp.arclength.to(dt), n_points)
+                from .graph import resample_polylines
+
+                poly = resample_polylines(gp.polylines.to(dt), gp.arclength.to(dt), n_points)
                 Lg, _ = _dense_length(metric, a[bi], b[bi], lambda t: _polyline(poly, t))
                 best = torch.where(to_line[bi], line_len[bi], L[bi])
                 use = torch.isfinite(Lg) & (Lg < best)

@@ -120,7 +120,8 @@ class LatentGraph:
             symmetrised (an edge when either node is among the other's ``k`` nearest).
         n_sub: sub-segments per edge used to measure its metric length (``n_sub + 1`` points
             on the straight segment, :meth:`Metric.length`). Larger is more exact.
-        chunk: edges measured per batch (bounds memory: ``chunk·(n_sub+1)`` decoder rows).
+        chunk_size: edges measured per batch (bounds memory: ``chunk_size·(n_sub+1)`` decoder rows).
+            (``chunk=`` is the deprecated spelling of the same option.)
         n_attach: a query point is joined to its ``n_attach`` Euclidean-nearest nodes by
             straight segments (measured with the metric); the shortest combination is used
             (default ``k``; 8 with explicit ``edges``).
@@ -146,10 +147,11 @@ class LatentGraph:
         k: int = 10,
         *,
         n_sub: int = 4,
-        chunk: int = 4096,
+        chunk_size: int = 4096,
         n_attach: Optional[int] = None,
         disconnected: str = "raise",
         edges=None,
+        chunk: Optional[int] = None,
     ):
         if not isinstance(metric, Metric):
             raise ValueError(f"metric must be a latentgeo Metric (PullbackMetric, MetricField), got {type(metric).__name__}")
@@ -162,7 +164,11 @@ class LatentGraph:
             raise ValueError(f"a graph needs at least 2 nodes, got {m}")
         self.nodes = nodes
         self.n_sub = _check_int(n_sub, "n_sub")
-        self.chunk = _check_int(chunk, "chunk")
+        if chunk is not None:
+            warnings.warn("LatentGraph(chunk=) is deprecated; use chunk_size= (the package-wide name)", DeprecationWarning,
+                          stacklevel=2)
+            chunk_size = chunk
+        self.chunk_size = _check_int(chunk_size, "chunk_size")
         self.disconnected = disconnected
         self._np_nodes = nodes.detach().cpu().double().numpy()
         self._tree = cKDTree(self._np_nodes)
@@ -236,7 +242,7 @@ class LatentGraph:
         radius: Optional[int] = None,
         n_attach: Optional[int] = None,
         n_sub: int = 4,
-        chunk: int = 4096,
+        chunk_size: int = 4096,
         dtype: Optional[torch.dtype] = None,
         device=None,
     ) -> "LatentGraph":
@@ -252,7 +258,7 @@ class LatentGraph:
                 metric) and 26 in 3-D for ``radius=1`` (default in 3-D).
             n_attach: nearest nodes a query point is joined to (default ``(2·radius + 1)**d``,
                 the node's own stencil: 25 in 2-D, 27 in 3-D).
-            n_sub, chunk: as in the constructor.
+            n_sub, chunk_size: as in the constructor.
             dtype, device: of the nodes (default: those of the decoder's parameters when the
                 metric wraps ``nn.Module`` decoders, else ``torch.get_default_dtype()`` on CPU).
         """
@@ -295,7 +301,7 @@ class LatentGraph:
             edges.append(np.stack([src.reshape(-1), dst.reshape(-1)], 1))
         n_attach = (2 * r + 1) ** d if n_attach is None else n_attach
         graph = cls(
-            metric, nodes, n_sub=n_sub, chunk=chunk, n_attach=n_attach, edges=np.concatenate(edges), disconnected="raise"
+            metric, nodes, n_sub=n_sub, chunk_size=chunk_size, n_attach=n_attach, edges=np.concatenate(edges), disconnected="raise"
         )
         graph.extent, graph.resolution, graph.radius = ext, res, r
         return graph
@@ -316,8 +322,8 @@ class LatentGraph:
         n_sub = self.n_sub if n_sub is None else n_sub
         s = torch.linspace(0, 1, n_sub + 1, dtype=a.dtype, device=a.device)[None, :, None]
         out = []
-        for i in range(0, a.shape[0], self.chunk):
-            aa, bb = a[i : i + self.chunk, None], b[i : i + self.chunk, None]
+        for i in range(0, a.shape[0], self.chunk_size):
+            aa, bb = a[i : i + self.chunk_size, None], b[i : i + self.chunk_size, None]
             out.append(self.metric.length(aa + s * (bb - aa)).double().cpu())
         lengths = torch.cat(out).numpy()
         if not np.all(np.isfinite(lengths)):
