@@ -28,10 +28,14 @@ def damped_step(H: torch.Tensor, g: torch.Tensor, lam: torch.Tensor):
         ``q = gᵀs + ½ sᵀHs`` (negative for a descent step) and ``ok (n,)``.
     """
     dt = H.dtype
+    fin = torch.isfinite(H).flatten(1).all(1) & torch.isfinite(g).all(-1)
+    if not bool(fin.all()):  # LAPACK prints errors on NaN input: factorise I instead, report failure
+        H = torch.where(fin[:, None, None], H, torch.eye(H.shape[-1], dtype=dt, device=H.device))
+        g = torch.where(fin[:, None], g, torch.zeros_like(g))
     dH = torch.diagonal(H, dim1=-2, dim2=-1)
     damp = lam[:, None] * dH.clamp_min(1e-12 * dH.amax(-1, keepdim=True).clamp_min(torch.finfo(dt).tiny))
     L, info = torch.linalg.cholesky_ex(H + torch.diag_embed(damp))
-    ok = info == 0
+    ok = (info == 0) & fin
     L = torch.where(ok[:, None, None], L, torch.eye(H.shape[-1], dtype=dt, device=H.device))
     s = torch.cholesky_solve(-g.unsqueeze(-1), L).squeeze(-1)
     s = torch.where(ok[:, None], s, torch.zeros_like(s))

@@ -417,11 +417,30 @@ def _pad(series, K):
     return torch.cat([series, series.new_zeros(series.shape[0], K - series.shape[1], series.shape[2])], 1)
 
 
+def _sane_systems(A, b):
+    """``(A, b, bad)`` with non-finite systems replaced by ``I x = 0`` (LAPACK/MKL print errors on
+    NaN input, e.g. "Parameter 6 was incorrect on entry to DLASWP"); ``bad`` marks them."""
+    bad = ~(torch.isfinite(A).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1))
+    if bool(bad.any()):
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
+        A = torch.where(bad[:, None, None], eye, A)
+        b = torch.where(bad.reshape(-1, *([1] * (b.dim() - 1))), torch.zeros_like(b), b)
+    return A, b, bad
+
+
 def _solve_batch(A, b):
     """``torch.linalg.solve_ex`` for a batch, pair by pair where the batched LAPACK call raises
-    (MKL's batched LU can fail on badly scaled matrices); failed systems get ``info = 1``."""
+    (MKL's batched LU can fail on badly scaled matrices); failed or non-finite systems get ``info = 1``."""
+    A, b, bad = _sane_systems(A, b)
+    # MKL's multithreaded batched LU (torch 2.13 CPU wheel) returned zero pivots on some well-conditioned
+    # 320×320 collocation systems with 2 threads (and printed "Parameter 6 was incorrect on entry to
+    # DLASWP"); single-threaded it is right. Batched solves here run on one thread.
+    threads = torch.get_num_threads()
     try:
-        return torch.linalg.solve_ex(A, b)
+        if threads > 1 and A.device.type == "cpu" and A.shape[0] > 1:
+            torch.set_num_threads(1)
+        x, info = torch.linalg.solve_ex(A, b)
+        return x, torch.where(bad, torch.ones_like(info), info)
     except RuntimeError:
         x = torch.zeros_like(b)
         info = torch.ones(A.shape[0], dtype=torch.int32, device=A.device)
@@ -431,7 +450,11 @@ def _solve_batch(A, b):
             except RuntimeError:
                 continue
             x[k], info[k] = xk, ik
+        info[bad] = 1
         return x, info
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None):
@@ -599,7 +622,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             A = dF @ dF.transpose(1, 2)
             reg = 1e-12 * torch.diagonal(A, dim1=1, dim2=2).amax(1).clamp_min(tiny)
             A = A + reg[:, None, None] * torch.eye(m, dtype=dt, device=dev)
-            gam, info = torch.linalg.solve_ex(A, (dF @ f.unsqueeze(-1)))
+            gam, info = _solve_batch(A, (dF @ f.unsqueeze(-1)))
             step = (dG.transpose(1, 2) @ gam).squeeze(-1)
             xn = gf - step
             ok = (info == 0) & torch.isfinite(xn).all(1) & (step.norm(dim=1) <= 1e2 * (f.norm(dim=1) + gf.norm(dim=1)))
