@@ -54,6 +54,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="400 × 16 codes and an 80 × 80 block")
     ap.add_argument("--block-size", type=int, default=512)
+    ap.add_argument("--codes", type=int, default=None, help="override the number of codes of nearest_centres")
+    ap.add_argument("--matrix", type=int, default=None, help="override the side of the distance-matrix block")
     args = ap.parse_args(argv)
 
     import dask
@@ -63,6 +65,8 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     n_codes, n_c, n_mat = (400, 16, 80) if args.quick else (10_000, 16, 2000)
+    n_codes = args.codes or n_codes
+    n_mat = args.matrix or n_mat
     bs = args.block_size
     opts = dict(tol=1e-4, budget=None)
     metric = _metric()
