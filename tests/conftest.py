@@ -32,3 +32,13 @@ def no_default_budget(monkeypatch):
         return None if budget == 1.0 else check(budget)
 
     monkeypatch.setattr(connecting, "_check_budget", lifted)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: one thread is as fast, and far faster on a busy machine. A test module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the previous count is restored after it."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -14,13 +14,7 @@ import torch
 from latentgeo.checkpoint import save_checkpoint
 from latentgeo.cli import main
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is as fast, and far faster on a busy machine (restored after)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SCRIPT = Path(sys.executable).parent / "latentgeo"

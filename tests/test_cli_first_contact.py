@@ -27,12 +27,7 @@ def _skip_others():
 TRAIN = ["train", "--data", "moons", "--epochs", "2", "--max-items", "60", "--batch-size", "32", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ CHEAP = dict(resolution=24, grid_n=6, geodesic_classes=3, manifold_classes=3, wa
 SECTIONS = ["dataset", "model", "magnification", "decoded_grid", "geodesics", "manifold", "walks"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(ds, latent, epochs):

@@ -13,12 +13,7 @@ from latentgeo.models.latents import SphericalLatent, get_latent
 from latentgeo.training import iwae_log_likelihood, train_vae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

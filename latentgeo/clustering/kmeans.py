@@ -160,6 +160,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError("algorithm='graph' clusters by graph distances between codes: it needs centroid='medoid' "
                              f"(got centroid={self.centroid!r})")
         check_int(self.n_neighbors, "n_neighbors", 1)
+        check_int(self.block_size, "block_size", 1)
         if isinstance(self.init, str):
             check_choice(self.init, "init", ("k-means++", "random"))
         return k
@@ -212,8 +213,6 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         before, possibly from an earlier position ``c_old`` of its centre, starts from that curve
         shifted to the centre's new position, ``γ(t) + (1 − t)(c − c_old)``.
         """
-        from ..geodesics import connecting_geodesic
-
         n = len(ci)
         length = X.new_zeros(n)
         conv = torch.zeros(n, dtype=torch.bool)
@@ -227,33 +226,22 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         same = (z0 - z1).abs().amax(-1) == 0
         todo = torch.nonzero(~same).reshape(-1)
         ci_t, xi_t = torch.as_tensor(ci)[todo], torch.as_tensor(xi)[todo]
+        store = store and self.backend == "serial"  # a cluster returns lengths and velocities, not curves
         have = torch.zeros(len(todo), dtype=torch.bool)
         if store:
             for j in torch.unique(ci_t).tolist():
                 if j in self._warm:
                     sel = ci_t == j
                     have[sel] = self._warm[j][2][xi_t[sel]]
-        if self.backend != "serial":
-            from ..backends import solve_pair_blocks
-
-            ps = todo
-            res = solve_pair_blocks(self.metric, z0[ps], z1[ps], block_size=check_int(self.block_size, "block_size", 1),
-                                    backend=self.backend, client=self.client, **opts)
-            self._n_geo += len(ps)
-            length[ps] = res.length.detach().to(X.dtype)
-            conv[ps] = res.converged.cpu()
-            v[ps] = res.initial_velocity.detach().to(X.dtype)
-            store = False
-            have[:] = False
-        for warm in (True, False) if self.backend == "serial" else ():
+        for warm in (True, False):
             sel = have == warm
             if not bool(sel.any()):
                 continue
-            ps = todo[sel]
+            ps, cj, xj = todo[sel], ci_t[sel], xi_t[sel]
+            init = None
             if warm:
                 init = torch.empty(len(ps), self._T_WARM, X.shape[1], dtype=X.dtype, device=X.device)
                 shift = torch.empty(len(ps), X.shape[1], dtype=X.dtype, device=X.device)
-                cj, xj = ci_t[sel], xi_t[sel]
                 for j in torch.unique(cj).tolist():
                     m = cj == j
                     cpos, curves, _ = self._warm[j]
@@ -261,9 +249,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     shift[m] = C[j] - cpos[xj[m]]
                 init = init + (1 - t)[None, :, None] * shift[:, None, :]
                 init[:, 0], init[:, -1] = z0[ps], z1[ps]
-                res = connecting_geodesic(self.metric, z0[ps], z1[ps], init=init, **opts)
-            else:
-                res = connecting_geodesic(self.metric, z0[ps], z1[ps], **opts)
+            res = self._solve(z0[ps], z1[ps], init, opts)
             self._n_geo += len(ps)
             length[ps] = res.length.detach().to(X.dtype)
             conv[ps] = res.converged.cpu()
@@ -271,7 +257,6 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if store:
                 with torch.no_grad():
                     curves = res.curve(t).detach().to(X.dtype)
-                cj, xj = ci_t[sel], xi_t[sel]
                 for j in torch.unique(cj).tolist():
                     m = cj == j
                     if j not in self._warm:
@@ -291,6 +276,18 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             gl = gd[torch.arange(len(bad)), torch.as_tensor(ci)[bad]]
             length[bad] = torch.minimum(length[bad], gl)
         return length, conv, v
+
+    def _solve(self, z0, z1, init, opts):
+        """One batch of pairs: here (``connecting_geodesic``, from ``init`` curves when given) or in
+        blocks on the backend (:func:`latentgeo.backends.solve_pair_blocks`, from their default starts)."""
+        if self.backend == "serial":
+            from ..geodesics import connecting_geodesic
+
+            return connecting_geodesic(self.metric, z0, z1, **opts, **({} if init is None else {"init": init}))
+        from ..backends import solve_pair_blocks
+
+        return solve_pair_blocks(self.metric, z0, z1, block_size=self.block_size, backend=self.backend,
+                                 client=self.client, **opts)
 
     def _centre_distances(self, C, final):
         """Centre–centre distances and whether each is certified (``(k, k)`` each)."""

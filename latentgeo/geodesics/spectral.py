@@ -418,8 +418,8 @@ def _pad(series, K):
 
 
 def _sane_systems(A, b):
-    """``(A, b, bad)`` with non-finite systems replaced by ``I x = 0`` (LAPACK/MKL print errors on
-    NaN input, e.g. "Parameter 6 was incorrect on entry to DLASWP"); ``bad`` marks them."""
+    """``(A, b, bad)`` with non-finite systems replaced by ``I x = 0`` (what LAPACK makes of NaN input is
+    unspecified); ``bad`` marks them, so they are reported as failed solves."""
     bad = ~(torch.isfinite(A).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1))
     if bool(bad.any()):
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
