@@ -244,6 +244,9 @@ def test_bad_input_raises():
         connecting_geodesic(metric, z, z + 1, solver=Collocation(degree=2))
     with pytest.raises(ValueError, match="max_nodes"):
         connecting_geodesic(metric, z, z + 1, solver=Collocation(nodes=32, max_nodes=16))
+    for bad in (0.0, 1.0, True, "1e-8"):
+        with pytest.raises(ValueError, match="energy_rtol"):
+            Collocation(energy_rtol=bad)
     with pytest.raises(ValueError, match="budget"):
         connecting_geodesic(metric, z, z + 1, budget=0)
 

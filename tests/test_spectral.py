@@ -524,7 +524,8 @@ HARD_Z1 = torch.tensor([[0.71, 1.59], [-1.34, -0.59]], dtype=D64)
 
 def test_newton_collocation_converges_quadratically_where_the_fixed_point_iteration_does_not():
     """Pairs on which the (Anderson) fixed-point iteration diverges from the stage-1 curve: damped
-    Newton with finite-difference ∂a/∂γ, ∂a/∂γ' converges in a handful of iterations, and
+    (chord) Newton with finite-difference ∂a/∂γ, ∂a/∂γ' converges at the cost of a handful of
+    Newton steps, and
     ``collocate`` switches to it by itself."""
     metric = SPHERE
     acc, mfn = acceleration_fn(metric), metric.tensor_fn()
@@ -534,10 +535,12 @@ def test_newton_collocation_converges_quadratically_where_the_fixed_point_iterat
     exact = great_circle(stereo(HARD_Z0), stereo(HARD_Z1))
     with torch.no_grad():
         fp = S._picard(metric, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 10)
-        nw = S._picard(metric, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 10, newton=True)
+        nw = S._picard(metric, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 12, newton=True)
     assert not bool(fp["conv"].any())
     assert bool(nw["conv"].all()), nw["reasons"]
-    assert bool((nw["iters"] <= 8).all()), nw["iters"]
+    # (chord steps between Jacobians: more, cheaper iterations; the cost is that of ≤ 8 Newton steps)
+    assert bool((nw["iters"] <= 12).all()), nw["iters"]
+    assert bool((nw["evals"] <= 8 * (2 * 2 + 1) * 64).all()), nw["evals"]
     torch.testing.assert_close(nw["length"], exact, rtol=1e-9, atol=0)
     res = S.collocate(metric, HARD_Z0, HARD_Z1, start, tol=1e-6)
     assert bool(res.converged.all()), res.reasons

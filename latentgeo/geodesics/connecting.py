@@ -606,7 +606,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     def attempt(idx, how):
         with torch.no_grad():
             c0 = _initial_curves(z0, z1, idx, how, graph, t_lgl, n_points if how == "graph" else degree + 1, warm)
-            er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)),
+            er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)),
                                           deadline=deadline)
             ser = nodes_to_series(er.nodes)
             cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
@@ -700,7 +700,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             c0 = _eval_series(series[ei], t2)
             c0[:, 0], c0[:, -1] = z0[ei], z1[ei]
             er3 = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter,
-                                           rtol=max(1e-12, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
+                                           rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
             ser3 = nodes_to_series(er3.nodes)
             cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
                             max_iter=max_iter, deadline=deadline)

