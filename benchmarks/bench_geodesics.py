@@ -154,10 +154,13 @@ def stochman_run(embed, z0, z1, metric):
 
     class M(EmbeddedManifold):
         def embed(self, points, jacobian=False):
-            y = embed(points)
+            # stochman passes curves as (B, N, d); latentgeo embeddings take (n, d) batches
+            lead, dim = points.shape[:-1], points.shape[-1]
+            flat = points.reshape(-1, dim)
+            y = embed(flat).reshape(*lead, -1)
             if jacobian:
-                J = torch.func.vmap(torch.func.jacrev(lambda p: embed(p[None])[0]))(points)
-                return y, J
+                J = torch.func.vmap(torch.func.jacrev(lambda p: embed(p[None])[0]))(flat)
+                return y, J.reshape(*lead, J.shape[-2], dim)
             return y
 
     man = M()

@@ -491,6 +491,51 @@ def _lu_solve_batch(lu, piv, b):
     return torch.linalg.lu_solve(lu, piv, b)
 
 
+_KRYLOV_SIZE = 600  # Newton systems larger than this are solved by GMRES (dense LU costs (Q·d)³/3)
+
+
+def _gmres(op, b: torch.Tensor, restart: int, rtol: float) -> torch.Tensor:
+    """Batched GMRES from ``x = 0`` for ``op(x) = b`` (``b (k, N)``), at most ``restart`` iterations.
+
+    Arnoldi with classical Gram–Schmidt applied twice (as stable as modified Gram–Schmidt, and
+    batched); the small least-squares problems are solved every few iterations to stop when every
+    system's residual is ``≤ rtol·‖b‖`` (Saad & Schultz, SIAM J. Sci. Stat. Comput. 7, 1986).
+    ``I − ∂Φ/∂x`` is the identity minus an integral operator, whose eigenvalues cluster at 1:
+    GMRES converges in a number of iterations independent of ``Q``."""
+    k, N = b.shape
+    m = max(1, min(int(restart), N))
+    beta = b.norm(dim=1)
+    tiny = torch.finfo(b.dtype).tiny
+    V = b.new_zeros(k, m + 1, N)
+    H = b.new_zeros(k, m + 1, m)
+    V[:, 0] = b / beta.clamp_min(tiny)[:, None]
+    e1 = b.new_zeros(k, m + 1)
+    e1[:, 0] = beta
+    y = None
+    used = 0
+    for j in range(m):
+        w = op(V[:, j])
+        h = torch.einsum("kin,kn->ki", V[:, : j + 1], w)
+        w = w - torch.einsum("kin,ki->kn", V[:, : j + 1], h)
+        h2 = torch.einsum("kin,kn->ki", V[:, : j + 1], w)
+        w = w - torch.einsum("kin,ki->kn", V[:, : j + 1], h2)
+        H[:, : j + 1, j] = h + h2
+        hn = w.norm(dim=1)
+        H[:, j + 1, j] = hn
+        V[:, j + 1] = w / hn.clamp_min(tiny)[:, None]
+        used = j + 1
+        if used % 4 == 0 or used == m or bool((hn <= 1e-14 * beta).all()):
+            Hs = H[:, : used + 1, :used]
+            y = torch.linalg.lstsq(Hs, e1[:, : used + 1].unsqueeze(-1)).solution.squeeze(-1)
+            res = (e1[:, : used + 1] - (Hs @ y.unsqueeze(-1)).squeeze(-1)).norm(dim=1)
+            if bool((res <= rtol * beta.clamp_min(tiny)).all()):
+                break
+    if y is None or y.shape[1] != used:
+        Hs = H[:, : used + 1, :used]
+        y = torch.linalg.lstsq(Hs, e1[:, : used + 1].unsqueeze(-1)).solution.squeeze(-1)
+    return torch.einsum("kin,ki->kn", V[:, :used], y)
+
+
 def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None):
     """Anderson-accelerated fixed-point iteration of the Gauss collocation equations at ``Q`` nodes.
 
@@ -551,12 +596,18 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     evals = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
     reasons = [""] * n
-    if newton:  # chord-Newton state: stored LU factors of I − ∂Φ/∂x per pair
+    # large systems (Q·d > _KRYLOV_SIZE): GMRES on the structured Jacobian instead of dense LU
+    krylov = newton and Q * d > _KRYLOV_SIZE
+    if newton:  # chord-Newton state: stored LU factors of I − ∂Φ/∂x (or its node blocks) per pair
         fresh = torch.ones(n, dtype=torch.bool, device=dev)
         last = torch.full((n,), float("inf"), dtype=dt, device=dev)
-        LU = torch.zeros(n, Q * d, Q * d, dtype=dt, device=dev)
-        PIV = torch.ones(n, Q * d, dtype=torch.int32, device=dev)
         LINFO = torch.ones(n, dtype=torch.int32, device=dev)
+        if krylov:
+            MZ = torch.zeros(n, Q, d, d, dtype=dt, device=dev)
+            MV = torch.zeros(n, Q, d, d, dtype=dt, device=dev)
+        else:
+            LU = torch.zeros(n, Q * d, Q * d, dtype=dt, device=dev)
+            PIV = torch.ones(n, Q * d, dtype=torch.int32, device=dev)
     for _ in range(int(max_iter)):
         act = torch.nonzero(~(conv | dead)).reshape(-1)
         if act.numel() == 0:
@@ -642,18 +693,38 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             f = gf - x[act].reshape(k, -1)
             huge = 1e100
             if kf:
-                # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
-                JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
-                JP = JP.reshape(kf, Q * d, Q * d)
-                eye = torch.eye(Q * d, dtype=dt, device=dev)
-                finj = (JP.abs() < huge).all(2).all(1)  # (also False for NaN)
-                JP = torch.where(finj[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
-                lu, piv, linfo = _lu_batch(eye - JP)
                 rows = act[fr]
-                LU[rows], PIV[rows], LINFO[rows] = lu, piv, torch.where(finj, linfo, torch.ones_like(linfo))
+                if krylov:
+                    # keep the node blocks: MZ[n, q] = ∂a/∂γ at node q (i, j), MV the same for γ'
+                    mz, mv = Az.permute(1, 2, 3, 0), Av.permute(1, 2, 3, 0)
+                    finj = (mz.abs() < huge).flatten(1).all(1) & (mv.abs() < huge).flatten(1).all(1)
+                    MZ[rows] = torch.where(finj[:, None, None, None], mz, torch.zeros_like(mz))
+                    MV[rows] = torch.where(finj[:, None, None, None], mv, torch.zeros_like(mv))
+                    LINFO[rows] = torch.where(finj, 0, 1).to(LINFO.dtype)
+                else:
+                    # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
+                    JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
+                    JP = JP.reshape(kf, Q * d, Q * d)
+                    eye = torch.eye(Q * d, dtype=dt, device=dev)
+                    finj = (JP.abs() < huge).all(2).all(1)  # (also False for NaN)
+                    JP = torch.where(finj[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
+                    lu, piv, linfo = _lu_batch(eye - JP)
+                    LU[rows], PIV[rows], LINFO[rows] = lu, piv, torch.where(finj, linfo, torch.ones_like(linfo))
             fin = (f.abs() < huge).all(1) & (LINFO[act] == 0)
-            rhs = torch.where(fin[:, None], f, torch.zeros_like(f)).unsqueeze(-1)
-            delta = _lu_solve_batch(LU[act], PIV[act], rhs).squeeze(-1)
+            rhs = torch.where(fin[:, None], f, torch.zeros_like(f))
+            if krylov:
+                mz, mv = MZ[act], MV[act]
+
+                def op(v):  # (I − ∂Φ/∂x) v without forming the matrix: O(Q²d) per product
+                    v3 = v.reshape(k, Q, d)
+                    u = torch.einsum("qp,npd->nqd", GY, v3)
+                    up = torch.einsum("qp,npd->nqd", GYp, v3)
+                    jv = (mz @ u.unsqueeze(-1)).squeeze(-1) + (mv @ up.unsqueeze(-1)).squeeze(-1)
+                    return v - jv.reshape(k, -1)
+
+                delta = _gmres(op, rhs, restart=min(Q * d, 80), rtol=1e-11)
+            else:
+                delta = _lu_solve_batch(LU[act], PIV[act], rhs.unsqueeze(-1)).squeeze(-1)
             good = fin & torch.isfinite(delta).all(1) & ~worse
             # the next iteration takes a chord step (the stored factorisation, one evaluation per node)
             # unless this step was rejected or a chord step cut the residual by less than 4: a wasted
