@@ -295,3 +295,24 @@ def test_non_minimising_geodesic_is_flagged_not_reported_as_distance():
 @pytest.fixture(autouse=True)
 def _closed_forms_without_time_budget(no_default_budget):
     """See tests/conftest.py: these tests check results, the budget has tests of its own."""
+
+
+def test_bulged_starts_leave_a_symmetric_saddle_for_the_shorter_way_round():
+    """A tall narrow bump centred on the straight line: by symmetry the line over its top is a
+    geodesic, and energy minimisation from the line stays on it. The bulged starts
+    (``Collocation(starts=3)``, the default) go round the bump and certify the shorter geodesic."""
+    def bump(z):
+        return torch.cat([z, 3.0 * torch.exp(-(z * z).sum(-1, keepdim=True) / 0.05)], -1)
+
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(bump, latent_dim=2))
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    over = connecting_geodesic(metric, z0, z1, solver=Collocation(starts=1), budget=None)
+    around = connecting_geodesic(metric, z0, z1, budget=None)
+    assert bool(around.converged.all()), around.reasons
+    assert float(over.length[0]) > 7.0  # 2 + twice the height, roughly
+    assert float(around.length[0]) < 0.5 * float(over.length[0])
+    mid = around.curve(torch.tensor([0.5], dtype=torch.float64))[0, 0]
+    assert abs(float(mid[1])) > 0.2  # it went round, not over
+    with pytest.raises(ValueError, match="starts"):
+        Collocation(starts=2)

@@ -592,6 +592,45 @@ def _finalize(metric, r, tol, n_points, graph=None):
     return r
 
 
+def _bulged_curves(lines: torch.Tensor, m: int) -> torch.Tensor:
+    """``m`` (even) curves per straight line ``lines (n, T, d)``: the line plus ``±a_k sin(πt) ν``,
+    ``a_k = 0.25·k·|z1 − z0|`` for ``k = 1 … m/2``, ``ν`` a unit normal to the line (the coordinate axis
+    least aligned with it, orthogonalised). Shape ``(m·n, T, d)``, the ``n`` pairs repeated per curve."""
+    n, T, d = lines.shape
+    u = lines[:, -1] - lines[:, 0]
+    L = u.norm(dim=1, keepdim=True)
+    uh = u / L.clamp_min(torch.finfo(u.dtype).tiny)
+    e = torch.nn.functional.one_hot(uh.abs().argmin(1), d).to(u.dtype)
+    nu = e - (e * uh).sum(1, keepdim=True) * uh
+    nu = nu / nu.norm(dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    t = torch.linspace(0, 1, T, dtype=u.dtype, device=u.device)
+    if T > 2:  # the LGL times of the line's nodes (its points are affine in t)
+        t = ((lines - lines[:, :1]) * uh[:, None]).sum(-1) / L.clamp_min(torch.finfo(u.dtype).tiny)
+    bump = torch.sin(torch.pi * t)  # (n, T)
+    out = []
+    for k in range(1, m // 2 + 1):
+        for sign in (1.0, -1.0):
+            out.append(lines + (sign * 0.25 * k) * (L * nu)[:, None, :] * bump[..., None])
+    return torch.cat(out, 0)
+
+
+def _lowest_energy(er, n: int, starts: int):
+    """Per pair, the stage-1 result of lowest energy among its ``starts`` curves (the line first: it
+    wins ties within ``1e-9`` relative); converged ones before unconverged."""
+    E = er.energy.reshape(starts, n)
+    conv = er.converged.reshape(starts, n)
+    score = torch.where(torch.isfinite(E), E, torch.full_like(E, float("inf")))
+    score = torch.where(conv, score, score + float("inf"))
+    score[0] = torch.where(torch.isfinite(score[0]), score[0] * (1 - 1e-9), score[0])
+    if not bool(torch.isfinite(score).any(0).all()):  # no converged start: the lowest energy anyway
+        score = torch.where(torch.isfinite(score).any(0, keepdim=True), score, torch.where(torch.isfinite(E), E, float("inf")))
+    best = score.argmin(0)
+    pick = best * n + torch.arange(n, device=best.device)
+    reasons = [er.reasons[int(j)] for j in pick.tolist()]
+    return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick],
+                    iterations=er.iterations.reshape(starts, n).sum(0), reasons=reasons)
+
+
 def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
     degree, nodes, max_nodes, max_iter = solver.degree, solver.nodes, solver.max_nodes, solver.max_iter
     first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
@@ -606,8 +645,14 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     def attempt(idx, how):
         with torch.no_grad():
             c0 = _initial_curves(z0, z1, idx, how, graph, t_lgl, n_points if how == "graph" else degree + 1, warm)
+            k = idx.numel()
+            bulges = how == "line" and solver.starts > 1 and k > 0
+            if bulges:
+                c0 = torch.cat([c0, _bulged_curves(c0, solver.starts - 1)], 0)
             er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)),
                                           deadline=deadline)
+            if bulges:
+                er = _lowest_energy(er, k, solver.starts)
             ser = nodes_to_series(er.nodes)
             cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
                            deadline=deadline)

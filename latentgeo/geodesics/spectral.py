@@ -33,7 +33,7 @@ per-pair stopping:
    ``≤ tol``, the speed ``‖γ'‖_M`` is constant to ``tol`` at every node (a conserved quantity
    the collocation does not enforce — it checks the solution independently), and the last
    Legendre coefficients of the curve are ``≤ tol`` (resolution); unresolved pairs are
-   re-solved with twice as many nodes. The result is a polynomial curve (``C^∞``) with exact
+   re-solved with the number of nodes the decay of their coefficients predicts. The result is a polynomial curve (``C^∞``) with exact
    endpoints, evaluated anywhere through its Legendre series.
 
 The length is the Gauss quadrature of ``‖γ'(t)‖_M`` — spectrally accurate, and (since the
@@ -829,8 +829,9 @@ def collocate(
         series: ``(n, K, d)`` Legendre coefficients of initial curves from ``z0`` to ``z1`` (for
             instance :func:`nodes_to_series` of a :func:`minimize_spectral_energy` result).
         tol: certification tolerance (relative, see the module docstring).
-        nodes: collocation nodes ``Q`` of the first attempt; unresolved pairs are retried with
-            ``2Q``, ``4Q`` … up to ``max_nodes``.
+        nodes: collocation nodes ``Q`` of the first attempt; unresolved pairs are retried at the
+            resolution :func:`_predict_nodes` gives them (at least the next step of a grid
+            ``nodes·2^(k/2)``; ``2Q`` after a failed Newton solve), up to ``max_nodes``.
         max_iter: fixed-point iterations per resolution.
         deadline: ``time.perf_counter()`` time after which the pairs still unsolved stop
             (``budget`` marks them).
