@@ -4,8 +4,9 @@ Pass one as ``solver=`` to :func:`~latentgeo.geodesics.connecting_geodesic`,
 :func:`~latentgeo.geodesics.log_map` or :func:`~latentgeo.geodesics.distance_matrix`.
 
 * :class:`Collocation` (the default): pseudospectral energy minimisation of a degree-``degree``
-  polynomial curve, then Gauss–Legendre collocation of the geodesic boundary-value problem
-  with ``nodes`` nodes, doubled up to ``max_nodes`` for pairs it does not resolve
+  polynomial curve (from the line and ``starts − 1`` bulged curves), then Gauss–Legendre
+  collocation of the geodesic boundary-value problem with ``nodes`` nodes, refined up to
+  ``max_nodes`` for pairs it does not resolve
   (see :mod:`latentgeo.geodesics.spectral`); optionally Newton shooting for the pairs it
   cannot certify.
 * :class:`Shooting`: discrete chord-energy minimisation with ``n_points`` points, then damped
@@ -14,7 +15,7 @@ Pass one as ``solver=`` to :func:`~latentgeo.geodesics.connecting_geodesic`,
 Example:
     >>> from latentgeo.geodesics import Collocation, Shooting
     >>> Collocation(max_nodes=128)
-    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, shooting_fallback=False)
+    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, shooting_fallback=False)
     >>> Shooting().n_points
     17
 """
