@@ -424,17 +424,30 @@ def _sane_systems(A, b):
     return A, b, bad
 
 
+def _one_thread(fn):
+    """Run a batched LAPACK call on one thread: MKL's multithreaded batched LU (torch 2.13 CPU wheel)
+    returned zero pivots on some well-conditioned 320×320 collocation systems with 2 threads (and
+    printed "Parameter 6 was incorrect on entry to DLASWP"); single-threaded it is right."""
+
+    def run(*args):
+        threads = torch.get_num_threads()
+        try:
+            if threads > 1 and args[0].device.type == "cpu" and args[0].shape[0] > 1:
+                torch.set_num_threads(1)
+            return fn(*args)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    return run
+
+
+@_one_thread
 def _solve_batch(A, b):
     """``torch.linalg.solve_ex`` for a batch, pair by pair where the batched LAPACK call raises
     (MKL's batched LU can fail on badly scaled matrices); failed or non-finite systems get ``info = 1``."""
     A, b, bad = _sane_systems(A, b)
-    # MKL's multithreaded batched LU (torch 2.13 CPU wheel) returned zero pivots on some well-conditioned
-    # 320×320 collocation systems with 2 threads (and printed "Parameter 6 was incorrect on entry to
-    # DLASWP"); single-threaded it is right. Batched solves here run on one thread.
-    threads = torch.get_num_threads()
     try:
-        if threads > 1 and A.device.type == "cpu" and A.shape[0] > 1:
-            torch.set_num_threads(1)
         x, info = torch.linalg.solve_ex(A, b)
         return x, torch.where(bad, torch.ones_like(info), info)
     except RuntimeError:
@@ -448,25 +461,6 @@ def _solve_batch(A, b):
             x[k], info[k] = xk, ik
         info[bad] = 1
         return x, info
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
-def _one_thread(fn):
-    """Run a batched LAPACK call on one thread (see :func:`_solve_batch`)."""
-
-    def run(*args):
-        threads = torch.get_num_threads()
-        try:
-            if threads > 1 and args[0].device.type == "cpu" and args[0].shape[0] > 1:
-                torch.set_num_threads(1)
-            return fn(*args)
-        finally:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-
-    return run
 
 
 @_one_thread
