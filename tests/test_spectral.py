@@ -557,3 +557,57 @@ def test_escaping_trajectory_is_stopped_by_the_bound():
     _, _, ok, ns, _, reasons, _ = dopri5(_geodesic_rhs(acc, 2), y0, rtol=1e-8, atol=1e-10, bound=50.0, bound_cols=2,
                                          max_steps=5000)
     assert not bool(ok[0]) and "left the region" in reasons[0] and int(ns[0]) < 500
+
+
+def test_gmres_solves_batched_systems_to_its_tolerance():
+    g = torch.Generator().manual_seed(0)
+    A = torch.eye(40, dtype=D64) + 0.3 * torch.randn(3, 40, 40, generator=g, dtype=D64) / math.sqrt(40)
+    b = torch.randn(3, 40, generator=g, dtype=D64)
+    x = S._gmres(lambda v: (A @ v.unsqueeze(-1)).squeeze(-1), b, max_iter=40, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(A, b), rtol=0, atol=1e-9)
+
+
+def test_newton_by_gmres_follows_the_dense_lu_iterates(monkeypatch):
+    """The matrix-free GMRES path (used when Q·d is large) takes the same Newton steps as the dense LU."""
+    acc, mfn = acceleration_fn(SPHERE), SPHERE.tensor_fn()
+    t = S.lgl_nodes(12)
+    er = S.minimize_spectral_energy(SPHERE, HARD_Z0[:, None] + t[None, :, None] * (HARD_Z1 - HARD_Z0)[:, None])
+    start = S.nodes_to_series(er.nodes)
+    with torch.no_grad():
+        lu = S._picard(SPHERE, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 12, newton=True)
+        monkeypatch.setattr(S, "_KRYLOV_SIZE", 10)
+        kr = S._picard(SPHERE, acc, mfn, HARD_Z0, HARD_Z1, start, 64, 1e-6, 12, newton=True)
+    assert bool(kr["conv"].all()), kr["reasons"]
+    assert torch.equal(kr["iters"], lu["iters"]) and torch.equal(kr["evals"], lu["evals"])
+    torch.testing.assert_close(kr["length"], lu["length"], rtol=1e-12, atol=0)
+
+
+def test_resolution_grid_and_prediction_from_geometric_decay():
+    assert S._resolution_grid(32, 512) == [32, 44, 64, 92, 128, 180, 256, 364, 512]
+    assert S._resolution_grid(32, 40) == [32, 40]
+    # coefficients ‖c_k‖ = 0.8^k: from a relative error 1e-3 at Q = 30, reaching tol/4 = 2.5e-7 takes
+    # log(2.5e-4)/log(0.8) ≈ 37.2 more coefficients; with the 10 % margin: ceil(1.1·67.2) = 74
+    K = 32
+    c = (0.8 ** torch.arange(K, dtype=D64))[None, :, None].repeat(1, 1, 2) / math.sqrt(2)
+    exact = math.ceil(1.1 * (30 + math.log(2.5e-4) / math.log(0.8)))
+    assert int(S._predict_nodes(c, torch.tensor([1e-3], dtype=D64), 1e-6, 30)[0]) == exact
+    c[0, 1::2] *= 0.5  # even/odd alternation: the running maxima follow the envelope (step-wise)
+    assert abs(int(S._predict_nodes(c, torch.tensor([1e-3], dtype=D64), 1e-6, 30)[0]) - exact) <= 3
+    flat = torch.ones(1, K, 2, dtype=D64)  # no decay: about twice the nodes
+    assert int(S._predict_nodes(flat, torch.tensor([1e-3], dtype=D64), 1e-6, 30)[0]) == 66
+
+
+def test_lowest_energy_start_prefers_converged_then_the_line_on_ties():
+    from latentgeo.geodesics.connecting import _lowest_energy
+
+    n, starts = 3, 3
+    E = torch.tensor([[2.0, 1.0, 5.0], [2.0, 0.5, 4.0], [1.5, 0.7, 3.0]], dtype=D64)  # (starts, n)
+    conv = torch.tensor([[True, True, False], [True, True, False], [False, True, False]])
+    er = S.SpectralEnergyResult(nodes=torch.arange(starts * n, dtype=D64)[:, None, None].expand(-1, 4, 2),
+                                energy=E.reshape(-1), converged=conv.reshape(-1),
+                                iterations=torch.ones(starts * n, dtype=torch.long), reasons=[""] * (starts * n))
+    best = _lowest_energy(er, n, starts)
+    # pair 0: the line ties the first bulge (2.0) and the lower 1.5 did not converge -> the line;
+    # pair 1: the first bulge (0.5); pair 2: nothing converged -> the lowest energy (3.0, second bulge)
+    assert best.nodes[:, 0, 0].tolist() == [0.0, 4.0, 8.0]
+    assert best.iterations.tolist() == [3, 3, 3]

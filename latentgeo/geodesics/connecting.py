@@ -592,43 +592,36 @@ def _finalize(metric, r, tol, n_points, graph=None):
     return r
 
 
-def _bulged_curves(lines: torch.Tensor, m: int) -> torch.Tensor:
-    """``m`` (even) curves per straight line ``lines (n, T, d)``: the line plus ``±a_k sin(πt) ν``,
-    ``a_k = 0.25·k·|z1 − z0|`` for ``k = 1 … m/2``, ``ν`` a unit normal to the line (the coordinate axis
-    least aligned with it, orthogonalised). Shape ``(m·n, T, d)``, the ``n`` pairs repeated per curve."""
-    n, T, d = lines.shape
+def _bulged_curves(lines: torch.Tensor, t: torch.Tensor, m: int) -> torch.Tensor:
+    """``m`` (even) curves per straight line ``lines (n, T, d)`` sampled at times ``t (T,)``: the line
+    plus ``±a_k sin(πt) ν``, ``a_k = 0.25·k·|z1 − z0|`` for ``k = 1 … m/2``, ``ν`` a unit normal to the
+    line (the coordinate axis least aligned with it, orthogonalised). Shape ``(m·n, T, d)``, the
+    ``n`` pairs repeated per curve."""
+    d = lines.shape[2]
+    tiny = torch.finfo(lines.dtype).tiny
     u = lines[:, -1] - lines[:, 0]
     L = u.norm(dim=1, keepdim=True)
-    uh = u / L.clamp_min(torch.finfo(u.dtype).tiny)
+    uh = u / L.clamp_min(tiny)
     e = torch.nn.functional.one_hot(uh.abs().argmin(1), d).to(u.dtype)
     nu = e - (e * uh).sum(1, keepdim=True) * uh
-    nu = nu / nu.norm(dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    t = torch.linspace(0, 1, T, dtype=u.dtype, device=u.device)
-    if T > 2:  # the LGL times of the line's nodes (its points are affine in t)
-        t = ((lines - lines[:, :1]) * uh[:, None]).sum(-1) / L.clamp_min(torch.finfo(u.dtype).tiny)
-    bump = torch.sin(torch.pi * t)  # (n, T)
-    out = []
-    for k in range(1, m // 2 + 1):
-        for sign in (1.0, -1.0):
-            out.append(lines + (sign * 0.25 * k) * (L * nu)[:, None, :] * bump[..., None])
-    return torch.cat(out, 0)
+    nu = nu / nu.norm(dim=1, keepdim=True).clamp_min(tiny)
+    bulge = (L * nu)[:, None, :] * torch.sin(torch.pi * t)[None, :, None]  # (n, T, d)
+    return torch.cat([lines + (sign * 0.25 * k) * bulge for k in range(1, m // 2 + 1) for sign in (1.0, -1.0)], 0)
 
 
 def _lowest_energy(er, n: int, starts: int):
-    """Per pair, the stage-1 result of lowest energy among its ``starts`` curves (the line first: it
-    wins ties within ``1e-9`` relative); converged ones before unconverged."""
+    """Per pair, the stage-1 result of lowest energy among its ``starts`` curves: converged ones
+    before unconverged, the line (first) winning ties within ``1e-9`` relative."""
     E = er.energy.reshape(starts, n)
-    conv = er.converged.reshape(starts, n)
-    score = torch.where(torch.isfinite(E), E, torch.full_like(E, float("inf")))
-    score = torch.where(conv, score, score + float("inf"))
-    score[0] = torch.where(torch.isfinite(score[0]), score[0] * (1 - 1e-9), score[0])
-    if not bool(torch.isfinite(score).any(0).all()):  # no converged start: the lowest energy anyway
-        score = torch.where(torch.isfinite(score).any(0, keepdim=True), score, torch.where(torch.isfinite(E), E, float("inf")))
-    best = score.argmin(0)
-    pick = best * n + torch.arange(n, device=best.device)
-    reasons = [er.reasons[int(j)] for j in pick.tolist()]
+    inf = torch.full_like(E, float("inf"))
+    finite = torch.where(torch.isfinite(E), E, inf)
+    score = torch.where(er.converged.reshape(starts, n), finite, inf)
+    score = torch.where(torch.isinf(score).all(0, keepdim=True), finite, score)  # no converged start
+    score[0] = score[0] * (1 - 1e-9)
+    pick = score.argmin(0) * n + torch.arange(n, device=E.device)
     return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick],
-                    iterations=er.iterations.reshape(starts, n).sum(0), reasons=reasons)
+                    iterations=er.iterations.reshape(starts, n).sum(0),
+                    reasons=[er.reasons[j] for j in pick.tolist()])
 
 
 def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
@@ -648,7 +641,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             k = idx.numel()
             bulges = how == "line" and solver.starts > 1 and k > 0
             if bulges:
-                c0 = torch.cat([c0, _bulged_curves(c0, solver.starts - 1)], 0)
+                c0 = torch.cat([c0, _bulged_curves(c0, t_lgl, solver.starts - 1)], 0)
             er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)),
                                           deadline=deadline)
             if bulges:

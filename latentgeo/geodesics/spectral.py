@@ -488,8 +488,9 @@ def _lu_solve_batch(lu, piv, b):
 _KRYLOV_SIZE = 600  # Newton systems larger than this are solved by GMRES (dense LU costs (Q·d)³/3)
 
 
-def _gmres(op, b: torch.Tensor, restart: int, rtol: float) -> torch.Tensor:
-    """Batched GMRES from ``x = 0`` for ``op(x) = b`` (``b (k, N)``), at most ``restart`` iterations.
+def _gmres(op, b: torch.Tensor, max_iter: int, rtol: float) -> torch.Tensor:
+    """Batched GMRES from ``x = 0`` for ``op(x) = b`` (``b (k, N)``), at most ``max_iter`` iterations
+    (no restarts).
 
     Arnoldi with classical Gram–Schmidt applied twice (as stable as modified Gram–Schmidt, and
     batched); the small least-squares problems are solved every few iterations to stop when every
@@ -497,7 +498,7 @@ def _gmres(op, b: torch.Tensor, restart: int, rtol: float) -> torch.Tensor:
     ``I − ∂Φ/∂x`` is the identity minus an integral operator, whose eigenvalues cluster at 1:
     GMRES converges in a number of iterations independent of ``Q``."""
     k, N = b.shape
-    m = max(1, min(int(restart), N))
+    m = max(1, min(int(max_iter), N))
     beta = b.norm(dim=1)
     tiny = torch.finfo(b.dtype).tiny
     V = b.new_zeros(k, m + 1, N)
@@ -716,7 +717,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
                     jv = (mz @ u.unsqueeze(-1)).squeeze(-1) + (mv @ up.unsqueeze(-1)).squeeze(-1)
                     return v - jv.reshape(k, -1)
 
-                delta = _gmres(op, rhs, restart=min(Q * d, 80), rtol=1e-11)
+                delta = _gmres(op, rhs, max_iter=80, rtol=1e-11)
             else:
                 delta = _lu_solve_batch(LU[act], PIV[act], rhs.unsqueeze(-1)).squeeze(-1)
             good = fin & torch.isfinite(delta).all(1) & ~worse
@@ -788,8 +789,8 @@ def _predict_nodes(series: torch.Tensor, err: torch.Tensor, tol: float, Q: int) 
     the nearest complex singularity of the metric (Trefethen, *Approximation Theory and
     Approximation Practice*, ch. 8). The rate is fitted (least squares on the logarithms of the
     running maxima, which tame the alternation of even and odd terms) over the upper half of the
-    series, and the current ``err`` extrapolated to ``tol/4``. Pairs with no clear decay
-    get ``2Q``; the prediction is capped at ``8Q``."""
+    series, and the current ``err`` extrapolated to ``tol/4``, with a 10 % margin. Pairs with no
+    clear decay get ``2.2Q``; the prediction is capped at ``8Q``."""
     n, K, d = series.shape
     lo = K // 2
     e = series[:, lo:].norm(dim=-1).clamp_min(1e-300)
@@ -860,8 +861,9 @@ def collocate(
     grid = _resolution_grid(int(nodes), int(max_nodes))
 
     def attempt(sel, Q, mode):
-        """One collocation attempt; returns the pairs to retry with Newton (same Q) and, per pair,
-        the resolution to retry with (predicted from the decay of the Legendre coefficients)."""
+        """One collocation attempt. Marks in ``newt`` the pairs to retry with Newton at the same Q;
+        returns ``(pair, Q')`` for those to retry at a finer resolution (predicted from the decay of
+        the Legendre coefficients)."""
         start = out["series"][sel].clone()
         # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
         # pairs it does not settle go to Newton at the same resolution
@@ -884,7 +886,7 @@ def collocate(
         # (the speed drift, a derivative, sits ~100x above the trailing coefficients and decays at
         # their rate: it is what sets the resolution)
         want = _predict_nodes(r["series"], torch.maximum(r["tail"], r["drift"] * (tol / drift_tol)), tol, Q)
-        same, nxt = [], []
+        nxt = []
         for j, i in enumerate(sel.tolist()):
             if bool(ok[j]):
                 reasons[i] = ""
@@ -897,7 +899,6 @@ def collocate(
                 continue
             if not mode and not bool(r["conv"][j]):
                 newt[i] = True  # the fixed-point iteration diverged or is slow: Newton, same resolution
-                same.append(i)
                 continue
             # converged but unresolved: the resolution its coefficients' decay asks for (at least
             # the next step of the grid); Newton failed at this resolution (a curve with sharp
@@ -907,7 +908,7 @@ def collocate(
             nq = next((g for g in grid if g >= q), None)
             if nq is not None:
                 nxt.append((i, nq))
-        return same, nxt
+        return nxt
 
     pending = {int(nodes): list(range(n))}  # resolution -> pairs to solve at it
     with torch.no_grad():
@@ -917,12 +918,10 @@ def collocate(
             nxt = []
             plain = todo[~newt[todo]]
             if plain.numel():
-                _, nxt = attempt(plain, Q, False)
-            # (``attempt`` has marked the pairs it sends to Newton: ``todo[newt[todo]]`` holds them once)
-            nsel = todo[newt[todo]]
+                nxt = attempt(plain, Q, False)
+            nsel = todo[newt[todo]]  # (including those the plain attempt just sent to Newton)
             if nsel.numel():
-                _, nxt2 = attempt(nsel, Q, True)
-                nxt += nxt2
+                nxt += attempt(nsel, Q, True)
             for i, q in nxt:
                 pending.setdefault(q, []).append(i)
     return CollocationResult(reasons=reasons, **out)
