@@ -167,3 +167,40 @@ def test_estimator_conventions_and_errors():
     # numpy input and the medoid variant
     labels = lg.GeodesicKMeans(metric, n_clusters=2, centroid="medoid", random_state=0).fit_predict(X.numpy())
     assert labels.shape == (20,) and set(labels.tolist()) == {0, 1}
+
+
+def test_chord_lower_bounds_and_the_continued_first_assignment_on_the_sphere():
+    """The pruning bound ‖g(x) − g(c)‖ is the chord 2 sin(θ/2) of the great-circle distance θ
+    (never above it), and the first assignment, solved outward along the graph's shortest-path
+    trees with warm starts, gives great-circle distances."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    g = torch.Generator().manual_seed(2)
+    caps = [torch.tensor(v, dtype=D64) for v in ([0.0, 0.0, 1.0], [0.9, 0.0, 0.4], [-0.3, 0.8, 0.5])]
+    pts = torch.cat([_cap_points(c, t, 8, rotate=float(torch.rand(1, generator=g))) for c in caps for t in (0.15, 0.3)])
+    X = _chart(pts)
+    km = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0, max_iter=1)
+    km.fit(X)
+    C = km.cluster_centers_
+    low = km._chord_bounds(X, C)
+    theta = torch.arccos((pts[:, None] * _sphere(C)[None]).sum(-1).clamp(-1, 1))
+    torch.testing.assert_close(low, 2 * torch.sin(theta / 2), rtol=1e-8, atol=1e-12)
+    assert bool((low <= theta).all())
+    # the fit's own distances (certified) are great-circle distances to its centres
+    own = theta[torch.arange(len(X)), torch.as_tensor(km.labels_)]
+    assert km.distance_converged_.all()
+    torch.testing.assert_close(torch.as_tensor(km.distances_), own, rtol=1e-4, atol=1e-8)
+    assert sorted(np.bincount(km.labels_).tolist()) == [16, 16, 16]
+    # the chord bounds prune: fewer open pairs than all (point, other centre) pairs
+    assert km.n_open_pairs_ < 2 * len(X)
+    # the continuation itself: from medoid centres, every member's geodesic is certified
+    km2 = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0)
+    km2._m64, km2._n_geo, km2._n_open, km2._warm = None, 0, 0, {}
+    km2._graph = lg.geodesics.LatentGraph(metric, X, k=16)
+    km2._opts, km2._opts_iter = km2._options(True), km2._options(False)
+    labels = torch.as_tensor(km.labels_)
+    med = torch.tensor([int(torch.nonzero(labels == j)[0]) for j in range(3)])
+    d, c, _ = km2._continued(X[med], X, labels, med)
+    ref = 2 * torch.asin((pts - pts[med][labels]).norm(dim=-1) / 2)
+    assert bool(c.all())
+    torch.testing.assert_close(d, ref, rtol=2e-3, atol=1e-8)  # (iteration tolerance 1e-3)
+    assert km2._n_geo >= len(X) - 3

@@ -316,3 +316,42 @@ def test_bulged_starts_leave_a_symmetric_saddle_for_the_shorter_way_round():
     assert abs(float(mid[1])) > 0.2  # it went round, not over
     with pytest.raises(ValueError, match="starts"):
         Collocation(starts=2)
+
+
+def test_warm_start_from_nearby_solved_pairs_collocates_directly():
+    """``init=`` a result of *nearby* pairs: its curves are moved to the new endpoints and the
+    collocation-certified ones are solved by Newton at their resolution, without the energy stage
+    (cheaper), and the lengths are still great-circle distances."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(8, 2, generator=g, dtype=D64) * 0.5  # (arcs below ~150°)
+    z1 = torch.randn(8, 2, generator=g, dtype=D64) * 0.5
+    cold = connecting_geodesic(metric, z0, z1)
+    assert bool(cold.converged.all()), cold.message
+    a = z0 + 0.03 * torch.randn(8, 2, generator=g, dtype=D64)
+    b = z1 + 0.03 * torch.randn(8, 2, generator=g, dtype=D64)
+    warm = connecting_geodesic(metric, a, b, init=cold)
+    assert bool(warm.converged.all()), warm.message
+    torch.testing.assert_close(warm.length, great_circle(stereo(a), stereo(b)), rtol=1e-6, atol=0)
+    assert int(warm.stats["energy_iterations"].sum()) == 0  # no pair went through the energy stage
+    fresh = connecting_geodesic(metric, a, b)
+    assert float(warm.stats["evaluations"].sum()) < 0.5 * float(fresh.stats["evaluations"].sum())
+    # a result for another number of pairs, or another latent dimension, is refused
+    with pytest.raises(ValueError, match="GeodesicResult for 8 pairs"):
+        connecting_geodesic(metric, a[:3], b[:3], init=cold)
+
+
+def test_warm_start_that_fails_falls_back_to_the_full_pipeline():
+    """A warm curve far from the new pair (endpoints moved a long way) may not converge directly;
+    those pairs go through the energy stage and are still certified, and say nothing false."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    z0 = torch.tensor([[0.3, -0.2], [-0.4, 0.1]], dtype=D64)
+    z1 = torch.tensor([[-0.5, 0.6], [0.6, 0.3]], dtype=D64)
+    cold = connecting_geodesic(metric, z0, z1)
+    a = torch.tensor([[0.9, 0.8], [-0.4, 0.1]], dtype=D64)  # pair 0 reversed and moved far; pair 1 barely
+    b = torch.tensor([[-0.7, -0.9], [0.62, 0.31]], dtype=D64)
+    warm = connecting_geodesic(metric, a, b, init=cold)
+    assert bool(warm.converged.all()), warm.message
+    torch.testing.assert_close(warm.length, great_circle(stereo(a), stereo(b)), rtol=1e-6, atol=0)
+    e = warm.stats["energy_iterations"]
+    assert int(e[0]) > 0 and int(e[1]) == 0  # pair 0 went through the full pipeline, pair 1 directly

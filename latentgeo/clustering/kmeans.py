@@ -68,8 +68,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             or an array ``(k, d)`` of initial centres.
         n_init: independent runs; the one with the lowest inertia is kept.
         max_iter: iterations per run.
-        tol: stop when no label changes and every centre moved less than ``tol`` times the
-            median distance of its points.
+        tol: stop when no label changes and either every centre moved less than ``tol`` times
+            the median distance of its points or the centre update lowered the inertia by less
+            than ``tol`` (relative).
         centroid: ``"karcher"`` (Fréchet mean by Riemannian gradient steps) or ``"medoid"``.
         algorithm: ``"geodesic"`` (the default: the graph phase, then iterations and the final
             assignment with solved geodesics) or ``"graph"`` (k-medoids on the kNN graph's
@@ -206,12 +207,70 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------ geodesics
     _T_WARM = 17  # points per stored curve (warm starts)
 
-    def _pairs(self, C, X, ci, xi, final=False, store=True):
+    def _store(self, j, xj, C, res, X):
+        """Keep the curves of the pairs centre ``j`` → points ``xj`` (for warm starts): the
+        Legendre series and nodes of collocation-certified pairs (their next solve starts at that
+        resolution, without the energy stage), the sampled curve of every pair."""
+        n, d = X.shape
+        t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
+        with torch.no_grad():
+            curves = res.curve(t).detach().to(X.dtype)
+        ser = getattr(res, "_series", None)
+        direct = res.converged.cpu() & torch.tensor([m == "collocation" for m in res.method], dtype=torch.bool)
+        direct &= ~res._polyline.cpu() & ~res._from_knots.cpu()
+        K = 1 if ser is None else ser.shape[1]
+        w = self._warm.get(j)
+        if w is None or w["series"].shape[1] < K:
+            old = w
+            w = dict(pos=X.new_zeros(n, d), curves=X.new_zeros(n, self._T_WARM, d), have=torch.zeros(n, dtype=torch.bool),
+                     series=torch.zeros(n, K, d, dtype=torch.float64), nodes=torch.zeros(n, dtype=torch.long),
+                     direct=torch.zeros(n, dtype=torch.bool))
+            if old is not None:
+                for key in ("pos", "curves", "have", "nodes", "direct"):
+                    w[key] = old[key]
+                w["series"][:, : old["series"].shape[1]] = old["series"]
+            self._warm[j] = w
+        w["pos"][xj] = C[j]
+        w["curves"][xj] = curves
+        w["have"][xj] = True
+        if ser is None:
+            w["direct"][xj] = False
+        else:
+            S = ser.detach().double().cpu()
+            w["series"][xj] = 0.0
+            w["series"][xj, : S.shape[1]] = S
+            w["nodes"][xj] = res.stats["nodes"].cpu()
+            w["direct"][xj] = direct
+
+    def _stored(self, cj, rows, X):
+        """A :class:`~latentgeo.geodesics.GeodesicResult` of the stored pairs centre ``cj[i]`` →
+        ``X[rows[i]]`` (as solved: from the centre's position then), to warm-start pairs near them."""
+        from ..geodesics.result import GeodesicResult
+
+        m, d = len(rows), X.shape[1]
+        K = max(self._warm[j]["series"].shape[1] for j in torch.unique(cj).tolist())
+        pos, curves = X.new_zeros(m, d), X.new_zeros(m, self._T_WARM, d)
+        series = X.new_zeros(m, K, d)
+        nodes, direct = torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.bool)
+        for j in torch.unique(cj).tolist():
+            sel = cj == j
+            w, r = self._warm[j], rows[sel]
+            pos[sel], curves[sel], nodes[sel], direct[sel] = w["pos"][r], w["curves"][r], w["nodes"][r], w["direct"][r]
+            series[sel, : w["series"].shape[1]] = w["series"][r].to(X.dtype)
+        return GeodesicResult(
+            z0=pos, z1=X[rows], length=X.new_zeros(m), status=(~direct).long(),
+            method=["collocation" if bool(c) else "" for c in direct], _series=series,
+            _polyline=~direct, discrete_curve=curves, stats={"nodes": nodes}, reasons=[""] * m, init=["warm"] * m)
+
+    def _pairs(self, C, X, ci, xi, final=False, store=True, source=None):
         """Geodesics centre ``C[ci]`` → point ``X[xi]``: lengths, certified mask, initial velocities.
 
-        With ``store``, each pair's curve is kept (per centre index and point); a pair solved
-        before, possibly from an earlier position ``c_old`` of its centre, starts from that curve
-        shifted to the centre's new position, ``γ(t) + (1 − t)(c − c_old)``.
+        With ``store``, each pair's curve is kept (per centre index and point). A pair whose
+        ``source`` point (default: the point itself) has a stored curve for the same centre —
+        solved before, possibly from an earlier position of the centre — starts from that curve
+        moved to the new endpoints (:func:`~latentgeo.geodesics.connecting_geodesic` with
+        ``init=`` a result); a certified collocation curve is collocated directly at its
+        resolution (Newton, no energy stage).
         """
         n = len(ci)
         length = X.new_zeros(n)
@@ -221,51 +280,33 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return length, conv, v
         opts = self._opts if final else self._opts_iter
         points = store  # X holds the codes (not the centres): stored curves and graph bounds apply
-        t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
         z0, z1 = C[ci], X[xi]
         same = (z0 - z1).abs().amax(-1) == 0
         todo = torch.nonzero(~same).reshape(-1)
         ci_t, xi_t = torch.as_tensor(ci)[todo], torch.as_tensor(xi)[todo]
+        src_t = xi_t if source is None else torch.as_tensor(source)[todo]
         store = store and self.backend == "serial"  # a cluster returns lengths and velocities, not curves
         have = torch.zeros(len(todo), dtype=torch.bool)
         if store:
             for j in torch.unique(ci_t).tolist():
                 if j in self._warm:
                     sel = ci_t == j
-                    have[sel] = self._warm[j][2][xi_t[sel]]
+                    have[sel] = self._warm[j]["have"][src_t[sel]]
         for warm in (True, False):
             sel = have == warm
             if not bool(sel.any()):
                 continue
-            ps, cj, xj = todo[sel], ci_t[sel], xi_t[sel]
-            init = None
-            if warm:
-                init = torch.empty(len(ps), self._T_WARM, X.shape[1], dtype=X.dtype, device=X.device)
-                shift = torch.empty(len(ps), X.shape[1], dtype=X.dtype, device=X.device)
-                for j in torch.unique(cj).tolist():
-                    m = cj == j
-                    cpos, curves, _ = self._warm[j]
-                    init[m] = curves[xj[m]]
-                    shift[m] = C[j] - cpos[xj[m]]
-                init = init + (1 - t)[None, :, None] * shift[:, None, :]
-                init[:, 0], init[:, -1] = z0[ps], z1[ps]
+            ps, cj, xj, sj = todo[sel], ci_t[sel], xi_t[sel], src_t[sel]
+            init = self._stored(cj, sj, X) if warm else None
             res = self._solve(z0[ps], z1[ps], init, opts)
             self._n_geo += len(ps)
             length[ps] = res.length.detach().to(X.dtype)
             conv[ps] = res.converged.cpu()
             v[ps] = res.initial_velocity.detach().to(X.dtype)
             if store:
-                with torch.no_grad():
-                    curves = res.curve(t).detach().to(X.dtype)
                 for j in torch.unique(cj).tolist():
-                    m = cj == j
-                    if j not in self._warm:
-                        self._warm[j] = (X.new_zeros(X.shape), X.new_zeros(X.shape[0], self._T_WARM, X.shape[1]),
-                                         torch.zeros(X.shape[0], dtype=torch.bool))
-                    cpos, cur, hv = self._warm[j]
-                    cpos[xj[m]] = C[j]
-                    cur[xj[m]] = curves[m]
-                    hv[xj[m]] = True
+                    m = torch.nonzero(cj == j).reshape(-1)
+                    self._store(j, xj[m], C, res[m], X)
         conv |= same.cpu()
         if points and self._graph is not None and not bool(conv.all()):
             # an uncertified pair's length is the shortest curve the solver found; the graph path
@@ -276,6 +317,54 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             gl = gd[torch.arange(len(bad)), torch.as_tensor(ci)[bad]]
             length[bad] = torch.minimum(length[bad], gl)
         return length, conv, v
+
+    def _continued(self, C, X, labels, med):
+        """Every point's geodesic from its centre ``C[j] = X[med[j]]`` (a code), solved outward along
+        the shortest-path tree of the kNN graph from that centre: a point's start is the curve to
+        its parent in the tree (one graph edge closer), moved to the point, so each wave after the
+        first is warm-started. Returns ``(dist, conv, vel)`` like :meth:`_pairs`."""
+        from scipy.sparse.csgraph import dijkstra
+
+        n, k = X.shape[0], C.shape[0]
+        _, pred = dijkstra(self._graph.adjacency, directed=False, indices=med.numpy(), return_predecessors=True)
+        pred = np.atleast_2d(pred)
+        depth = {}
+        need = []  # (centre, point, parent) including the members' ancestors on the tree
+        for j in range(k):
+            root = int(med[j])
+            dj = {root: 0}
+            for x in torch.nonzero(labels == j).reshape(-1).tolist():
+                chain = []
+                y = x
+                while y not in dj and y >= 0:
+                    chain.append(y)
+                    y = int(pred[j, y])
+                if y < 0:  # not reachable in the graph: solved cold
+                    for c in chain:
+                        dj[c] = 1
+                    continue
+                for c in reversed(chain):
+                    dj[c] = dj[int(pred[j, c])] + 1
+            for x, dx in dj.items():
+                if x != root:
+                    par = int(pred[j, x])
+                    need.append((j, x, par if dx > 1 and par >= 0 and par != root else -1, dx))
+            depth[j] = dj
+        out_d, out_c = X.new_zeros(n), torch.zeros(n, dtype=torch.bool)
+        out_v = X.new_zeros(n, X.shape[1])
+        roots = set((j, int(med[j])) for j in range(k))
+        for level in sorted(set(nd[3] for nd in need)):
+            wave = [nd for nd in need if nd[3] == level]
+            ci = torch.tensor([w[0] for w in wave], dtype=torch.long)
+            xi = torch.tensor([w[1] for w in wave], dtype=torch.long)
+            src = torch.tensor([w[2] if w[2] >= 0 else w[1] for w in wave], dtype=torch.long)
+            dl, cl, vl = self._pairs(C, X, ci, xi, source=src)
+            mine = labels[xi] == ci
+            out_d[xi[mine]], out_c[xi[mine]], out_v[xi[mine]] = dl[mine], cl[mine], vl[mine]
+        for j, r in roots:
+            if int(labels[r]) == j:
+                out_d[r], out_c[r], out_v[r] = 0.0, True, 0.0
+        return out_d, out_c, out_v
 
     def _solve(self, z0, z1, init, opts):
         """One batch of pairs: here (``connecting_geodesic``, from ``init`` curves when given) or in
@@ -317,6 +406,12 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         # d(c_a, c_j) − d(x, c_a), valid with an upper bound of d(x, c_a) but only with a certified
         # centre–centre distance)
         open_ = (cc[labels] < 2.0 * dist[:, None]) | ~cc_ok[labels]
+        # c_j can be closer only if a lower bound of d(x, c_j) is below d(x, c_a) (≤ dist): for a
+        # Euclidean pullback M = JᵀJ of an embedding g, every curve's length is at least the chord
+        # ‖g(x) − g(c_j)‖ (its image is a curve in the embedding space)
+        low = self._chord_bounds(X, C)
+        if low is not None:
+            open_ &= low < dist[:, None]
         open_[idx, labels] = False
         pi, pj = torch.nonzero(open_, as_tuple=True)
         D = torch.full((n, k), math.inf, dtype=dist.dtype, device=dist.device)
@@ -329,6 +424,21 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self._n_open += len(pi)
         lab = torch.argmin(D, 1)
         return lab, D[idx, lab], CV[idx, lab], V[idx, lab]
+
+    def _chord_bounds(self, X, C):
+        """``(n, k)`` lower bounds ``‖g(x) − g(c)‖`` of the geodesic distances (embedded metrics;
+        ``None`` otherwise), computed in float64, shrunk by 1e-9 relative for rounding."""
+        if not getattr(self.metric, "is_embedded", False):
+            return None
+        from ..geodesics.connecting import float64_metric
+
+        if getattr(self, "_m64", None) is None:
+            self._m64 = float64_metric(self.metric, X)
+        m64, wdt = self._m64
+        with torch.no_grad():
+            gx = m64.embedding(X.to(wdt))
+            gc = m64.embedding(C.to(wdt))
+        return (torch.cdist(gx, gc) * (1 - 1e-9)).to(X.dtype)
 
     # ------------------------------------------------------------------ seeding
     def _seed(self, X, G, rng, k):
@@ -422,6 +532,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self._n_geo = 0
         self._n_open = 0
         self._warm = {}
+        self._m64 = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # bridging of disconnected kNN components
             graph = LatentGraph(self.metric, X, k=min(self.n_neighbors, n - 1), disconnected="bridge") if n > 1 else None
@@ -456,6 +567,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             n_iter = 0
             known = None
             self._warm = {}
+            if graph is not None and isinstance(self.init, str):
+                # the centres are codes (medoids): solve outward along the graph's shortest-path trees
+                med = self._medoid_index(G, labels, k)
+                known = self._continued(C, X, labels, med)
             for it in range(self.max_iter):
                 labels_new, dist, conv, vel = self._assign(X, C, labels, known=known)
                 # empty clusters: re-seed at the point farthest from its centre
@@ -485,6 +600,13 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 C = C_new
                 if changed == 0 and bool((moved <= self.tol * scale.clamp_min(1e-300)).all()):
                     break
+                # ... or when the centre update lowered the inertia by less than tol (relative):
+                # Karcher's steps approach the Fréchet means only linearly, and labels that no
+                # longer change are what the clustering is for
+                if changed == 0 and known is not None and it > 0:
+                    after = float((known[0] ** 2).sum())
+                    if history[-1] - after <= self.tol * history[-1]:
+                        break
             # final assignment to the final centres, at the full tolerance (warm-started from the
             # iterations' curves)
             labels, dist, conv, _ = self._assign(X, C, labels, final=True)
@@ -511,7 +633,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _prepare_solves(self):
         self._graph = self.graph_
         self._opts, self._opts_iter = self._options(True), self._options(False)
-        self._n_geo, self._n_open, self._warm = 0, 0, {}
+        self._n_geo, self._n_open, self._warm, self._m64 = 0, 0, {}, None
 
     def _check_fitted(self):
         if not hasattr(self, "cluster_centers_"):

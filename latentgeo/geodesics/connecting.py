@@ -61,7 +61,8 @@ from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
 from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus, _polyline
 from .solvers import Collocation, Shooting
-from .spectral import _eval_series, _expired, collocate, lgl_nodes, minimize_spectral_energy, nodes_to_series
+from .spectral import (CollocationResult, SpectralEnergyResult, _eval_series, _expired, collocate, lgl_nodes,
+                       minimize_spectral_energy, nodes_to_series)
 
 __all__ = [
     "connecting_geodesic",
@@ -158,13 +159,50 @@ def _check_budget(budget):
     return float(budget)
 
 
+class _WarmStart:
+    """Warm-start curves ``(N, T, d)`` and, for pairs certified by collocation, their Legendre
+    series ``(N, K, d)`` (shifted to the new endpoints) and nodes: those pairs are collocated
+    directly at that resolution, without the energy stage."""
+
+    def __init__(self, curves, series=None, nodes=None, direct=None):
+        self.curves, self.series, self.nodes, self.direct = curves, series, nodes, direct
+
+    def __getitem__(self, sl):
+        if self.series is None:
+            return _WarmStart(self.curves[sl])
+        return _WarmStart(self.curves[sl], self.series[sl], self.nodes[sl], self.direct[sl])
+
+
+def _warm_from_result(init: GeodesicResult, a, b):
+    """A :class:`_WarmStart` from a solved result, moved to the endpoints ``a``, ``b``: each curve
+    becomes ``γ(t) + (1 − t)(a − γ(0)) + t(b − γ(1))``."""
+    dt = a.dtype
+    da, db = a - init.z0.to(dt), b - init.z1.to(dt)
+    t = torch.linspace(0, 1, 33, dtype=dt, device=a.device)
+    with torch.no_grad():
+        curves = init.curve(t).detach().to(dt)
+    curves = curves + (1 - t)[None, :, None] * da[:, None] + t[None, :, None] * db[:, None]
+    curves[:, 0], curves[:, -1] = a, b
+    if init._series is None or "nodes" not in init.stats:
+        return _WarmStart(curves)
+    series = init._series.detach().to(dt).clone()
+    # (in x = 2t − 1: t = (P0 + P1)/2, 1 − t = (P0 − P1)/2)
+    series[:, 0] += 0.5 * (da + db)
+    series[:, 1] += 0.5 * (db - da)
+    colloc = torch.tensor([m == "collocation" for m in init.method], dtype=torch.bool, device=init.z0.device)
+    direct = init.converged & colloc & ~init._polyline & ~init._from_knots
+    direct = direct.to(a.device) & torch.isfinite(series).all(2).all(1)
+    return _WarmStart(curves, series, init.stats["nodes"].to(a.device), direct)
+
+
 def _check_init(init, a, b, graph):
-    """``(how, warm curves or None)`` from ``init``."""
+    """``(how, warm start or None)`` from ``init``."""
     if isinstance(init, GeodesicResult):
         if len(init) != a.shape[0]:
             raise ValueError(f"init: a GeodesicResult for {len(init)} pairs given for {a.shape[0]} pairs")
-        with torch.no_grad():
-            init = init.curve(torch.linspace(0, 1, 33, dtype=init.z0.dtype, device=init.z0.device))
+        if init.z0.shape[1] != a.shape[1]:
+            raise ValueError(f"init: a GeodesicResult in {init.z0.shape[1]} latent dimensions given for {a.shape[1]}")
+        return "warm", _warm_from_result(init, a, b)
     if isinstance(init, torch.Tensor):
         if init.dim() != 3 or init.shape[0] != a.shape[0] or init.shape[2] != a.shape[1] or init.shape[1] < 2:
             raise ValueError(f"init curves must have shape (N, T, d) = ({a.shape[0]}, T>=2, {a.shape[1]}), got {tuple(init.shape)}")
@@ -175,7 +213,7 @@ def _check_init(init, a, b, graph):
         off = torch.maximum((w[:, 0] - a).abs().amax(1), (w[:, -1] - b).abs().amax(1))
         if bool((off > 1e-4 * scale).any()):
             raise ValueError("init curves must start at z0 and end at z1 (a warm start for the same pairs)")
-        return "warm", w
+        return "warm", _WarmStart(w)
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}; expected 'line', 'graph', a tensor of curves (N, T, d) or a GeodesicResult")
     if init == "graph" and graph is None:
@@ -387,7 +425,7 @@ def _initial_curves(z0, z1, idx, how, graph, t, n_points, warm=None):
     if how == "line":
         return z0[idx, None] + t[None, :, None] * (z1[idx] - z0[idx])[:, None]
     if how == "warm":
-        c = _polyline(warm[idx], t)
+        c = _polyline(warm.curves[idx], t)
         c[:, 0], c[:, -1] = z0[idx], z1[idx]
         return c
     c = graph.initial_curves(z0[idx], z1[idx], n_points=n_points)
@@ -624,6 +662,55 @@ def _lowest_energy(er, n: int, starts: int):
                     reasons=[er.reasons[j] for j in pick.tolist()])
 
 
+def _merge_direct(idx, di, cd, parts, K, d):
+    """One ``(energy result, series, collocation result)`` for the pairs ``idx`` from the direct
+    warm collocation of ``di`` (result ``cd``) and the full attempts ``parts``, a list of
+    ``(rest, er, ser, cr)`` for the other pairs. ``cr.direct`` marks the pairs certified directly."""
+    n, dev = idx.numel(), idx.device
+    pos = torch.full((int(idx.max()) + 1,), -1, dtype=torch.long, device=dev)
+    pos[idx] = torch.arange(n, device=dev)
+
+    def pad(x):
+        x = x[:, :K]
+        return torch.cat([x, x.new_zeros(x.shape[0], K - x.shape[1], d)], 1) if x.shape[1] < K else x
+
+    dt = cd.series.dtype
+    out = {f: getattr(cd, f).new_zeros((n,) + getattr(cd, f).shape[1:]) for f in
+           ("length", "velocity0", "residual", "rel_residual", "speed_drift", "converged", "iterations", "nodes",
+            "evaluations", "budget")}
+    out["series"] = torch.zeros(n, K, d, dtype=dt, device=dev)
+    reasons = [""] * n
+    e_iters = torch.zeros(n, dtype=torch.long, device=dev)
+    e_reasons = [""] * n
+    e_ser = torch.zeros(n, K, d, dtype=dt, device=dev)
+    ok = cd.converged
+    pd = pos[di]
+    for f in out:
+        src = pad(cd.series) if f == "series" else getattr(cd, f)
+        out[f][pd[ok]] = src[ok]
+    e_ser[pd[ok]] = pad(cd.series)[ok]
+    tried = torch.zeros(n, dtype=torch.long, device=dev)  # failed direct attempts' cost and reasons stay
+    tried[pd[~ok]] = cd.iterations[~ok]
+    for j, i in enumerate(pd.tolist()):
+        if not bool(ok[j]):
+            reasons[i] = f"warm collocation: {cd.reasons[j]}"
+    for rest, er, ser, cr in parts:
+        pr = pos[rest]
+        for f in out:
+            src = pad(cr.series) if f == "series" else getattr(cr, f)
+            out[f][pr] = src
+        e_ser[pr] = pad(ser)
+        e_iters[pr] = er.iterations
+        for j, i in enumerate(pr.tolist()):
+            reasons[i] = f"{reasons[i]}; {cr.reasons[j]}" if reasons[i] and cr.reasons[j] else cr.reasons[j]
+            e_reasons[i] = er.reasons[j]
+    out["iterations"] += tried
+    res = CollocationResult(reasons=reasons, **out)
+    res.direct = torch.zeros(n, dtype=torch.bool, device=dev)
+    res.direct[pd[ok]] = True
+    return SpectralEnergyResult(nodes=None, energy=None, converged=None, iterations=e_iters, reasons=e_reasons), e_ser, res
+
+
 def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
     degree, nodes, max_nodes, max_iter = solver.degree, solver.nodes, solver.max_nodes, solver.max_iter
     first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
@@ -635,7 +722,52 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     mfn = metric.tensor_fn()
     tiny = torch.finfo(dt).tiny
 
+    def direct(idx):
+        """Warm-started pairs whose start is a certified collocation curve (shifted to the new
+        endpoints): Newton at that curve's resolution, no energy stage. Returns the result, or None."""
+        if warm is None or warm.series is None:
+            return None
+        di = idx[warm.direct[idx]]
+        if di.numel() == 0:
+            return None
+        with torch.no_grad():
+            cr = collocate(metric, z0[di], z1[di], warm.series[di], tol=tol, nodes=nodes, max_nodes=max_nodes,
+                           max_iter=max_iter, deadline=deadline, start_nodes=warm.nodes[di], newton=True)
+        evals[di] += cr.evaluations
+        # a moved curve can converge to a geodesic that is not the shortest (the long way round):
+        # pairs longer than the straight line take the full pipeline instead
+        ok = torch.nonzero(cr.converged).reshape(-1)
+        if ok.numel():
+            a, b = z0[di[ok]], z1[di[ok]]
+            with torch.no_grad():
+                if metric.is_embedded:  # the 9-point chord sum is a lower bound of the line's length
+                    tt = torch.linspace(0, 1, 9, dtype=dt, device=dev)
+                    low = metric.length(a[:, None] + tt[None, :, None] * (b - a)[:, None])
+                else:
+                    low = torch.zeros_like(cr.length[ok])
+                chk = cr.length[ok] > low * (1 + tol)
+                if bool(chk.any()):
+                    ci = torch.nonzero(chk).reshape(-1)
+                    Ll, El = _dense_length(metric, a[ci], b[ci])
+                    longer = cr.length[ok[ci]] > Ll + El + tol * Ll
+                    for j in ok[ci[longer]].tolist():
+                        cr.converged[j] = False
+                        cr.reasons[j] = (f"warm curve converged to a geodesic longer than the straight line "
+                                         f"(length {float(cr.length[j]):.6g})")
+        return di, cr
+
     def attempt(idx, how):
+        got = direct(idx) if how == "warm" else None
+        if got is not None:
+            di, cd = got
+            # pairs whose warm collocation failed start afresh (the usual start from the line);
+            # pairs without a certified warm curve go through the energy stage from their curves
+            parts = []
+            for rest, start in ((di[~cd.converged], "line"), (idx[~torch.isin(idx, di)], "warm_curves")):
+                if rest.numel():
+                    parts.append((rest, *attempt(rest, start)))
+            return _merge_direct(idx, di, cd, parts, Kmax, d)
+        how = "warm" if how == "warm_curves" else how
         with torch.no_grad():
             c0 = _initial_curves(z0, z1, idx, how, graph, t_lgl, n_points if how == "graph" else degree + 1, warm)
             k = idx.numel()
@@ -662,6 +794,9 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     evals = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
     er, ser, cr = attempt(all_idx, init)
+    # pairs certified straight from a warm collocation curve compete with the graph path only
+    # when it is strictly shorter (their curve was the shortest found for a nearby pair)
+    warm_direct = getattr(cr, "direct", torch.zeros(n, dtype=torch.bool, device=dev))
     conv = cr.converged.clone()
     series = torch.where(conv[:, None, None], padk(cr.series), padk(ser))
     length, v = cr.length.clone(), cr.velocity0.clone()
@@ -692,7 +827,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             glen = torch.as_tensor(graph.shortest_paths(z0, z1).lengths, dtype=dt, device=dev)
         # (a kNN path is typically 5-15 % longer than the geodesic it follows: relaxing a path up
         # to 15 % longer than the certified curve can still find a shorter geodesic)
-        retry = retry | (glen < length * 1.15)
+        retry = retry | (glen < length * torch.where(warm_direct, 1.0, 1.15))
     if graph is not None and init != "graph" and bool(retry.any()) and not _expired(deadline):
         bad = torch.nonzero(retry).reshape(-1)
         was = conv[bad].clone()

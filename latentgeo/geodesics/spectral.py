@@ -815,6 +815,8 @@ def collocate(
     max_nodes: int = 64,
     max_iter: int = 30,
     deadline: Optional[float] = None,
+    start_nodes: Optional[torch.Tensor] = None,
+    newton: bool = False,
 ) -> CollocationResult:
     """Certify (and refine) connecting geodesics by Gauss–Legendre collocation.
 
@@ -830,6 +832,10 @@ def collocate(
         max_iter: fixed-point iterations per resolution.
         deadline: ``time.perf_counter()`` time after which the pairs still unsolved stop
             (``budget`` marks them).
+        start_nodes: ``(n,)`` per-pair nodes of the first attempt (overrides ``nodes`` there; a warm
+            start from solved curves begins at the resolution they were certified at).
+        newton: start with Newton instead of the fixed-point iteration (warm starts: at the fine
+            resolutions they need, the fixed-point iteration rarely contracts).
 
     Returns:
         :class:`CollocationResult`.
@@ -910,7 +916,14 @@ def collocate(
                 nxt.append((i, nq))
         return nxt
 
-    pending = {int(nodes): list(range(n))}  # resolution -> pairs to solve at it
+    pending = {}  # resolution -> pairs to solve at it
+    if start_nodes is None:
+        pending[int(nodes)] = list(range(n))
+    else:
+        for i, q in enumerate(torch.as_tensor(start_nodes).reshape(-1).tolist()):
+            pending.setdefault(int(min(max(int(q), 4), max_nodes)), []).append(i)
+    if newton:
+        newt[:] = True
     with torch.no_grad():
         while pending:
             Q = min(pending)
