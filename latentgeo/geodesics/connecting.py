@@ -246,8 +246,15 @@ def connecting_geodesic(
         tol: certification tolerance: the ODE residual relative to the length (a first-order bound
             on the relative length error) and the relative speed drift must be ``≤ tol``.
         init: ``"line"`` (straight line), ``"graph"`` (shortest path in ``graph``), a tensor
-            ``(N, T, d)`` of curves from ``z0`` to ``z1`` (a warm start, e.g. the curves of nearby
-            solved pairs) or a previous :class:`GeodesicResult` for the same pairs.
+            ``(N, T, d)`` of curves from ``z0`` to ``z1``, or a previous :class:`GeodesicResult`
+            of ``N`` nearby pairs (the same pairs, or pairs whose endpoints moved a little: each
+            curve is moved to the new endpoints, ``γ(t) + (1 − t)Δz0 + tΔz1``). From a result,
+            pairs certified by collocation are solved directly at their resolution (Newton, no
+            energy stage: 3–8× cheaper on trained VAEs); those that fail, or converge to a geodesic
+            longer than the straight line, are solved afresh from the line. A warm start tries
+            fewer candidate curves than a cold one (no other starts; the graph path competes only
+            when strictly shorter), so it can keep a nearby pair's branch: certified means
+            shortest among the curves tried.
         graph: a :class:`~latentgeo.geodesics.graph.LatentGraph`. Its shortest paths are both a
             second start (for pairs the first start does not certify, or whose certified length
             is longer than the graph path) and a competitor in the minimality check.
