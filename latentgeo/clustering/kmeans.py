@@ -215,9 +215,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
         with torch.no_grad():
             curves = res.curve(t).detach().to(X.dtype)
+        from ..geodesics.connecting import _collocation_certified
+
         ser = getattr(res, "_series", None)
-        direct = res.converged.cpu() & torch.tensor([m == "collocation" for m in res.method], dtype=torch.bool)
-        direct &= ~res._polyline.cpu() & ~res._from_knots.cpu()
+        direct = _collocation_certified(res).cpu()
         K = 1 if ser is None else ser.shape[1]
         w = self._warm.get(j)
         if w is None or w["series"].shape[1] < K:
@@ -328,7 +329,6 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         n, k = X.shape[0], C.shape[0]
         _, pred = dijkstra(self._graph.adjacency, directed=False, indices=med.numpy(), return_predecessors=True)
         pred = np.atleast_2d(pred)
-        depth = {}
         need = []  # (centre, point, parent) including the members' ancestors on the tree
         for j in range(k):
             root = int(med[j])
@@ -349,7 +349,6 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 if x != root:
                     par = int(pred[j, x])
                     need.append((j, x, par if dx > 1 and par >= 0 and par != root else -1, dx))
-            depth[j] = dj
         out_d, out_c = X.new_zeros(n), torch.zeros(n, dtype=torch.bool)
         out_v = X.new_zeros(n, X.shape[1])
         roots = set((j, int(med[j])) for j in range(k))

@@ -189,9 +189,7 @@ def _warm_from_result(init: GeodesicResult, a, b):
     # (in x = 2t − 1: t = (P0 + P1)/2, 1 − t = (P0 − P1)/2)
     series[:, 0] += 0.5 * (da + db)
     series[:, 1] += 0.5 * (db - da)
-    colloc = torch.tensor([m == "collocation" for m in init.method], dtype=torch.bool, device=init.z0.device)
-    direct = init.converged & colloc & ~init._polyline & ~init._from_knots
-    direct = direct.to(a.device) & torch.isfinite(series).all(2).all(1)
+    direct = _collocation_certified(init).to(a.device) & torch.isfinite(series).all(2).all(1)
     return _WarmStart(curves, series, init.stats["nodes"].to(a.device), direct)
 
 
@@ -497,6 +495,25 @@ def _line_series_like(a, b, K):
     return s
 
 
+def _cleared_by_line_bound(metric, a, b, L, tol):
+    """Pairs whose length ``L`` is certainly no longer than the straight line's: below a cheap lower
+    bound of the line's length (its 9-point chord sum, embedded metrics); the rest need the line
+    measured densely."""
+    if not metric.is_embedded:
+        return torch.zeros_like(L, dtype=torch.bool)
+    tt = torch.linspace(0, 1, 9, dtype=a.dtype, device=a.device)
+    with torch.no_grad():
+        low = metric.length(a[:, None] + tt[None, :, None] * (b - a)[:, None])
+    return L <= low * (1 + tol)
+
+
+def _collocation_certified(res) -> torch.Tensor:
+    """``(N,)`` pairs of a result certified by collocation whose curve is its Legendre series (not a
+    graph polyline or a shooting solution): those a warm start can collocate directly."""
+    colloc = torch.tensor([m == "collocation" for m in res.method], dtype=torch.bool, device=res.z0.device)
+    return res.converged & colloc & ~res._polyline & ~res._from_knots
+
+
 def _finalize(metric, r, tol, n_points, graph=None):
     """Status, minimality and honest upper bounds of a solved batch ``r`` (in place).
 
@@ -525,12 +542,9 @@ def _finalize(metric, r, tol, n_points, graph=None):
     # cheap lower bound of the line (9-point chord sum, embedded metrics) already clears them
     need = ~conv & ~same
     cand = conv & ~same
-    if metric.is_embedded and bool(cand.any()):
+    if bool(cand.any()):
         ci = torch.nonzero(cand).reshape(-1)
-        tt = torch.linspace(0, 1, 9, dtype=dt, device=dev)
-        with torch.no_grad():
-            low = metric.length(a[ci, None] + tt[None, :, None] * (b[ci] - a[ci])[:, None])
-        cand[ci[L[ci] <= low * (1 + tol)]] = False
+        cand[ci] = ~_cleared_by_line_bound(metric, a[ci], b[ci], L[ci], tol)
     need |= cand
     to_line = torch.zeros(n, dtype=torch.bool, device=dev)
     if bool(need.any()):
@@ -746,13 +760,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
         ok = torch.nonzero(cr.converged).reshape(-1)
         if ok.numel():
             a, b = z0[di[ok]], z1[di[ok]]
+            chk = ~_cleared_by_line_bound(metric, a, b, cr.length[ok], tol)
             with torch.no_grad():
-                if metric.is_embedded:  # the 9-point chord sum is a lower bound of the line's length
-                    tt = torch.linspace(0, 1, 9, dtype=dt, device=dev)
-                    low = metric.length(a[:, None] + tt[None, :, None] * (b - a)[:, None])
-                else:
-                    low = torch.zeros_like(cr.length[ok])
-                chk = cr.length[ok] > low * (1 + tol)
                 if bool(chk.any()):
                     ci = torch.nonzero(chk).reshape(-1)
                     Ll, El = _dense_length(metric, a[ci], b[ci])
