@@ -215,10 +215,8 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
         with torch.no_grad():
             curves = res.curve(t).detach().to(X.dtype)
-        from ..geodesics.connecting import _collocation_certified
-
         ser = getattr(res, "_series", None)
-        direct = _collocation_certified(res).cpu()
+        direct = res._collocation_certified().cpu()
         K = 1 if ser is None else ser.shape[1]
         w = self._warm.get(j)
         if w is None or w["series"].shape[1] < K:

@@ -189,7 +189,7 @@ def _warm_from_result(init: GeodesicResult, a, b):
     # (in x = 2t − 1: t = (P0 + P1)/2, 1 − t = (P0 − P1)/2)
     series[:, 0] += 0.5 * (da + db)
     series[:, 1] += 0.5 * (db - da)
-    direct = _collocation_certified(init).to(a.device) & torch.isfinite(series).all(2).all(1)
+    direct = init._collocation_certified().to(a.device) & torch.isfinite(series).all(2).all(1)
     return _WarmStart(curves, series, init.stats["nodes"].to(a.device), direct)
 
 
@@ -505,13 +505,6 @@ def _cleared_by_line_bound(metric, a, b, L, tol):
     with torch.no_grad():
         low = metric.length(a[:, None] + tt[None, :, None] * (b - a)[:, None])
     return L <= low * (1 + tol)
-
-
-def _collocation_certified(res) -> torch.Tensor:
-    """``(N,)`` pairs of a result certified by collocation whose curve is its Legendre series (not a
-    graph polyline or a shooting solution): those a warm start can collocate directly."""
-    colloc = torch.tensor([m == "collocation" for m in res.method], dtype=torch.bool, device=res.z0.device)
-    return res.converged & colloc & ~res._polyline & ~res._from_knots
 
 
 def _finalize(metric, r, tol, n_points, graph=None):

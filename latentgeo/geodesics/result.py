@@ -151,6 +151,12 @@ class GeodesicResult:
             out = torch.where(self._from_knots[:, None, None], ode, out)
         return out
 
+    def _collocation_certified(self) -> torch.Tensor:
+        """``(N,)`` pairs certified by collocation whose curve is their Legendre series (not a graph
+        polyline or a shooting solution): those a warm start can collocate directly."""
+        colloc = torch.tensor([m == "collocation" for m in self.method], dtype=torch.bool, device=self.z0.device)
+        return self.converged & colloc & ~self._polyline & ~self._from_knots
+
     @property
     def messages(self) -> list:
         """Per pair: ``""`` if certified, else its status message and reason."""
