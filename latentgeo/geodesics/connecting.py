@@ -248,7 +248,8 @@ def connecting_geodesic(
             of ``N`` nearby pairs (the same pairs, or pairs whose endpoints moved a little: each
             curve is moved to the new endpoints, ``γ(t) + (1 − t)Δz0 + tΔz1``). From a result,
             pairs certified by collocation are solved directly at their resolution (Newton, no
-            energy stage: 3–8× cheaper on trained VAEs); those that fail, or converge to a geodesic
+            energy stage: on the demo VAE 1.7× faster at tol 1e-6 and 2.6× at 1e-3, with 4–9× fewer
+            evaluations); those that fail, or converge to a geodesic
             longer than the straight line, are solved afresh from the line. A warm start tries
             fewer candidate curves than a cold one (no other starts; the graph path competes only
             when strictly shorter), so it can keep a nearby pair's branch: certified means
@@ -719,9 +720,9 @@ def _merge_direct(idx, di, cd, parts, K, d):
             reasons[i] = f"{reasons[i]}; {cr.reasons[j]}" if reasons[i] and cr.reasons[j] else cr.reasons[j]
             e_reasons[i] = er.reasons[j]
     out["iterations"] += tried
-    res = CollocationResult(reasons=reasons, **out)
-    res.direct = torch.zeros(n, dtype=torch.bool, device=dev)
-    res.direct[pd[ok]] = True
+    direct = torch.zeros(n, dtype=torch.bool, device=dev)
+    direct[pd[ok]] = True
+    res = CollocationResult(reasons=reasons, direct=direct, **out)
     return SpectralEnergyResult(nodes=None, energy=None, converged=None, iterations=e_iters, reasons=e_reasons), e_ser, res
 
 
@@ -805,7 +806,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     er, ser, cr = attempt(all_idx, init)
     # pairs certified straight from a warm collocation curve compete with the graph path only
     # when it is strictly shorter (their curve was the shortest found for a nearby pair)
-    warm_direct = getattr(cr, "direct", torch.zeros(n, dtype=torch.bool, device=dev))
+    warm_direct = cr.direct if cr.direct is not None else torch.zeros(n, dtype=torch.bool, device=dev)
     conv = cr.converged.clone()
     series = torch.where(conv[:, None, None], padk(cr.series), padk(ser))
     length, v = cr.length.clone(), cr.velocity0.clone()

@@ -382,6 +382,8 @@ class CollocationResult:
         evaluations: ``(n,)`` points at which the geodesic acceleration was evaluated.
         budget: ``(n,)`` the pair stopped because the ``deadline`` passed.
         reasons: why a pair was not certified (``""`` otherwise).
+        direct: ``(n,)`` certified straight from a warm collocation curve (set by
+            :func:`~latentgeo.geodesics.connecting_geodesic` for ``init=`` a result; ``None`` otherwise).
     """
 
     series: torch.Tensor
@@ -396,6 +398,7 @@ class CollocationResult:
     reasons: list
     evaluations: Optional[torch.Tensor] = None
     budget: Optional[torch.Tensor] = None
+    direct: Optional[torch.Tensor] = None
 
 
 def _line_series(z0, z1, K):
