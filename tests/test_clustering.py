@@ -204,3 +204,57 @@ def test_chord_lower_bounds_and_the_continued_first_assignment_on_the_sphere():
     assert bool(c.all())
     torch.testing.assert_close(d, ref, rtol=2e-3, atol=1e-8)  # (iteration tolerance 1e-3)
     assert km2._n_geo >= len(X) - 3
+
+
+def _linear_metric():
+    A = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=D64)
+    return lg.PullbackMetric(lg.DeterministicDecoder(lambda z: z @ A.T)), A
+
+
+def _prepared(metric, X, **kw):
+    km = lg.GeodesicKMeans(metric, n_clusters=1, random_state=0, **kw)
+    km._m64, km._n_geo, km._n_open, km._warm = None, 0, 0, {}
+    km._graph = lg.geodesics.LatentGraph(metric, X, k=8)
+    km._opts, km._opts_iter = km._options(True), km._options(False)
+    return km
+
+
+def test_karcher_step_is_exact_under_a_linear_decoder_and_the_parabola_step_when_too_long():
+    """Under a linear decoder Log_c(x) = x − c and the Fréchet function is a quadratic: the
+    Karcher step τ = 1 lands on the mean. With a gradient 3× too long the τ = 1 candidate is
+    rejected and the second candidate is the minimiser of the parabola through f(0), the model
+    slope −2n‖g‖² and f(1): τ = 3/7, so the centre moves by (9/7)(x̄ − c)."""
+    metric, A = _linear_metric()
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(12, 2, generator=g, dtype=D64)
+    c = torch.tensor([[1.5, -1.0]], dtype=D64)
+    km = _prepared(metric, X)
+    labels = torch.zeros(12, dtype=torch.long)
+    dist = ((X - c) @ A.T).norm(dim=1)
+    conv = torch.ones(12, dtype=torch.bool)
+    C1, moved, (d1, c1, _) = km._karcher(X, c, labels, dist, conv, X - c)
+    torch.testing.assert_close(C1[0], X.mean(0), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(d1, ((X - X.mean(0)) @ A.T).norm(dim=1), rtol=1e-6, atol=1e-7)
+    C3, _, _ = km._karcher(X, c, labels, dist, conv, 3.0 * (X - c))
+    torch.testing.assert_close(C3[0], c[0] + (9.0 / 7.0) * (X.mean(0) - c[0]), rtol=1e-6, atol=1e-7)
+
+
+def test_final_assignment_keeps_certified_distances_and_resolves_the_rest():
+    """The last Karcher check's certified distances are kept when the iterations' tolerance is at
+    least as strict as the final one; the others are solved again; a stricter final tolerance
+    solves all again."""
+    metric, A = _linear_metric()
+    X = _blobs(1)[:20]
+    km = _prepared(metric, X)
+    C = X[:1].clone() + 0.1
+    labels = torch.zeros(len(X), dtype=torch.long)
+    true = ((X - C) @ A.T).norm(dim=1)
+    conv = torch.ones(len(X), dtype=torch.bool)
+    conv[[3, 7]] = False
+    known = (true + 0.5 * (~conv).to(D64), conv, X - C)  # the two unconverged entries are bounds
+    d, c, v = km._final_known(X, C, labels, known)
+    assert km._n_geo == 2
+    assert bool(c.all())
+    torch.testing.assert_close(d, true, rtol=1e-6, atol=1e-8)
+    strict = _prepared(metric, X, geodesic_options={"tol": 1e-6})
+    assert strict._final_known(X, C, labels, known) is None
