@@ -258,3 +258,17 @@ def test_final_assignment_keeps_certified_distances_and_resolves_the_rest():
     torch.testing.assert_close(d, true, rtol=1e-6, atol=1e-8)
     strict = _prepared(metric, X, geodesic_options={"tol": 1e-6})
     assert strict._final_known(X, C, labels, known) is None
+
+
+def test_final_assignment_resolves_kept_distances_longer_than_the_graph_path():
+    """A kept (certified) distance longer than the graph path is not the shortest known: solved again."""
+    metric, A = _linear_metric()
+    X = _blobs(1)[:20]
+    km = _prepared(metric, X)
+    C = X[:1].clone() + 0.1
+    labels = torch.zeros(len(X), dtype=torch.long)
+    true = ((X - C) @ A.T).norm(dim=1)
+    known = (true * torch.where(torch.arange(len(X)) == 5, 1.5, 1.0).to(D64), torch.ones(len(X), dtype=torch.bool), X - C)
+    d, c, _ = km._final_known(X, C, labels, known)
+    assert km._n_geo == 1
+    torch.testing.assert_close(d, true, rtol=1e-6, atol=1e-8)

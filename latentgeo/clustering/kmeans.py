@@ -384,12 +384,20 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _final_known(self, X, C, labels, known):
         """``known`` for the final assignment: the last Karcher check's distances of every point to
-        ``C[labels]`` where certified at a tolerance ``≤`` the final one, the rest re-solved with the
-        final options; ``None`` (all solved again) when there is no such check."""
+        ``C[labels]`` where certified at a tolerance ``≤`` the final one and not longer than the
+        graph path, the rest re-solved with the final options; ``None`` (all solved again) when
+        there is no such check."""
         if known is None or self._opts_iter.get("tol", 1e-6) > self._opts.get("tol", 1e-6):
             return None
         dist, conv, vel = (x.clone() for x in known)
-        bad = torch.nonzero(~conv).reshape(-1)
+        redo = ~conv
+        if self._graph is not None and self._opts.get("graph") is not None:
+            # the iterations' solves had no graph competitor: a kept distance longer than the graph
+            # path (beyond the tolerance) is not the shortest known, so it is solved again
+            with torch.no_grad():
+                gl = self._graph.distances(X, C).to(dist.dtype)[torch.arange(X.shape[0]), labels]
+            redo |= (dist > gl * (1 + self._opts.get("tol", 1e-6))).cpu()
+        bad = torch.nonzero(redo).reshape(-1)
         if bad.numel():
             d2, c2, v2 = self._pairs(C, X, labels[bad], bad, final=True)
             dist[bad], conv[bad], vel[bad] = d2, c2, v2
@@ -509,7 +517,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 gn2 = float(self.metric.norm(C[j][None], g[None])[0]) ** 2
             slope = -2.0 * len(members) * gn2  # d/dτ Σ d(Exp_c(τg), x_i)² at τ = 0
             step = 1.0
-            for trial in range(self._KARCHER_TRIALS):
+            for _ in range(self._KARCHER_TRIALS):
                 e = exp_map(self.metric, C[j][None], (step * g)[None])
                 cand = e.z1[0].detach()
                 f = math.inf
@@ -522,14 +530,12 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     # longer branch) is replaced by it — not certified: not the shortest curve
                     # known — which keeps f(τ) continuous as τ → 0 (without it one such member
                     # rejected every step of its cluster on the digits VAEs)
-                    with torch.no_grad():
-                        cap = dist[members] + float(self.metric.norm(C[j][None], (step * g)[None])[0])
+                    cap = dist[members] + step * gn2**0.5
                     over = d2 > cap
                     d2, c2 = torch.where(over, cap, d2), c2 & ~over.cpu()
                     f = float((d2**2).sum())
                     if f <= value * (1 + 1e-12):
-                        with torch.no_grad():
-                            moved[j] = float(self.metric.norm(C[j], step * g))
+                        moved[j] = step * gn2**0.5
                         C[j] = cand
                         dist[members], conv[members], vel[members] = d2, c2, v2
                         break
