@@ -239,16 +239,20 @@ def test_karcher_step_is_exact_under_a_linear_decoder_and_the_parabola_step_when
     torch.testing.assert_close(C3[0], c[0] + (9.0 / 7.0) * (X.mean(0) - c[0]), rtol=1e-6, atol=1e-7)
 
 
+def _one_centre_case():
+    """20 codes, one centre under the linear decoder: metric, codes, prepared estimator, centre,
+    labels and the exact distances."""
+    metric, A = _linear_metric()
+    X = _blobs(1)[:20]
+    C = X[:1].clone() + 0.1
+    return metric, X, _prepared(metric, X), C, torch.zeros(len(X), dtype=torch.long), ((X - C) @ A.T).norm(dim=1)
+
+
 def test_final_assignment_keeps_certified_distances_and_resolves_the_rest():
     """The last Karcher check's certified distances are kept when the iterations' tolerance is at
     least as strict as the final one; the others are solved again; a stricter final tolerance
     solves all again."""
-    metric, A = _linear_metric()
-    X = _blobs(1)[:20]
-    km = _prepared(metric, X)
-    C = X[:1].clone() + 0.1
-    labels = torch.zeros(len(X), dtype=torch.long)
-    true = ((X - C) @ A.T).norm(dim=1)
+    metric, X, km, C, labels, true = _one_centre_case()
     conv = torch.ones(len(X), dtype=torch.bool)
     conv[[3, 7]] = False
     known = (true + 0.5 * (~conv).to(D64), conv, X - C)  # the two unconverged entries are bounds
@@ -262,12 +266,7 @@ def test_final_assignment_keeps_certified_distances_and_resolves_the_rest():
 
 def test_final_assignment_resolves_kept_distances_longer_than_the_graph_path():
     """A kept (certified) distance longer than the graph path is not the shortest known: solved again."""
-    metric, A = _linear_metric()
-    X = _blobs(1)[:20]
-    km = _prepared(metric, X)
-    C = X[:1].clone() + 0.1
-    labels = torch.zeros(len(X), dtype=torch.long)
-    true = ((X - C) @ A.T).norm(dim=1)
+    metric, X, km, C, labels, true = _one_centre_case()
     known = (true * torch.where(torch.arange(len(X)) == 5, 1.5, 1.0).to(D64), torch.ones(len(X), dtype=torch.bool), X - C)
     d, c, _ = km._final_known(X, C, labels, known)
     assert km._n_geo == 1
