@@ -355,3 +355,34 @@ def test_warm_start_that_fails_falls_back_to_the_full_pipeline():
     torch.testing.assert_close(warm.length, great_circle(stereo(a), stereo(b)), rtol=1e-6, atol=0)
     e = warm.stats["energy_iterations"]
     assert int(e[0]) > 0 and int(e[1]) == 0  # pair 0 went through the full pipeline, pair 1 directly
+
+
+def test_warm_fallback_keep_leaves_uncarried_pairs_unsolved_with_their_moved_curve():
+    """``Collocation(warm_fallback="keep")``: a pair whose warm curve is certified is solved directly;
+    a pair without one is not solved at all (no evaluations), is reported uncertified with that
+    reason, and its length is the dense length of its moved curve (or of the line, if shorter): an
+    upper bound of the great-circle distance."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    z0 = torch.tensor([[0.3, -0.2], [-0.4, 0.1]], dtype=D64)
+    z1 = torch.tensor([[-0.5, 0.6], [0.6, 0.3]], dtype=D64)
+    cold = connecting_geodesic(metric, z0, z1)
+    assert bool(cold.converged.all()), cold.message
+    cold.status[0] = int(lg.geodesics.GeodesicStatus.NOT_CONVERGED)  # pair 0 carries no certified curve
+    a = z0 + torch.tensor([[0.02, -0.01], [0.01, 0.01]], dtype=D64)
+    b = z1 + torch.tensor([[-0.01, 0.02], [0.01, -0.02]], dtype=D64)
+    keep = connecting_geodesic(metric, a, b, init=cold, solver=Collocation(warm_fallback="keep"))
+    solve = connecting_geodesic(metric, a, b, init=cold)
+    exact = great_circle(stereo(a), stereo(b))
+    assert bool(solve.converged.all()) and bool(keep.converged[1]) and not bool(keep.converged[0])
+    torch.testing.assert_close(keep.length[1], exact[1], rtol=1e-6, atol=0)
+    assert "warm_fallback='keep'" in keep.reasons[0]
+    assert int(keep.stats["evaluations"][0]) == 0 and int(keep.stats["energy_iterations"][0]) == 0
+    assert int(solve.stats["energy_iterations"][0]) > 0  # the default solves it through the pipeline
+    t = torch.linspace(0, 1, 4001, dtype=D64)
+    moved = cold.curve(t)[0] + (1 - t)[:, None] * (a[0] - z0[0]) + t[:, None] * (b[0] - z1[0])
+    line = a[0] + t[:, None] * (b[0] - a[0])
+    ref = torch.minimum(metric.length(moved[None])[0], metric.length(line[None])[0])
+    torch.testing.assert_close(keep.length[0], ref, rtol=1e-5, atol=0)
+    assert float(keep.length[0]) >= float(exact[0]) * (1 - 1e-9)
+    with pytest.raises(ValueError, match="warm_fallback"):
+        Collocation(warm_fallback="line")

@@ -766,8 +766,33 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                                          f"(length {float(cr.length[j]):.6g})")
         return di, cr
 
+    def kept(idx):
+        """``warm_fallback="keep"``: the pairs ``idx`` are not solved; their moved warm curves are
+        returned as the best curves found (uncertified; ``_finalize`` measures them)."""
+        k = idx.numel()
+        if warm.series is not None:
+            ser = padk(warm.series[idx, :Kmax].to(dt))
+        else:
+            ser = padk(nodes_to_series(_initial_curves(z0, z1, idx, "warm", graph, t_lgl, degree + 1, warm)))
+        kept_mask[idx] = True
+        z = torch.zeros(k, dtype=dt, device=dev)
+        zl = torch.zeros(k, dtype=torch.long, device=dev)
+        why = "not re-solved (warm_fallback='keep'): the moved warm curve is the best curve found"
+        cr = CollocationResult(series=ser, length=z.clone(), velocity0=torch.zeros(k, d, dtype=dt, device=dev),
+                               residual=z + float("inf"), rel_residual=z + float("inf"), speed_drift=z + float("nan"),
+                               converged=torch.zeros(k, dtype=torch.bool, device=dev), iterations=zl, nodes=zl.clone(),
+                               reasons=[why] * k, evaluations=zl.clone(), budget=torch.zeros(k, dtype=torch.bool, device=dev))
+        er = SpectralEnergyResult(nodes=None, energy=None, converged=None, iterations=zl.clone(), reasons=[""] * k)
+        return er, ser, cr
+
     def attempt(idx, how):
         got = direct(idx) if how == "warm" else None
+        if how == "warm" and solver.warm_fallback == "keep":
+            if got is None:
+                return kept(idx)
+            di, cd = got
+            rest = torch.cat([di[~cd.converged], idx[~torch.isin(idx, di)]])
+            return _merge_direct(idx, di, cd, [(rest, *kept(rest))] if rest.numel() else [], Kmax, d)
         if got is not None:
             di, cd = got
             # pairs whose warm collocation failed start afresh (the usual start from the line);
@@ -803,6 +828,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     all_idx = torch.arange(n, device=dev)
     evals = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
+    kept_mask = torch.zeros(n, dtype=torch.bool, device=dev)  # (warm_fallback="keep": not solved)
     er, ser, cr = attempt(all_idx, init)
     # pairs certified straight from a warm collocation curve compete with the graph path only
     # when it is strictly shorter (their curve was the shortest found for a nearby pair)
@@ -830,7 +856,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             reasons[i], how_cert[i] = "", "collocation"
 
     alt_curves = None
-    retry = ~conv
+    retry = ~conv & ~kept_mask
     if graph is not None and init != "graph" and n:
         # the graph path is a competitor: certified pairs longer than it are re-solved from it too
         with torch.no_grad():
@@ -875,7 +901,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # escalation: pairs still not certified (and not out of time) get one finer pass from their
     # best curve — twice the degree and the first nodes, up to max_nodes (sharp features of RBF
     # variances need up to 512 nodes; most pairs never get here)
-    esc = ~conv & ~budget & ~same
+    esc = ~conv & ~budget & ~same & ~kept_mask
     if bool(esc.any()) and 2 * nodes <= max_nodes and not _expired(deadline):
         ei = torch.nonzero(esc).reshape(-1)
         with torch.no_grad():
@@ -909,8 +935,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
 
     knots = None
     from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
-    if solver.shooting_fallback and not bool(conv.all()) and not _expired(deadline):
-        bad = torch.nonzero(~conv).reshape(-1)
+    if solver.shooting_fallback and not bool((conv | kept_mask).all()) and not _expired(deadline):
+        bad = torch.nonzero(~conv & ~kept_mask).reshape(-1)
         with torch.no_grad():
             v_init = _eval_series(series[bad], torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0]
             # a geodesic's initial speed is its length: rescale the best curve's γ'(0) to the curve's

@@ -69,6 +69,13 @@ class Collocation:
             shorter than both (stage 1 costs ``starts`` times more; collocation runs once).
         shooting_fallback: retry the pairs collocation cannot certify by Newton shooting
             (slower; off by default since the time budget bounds every pair anyway).
+        warm_fallback: what happens, with ``init=`` a previous result, to the pairs its certified
+            curves do not carry (a direct Newton solve from the moved curve failed, or the pair had
+            no certified curve): ``"solve"`` (default) runs the whole pipeline for them (from the
+            straight line, or from their moved curves); ``"keep"`` leaves them unsolved: each is
+            reported uncertified with its moved curve (measured densely: an upper bound of the
+            distance, never longer than the line). For loops that only need steering directions,
+            such as the iterations of :class:`~latentgeo.clustering.GeodesicKMeans`.
     """
 
     nodes: int = 32
@@ -79,6 +86,7 @@ class Collocation:
     energy_rtol: float = 1e-8
     starts: int = 3
     shooting_fallback: bool = False
+    warm_fallback: str = "solve"
 
     def __post_init__(self):
         check_int(self.nodes, "nodes", minimum=4)
@@ -96,6 +104,8 @@ class Collocation:
             raise ValueError(f"max_nodes ({self.max_nodes}) must be >= nodes ({self.nodes})")
         if not isinstance(self.shooting_fallback, bool):
             raise TypeError(f"shooting_fallback must be a bool, got {self.shooting_fallback!r}")
+        if self.warm_fallback not in ("solve", "keep"):
+            raise ValueError(f"warm_fallback must be 'solve' or 'keep', got {self.warm_fallback!r}")
 
 
 @dataclass(frozen=True)
