@@ -101,7 +101,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             steps and re-assignments), which only steer the centres: defaults as above but with
             ``warm_fallback="keep"`` and no graph: a pair that its stored curve does not carry (a
             failed direct Newton solve, or no certified curve) keeps the moved curve — an upper
-            bound — instead of the whole pipeline (about 4.5x less time on the digits triplet);
+            bound — instead of the whole pipeline (on the {0, 1, 2} triplet a fit took 96 s instead of 277 s);
             the final assignment solves those pairs. Their curves warm-start the next iteration's
             and the final solves.
         backend: ``"serial"`` (default) or ``"dask"`` / a :class:`latentgeo.backends.Backend`: the

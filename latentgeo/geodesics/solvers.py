@@ -15,7 +15,7 @@ Pass one as ``solver=`` to :func:`~latentgeo.geodesics.connecting_geodesic`,
 Example:
     >>> from latentgeo.geodesics import Collocation, Shooting
     >>> Collocation(max_nodes=128)
-    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, shooting_fallback=False)
+    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, shooting_fallback=False, warm_fallback='solve')
     >>> Shooting().n_points
     17
 """
