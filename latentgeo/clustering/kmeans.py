@@ -209,18 +209,15 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _options(self, final=True):
         from ..geodesics import Collocation
 
-        # one lighter solver and tol=1e-2 for both (see the class docstring for what was measured)
-        opts = {"tol": 1e-2, "budget": 1.0, "progress": False,
-                "solver": Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12)}
+        # one lighter solver and tol=1e-2 for both (see the class docstring for what was measured);
+        # the iterations only steer the centres: a pair its stored curve does not carry keeps that
+        # curve (an upper bound) instead of the whole pipeline, and the final assignment solves it
+        solver = Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12,
+                             warm_fallback="solve" if final else "keep")
+        opts = {"tol": 1e-2, "budget": 1.0, "progress": False, "solver": solver}
         if final:
             opts["graph"] = getattr(self, "_graph", None)
-            opts.update(self.geodesic_options or {})
-        else:
-            # the iterations only steer the centres: a pair its stored curve does not carry keeps
-            # that curve (an upper bound) instead of the whole pipeline; the final assignment solves it
-            opts["solver"] = Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12,
-                                         warm_fallback="keep")
-            opts.update(self.iteration_options or {})
+        opts.update((self.geodesic_options if final else self.iteration_options) or {})
         for bad in ("init", "return_result"):
             if bad in opts:
                 raise ValueError(f"geodesic options may not set {bad!r} (GeodesicKMeans chooses the starting curves)")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .._validation import check_int
+from .._validation import check_choice, check_int
 
 __all__ = ["Collocation", "Shooting"]
 
@@ -74,8 +74,9 @@ class Collocation:
             no certified curve): ``"solve"`` (default) runs the whole pipeline for them (from the
             straight line, or from their moved curves); ``"keep"`` leaves them unsolved: each is
             reported uncertified with its moved curve (measured densely: an upper bound of the
-            distance, never longer than the line). For loops that only need steering directions,
-            such as the iterations of :class:`~latentgeo.clustering.GeodesicKMeans`.
+            distance, never longer than the line); with ``init=`` curves (no certified series)
+            that is every pair. For loops that only need steering directions, such as the
+            iterations of :class:`~latentgeo.clustering.GeodesicKMeans`.
     """
 
     nodes: int = 32
@@ -104,8 +105,7 @@ class Collocation:
             raise ValueError(f"max_nodes ({self.max_nodes}) must be >= nodes ({self.nodes})")
         if not isinstance(self.shooting_fallback, bool):
             raise TypeError(f"shooting_fallback must be a bool, got {self.shooting_fallback!r}")
-        if self.warm_fallback not in ("solve", "keep"):
-            raise ValueError(f"warm_fallback must be 'solve' or 'keep', got {self.warm_fallback!r}")
+        check_choice(self.warm_fallback, "warm_fallback", ("solve", "keep"))
 
 
 @dataclass(frozen=True)
