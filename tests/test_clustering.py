@@ -271,3 +271,22 @@ def test_final_assignment_resolves_kept_distances_longer_than_the_graph_path():
     d, c, _ = km._final_known(X, C, labels, known)
     assert km._n_geo == 1
     torch.testing.assert_close(d, true, rtol=1e-6, atol=1e-8)
+
+
+def test_final_resolve_longer_than_the_kept_curve_keeps_the_shorter_length_uncertified():
+    """A kept length is that of a real curve from the same centre: when the re-solve comes out
+    longer, the pair keeps the shorter length (and its velocity) and is not certified. (The kept
+    value is set below the true distance here so that the re-solve, exact under a linear decoder,
+    is longer.)"""
+    metric, X, km, C, labels, true = _one_centre_case()
+    conv = torch.ones(len(X), dtype=torch.bool)
+    conv[4] = False
+    vel = X - C
+    vel[4] = 0.25 * vel[4]  # the kept curve's (different) initial velocity
+    known = (true * torch.where(torch.arange(len(X)) == 4, 0.9, 1.0).to(D64), conv, vel)
+    d, c, v = km._final_known(X, C, labels, known)
+    assert km._n_geo == 1
+    torch.testing.assert_close(d[4], 0.9 * true[4])
+    assert not bool(c[4]) and bool(c[torch.arange(len(X)) != 4].all())
+    torch.testing.assert_close(v[4], vel[4])
+    torch.testing.assert_close(d[torch.arange(len(X)) != 4], true[torch.arange(len(X)) != 4], rtol=1e-6, atol=1e-8)
