@@ -547,6 +547,29 @@ def test_newton_collocation_converges_quadratically_where_the_fixed_point_iterat
     torch.testing.assert_close(res.length, exact, rtol=1e-9, atol=0)
 
 
+def test_newton_that_stalls_above_one_half_is_stopped_early(monkeypatch):
+    """A start far outside Newton's basin (a long arc with its low Legendre coefficients scrambled):
+    still above a relative residual of 1/2 after ``_NEWTON_STALL`` iterations, the pair is stopped
+    there with a reason that says so, at a fraction of the evaluations; without the rule it runs
+    on into a stalled line search and does not converge either."""
+    acc, mfn = acceleration_fn(SPHERE), SPHERE.tensor_fn()
+    Q = 32
+    start = S._line_series(LONG_Z0, LONG_Z1, Q + 2).clone()
+    g = torch.Generator().manual_seed(1)
+    start[:, 2:8] += torch.randn(start[:, 2:8].shape, generator=g, dtype=D64)
+    z0, z1, start = LONG_Z0[2:], LONG_Z1[2:], start[2:]
+    assert S._NEWTON_STALL == 6
+    with torch.no_grad():
+        early = S._picard(SPHERE, acc, mfn, z0, z1, start, Q, 1e-6, 60, newton=True)
+        monkeypatch.setattr(S, "_NEWTON_STALL", 10**9)
+        late = S._picard(SPHERE, acc, mfn, z0, z1, start, Q, 1e-6, 60, newton=True)
+    assert not bool(early["conv"][0]) and not bool(late["conv"][0])
+    assert int(early["iters"][0]) == 6
+    assert early["reasons"][0].startswith("collocation Newton stalled (residual") and "after 6 iterations" in early["reasons"][0]
+    assert "Newton stalled" not in late["reasons"][0] and int(late["iters"][0]) > 6
+    assert int(early["evals"][0]) < 0.7 * int(late["evals"][0])
+
+
 def test_escaping_trajectory_is_stopped_by_the_bound():
     """A geodesic shot towards the north pole leaves every bounded chart region: with ``bound`` the
     integrator stops it and says so instead of shrinking its steps until ``max_steps``."""
