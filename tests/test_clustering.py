@@ -214,6 +214,7 @@ def _linear_metric():
 def _prepared(metric, X, **kw):
     km = lg.GeodesicKMeans(metric, n_clusters=1, random_state=0, **kw)
     km._m64, km._n_geo, km._n_open, km._warm = None, 0, 0, {}
+    km._rejected, km._n_karcher_repeats = {}, 0
     km._graph = lg.geodesics.LatentGraph(metric, X, k=8)
     km._opts, km._opts_iter = km._options(True), km._options(False)
     return km
@@ -237,6 +238,29 @@ def test_karcher_step_is_exact_under_a_linear_decoder_and_the_parabola_step_when
     torch.testing.assert_close(d1, ((X - X.mean(0)) @ A.T).norm(dim=1), rtol=1e-6, atol=1e-7)
     C3, _, _ = km._karcher(X, c, labels, dist, conv, 3.0 * (X - c))
     torch.testing.assert_close(C3[0], c[0] + (9.0 / 7.0) * (X.mean(0) - c[0]), rtol=1e-6, atol=1e-7)
+
+
+def test_karcher_step_rejected_from_the_same_state_is_not_tried_again():
+    """Distances given below the true ones make every candidate worse: all trials are rejected and
+    the centre stays. From exactly that state again (same centre, members, distances) the step is
+    skipped without a solve; from a changed state it is tried again."""
+    metric, A = _linear_metric()
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(12, 2, generator=g, dtype=D64)
+    c = torch.tensor([[1.5, -1.0]], dtype=D64)
+    km = _prepared(metric, X)
+    calls = []
+    pairs = km._pairs
+    km._pairs = lambda *a, **k: calls.append(1) or pairs(*a, **k)
+    labels = torch.zeros(12, dtype=torch.long)
+    low = 0.5 * ((X - c) @ A.T).norm(dim=1)
+    conv = torch.ones(12, dtype=torch.bool)
+    C1, moved, _ = km._karcher(X, c, labels, low, conv, X - c)
+    assert len(calls) == km._KARCHER_TRIALS and float(moved[0]) == 0.0 and torch.equal(C1, c)
+    C2, moved, _ = km._karcher(X, c, labels, low, conv, X - c)
+    assert len(calls) == km._KARCHER_TRIALS and km._n_karcher_repeats == 1 and torch.equal(C2, c)
+    km._karcher(X, c, labels, 0.9 * low, conv, X - c)
+    assert len(calls) == 2 * km._KARCHER_TRIALS
 
 
 def _one_centre_case():

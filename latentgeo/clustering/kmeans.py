@@ -529,6 +529,13 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             members = torch.nonzero(labels == j, as_tuple=True)[0]
             if len(members) == 0:
                 continue
+            state = (C[j].clone(), members.clone(), dist[members].clone(), conv[members].clone())
+            last = self._rejected.get(j)
+            if last is not None and all(torch.equal(a, b) for a, b in zip(last, state)):
+                # every candidate was rejected from exactly this state (centre, members and their
+                # distances) in the previous iteration: the same trials would be rejected again
+                self._n_karcher_repeats += 1
+                continue
             g = vel[members].mean(0)
             value = float((dist[members] ** 2).sum())
             with torch.no_grad():
@@ -563,6 +570,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 curv = (f - value - slope * step) / step**2 if math.isfinite(f) else 0.0
                 new = -slope / (2.0 * curv) if curv > 0 else 0.5 * step
                 step = min(max(new, 0.05 * step), 0.5 * step)
+            if moved[j] == 0:
+                self._rejected[j] = state
+            else:
+                self._rejected.pop(j, None)
         return C, moved, (dist, conv, vel)
 
     @staticmethod
@@ -596,6 +607,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         k = self._check_params(n)
         rng = check_random_state(self.random_state)
         self._n_geo = 0
+        self._n_karcher_repeats = 0
         self._n_open = 0
         self._warm = {}
         self._m64 = None
@@ -633,6 +645,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             n_iter = 0
             known = None
             self._warm = {}
+            self._rejected = {}  # cluster -> the state its last Karcher step was rejected from
             if graph is not None and isinstance(self.init, str):
                 # the centres are codes (medoids): solve outward along the graph's shortest-path trees
                 med = self._medoid_index(G, labels, k)
