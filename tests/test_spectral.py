@@ -570,6 +570,58 @@ def test_newton_that_stalls_above_one_half_is_stopped_early(monkeypatch):
     assert int(early["evals"][0]) < 0.7 * int(late["evals"][0])
 
 
+def test_newton_started_from_stored_jacobians_takes_chord_steps_to_the_same_geodesic():
+    """``collocate(start_jacobian=…)`` with the node blocks kept from a solve of the same pairs:
+    Newton starts with chord steps instead of a fresh finite-difference Jacobian (2d + 1
+    evaluations per node), at a fraction of the evaluations, and reaches the same curves; after a
+    small move of the endpoints it still converges, to the great circles."""
+    t = S.lgl_nodes(12)
+    er = S.minimize_spectral_energy(SPHERE, HARD_Z0[:, None] + t[None, :, None] * (HARD_Z1 - HARD_Z0)[:, None])
+    r = S.collocate(SPHERE, HARD_Z0[:1], HARD_Z1[:1], S.nodes_to_series(er.nodes)[:1], tol=1e-6, newton=True,
+                    nodes=32, keep_jacobian=True)
+    assert bool(r.converged.all()) and r.jacobian.shape == (1, 64, 2, 2, 2)
+    Q = int(r.nodes[0])
+    assert bool(torch.isfinite(r.jacobian[0, :Q]).all()) and not bool(torch.isfinite(r.jacobian[0, Q:]).any())
+    for shift in (0.0, 0.05):
+        a, b = HARD_Z0[:1] + shift, HARD_Z1[:1] - shift
+        ser = r.series.clone()
+        ser[:, 0] += 0.5 * ((a - HARD_Z0[:1]) + (b - HARD_Z1[:1]))
+        ser[:, 1] += 0.5 * ((b - HARD_Z1[:1]) - (a - HARD_Z0[:1]))
+        fresh = S.collocate(SPHERE, a, b, ser, tol=1e-6, newton=True, nodes=32, start_nodes=r.nodes)
+        chord = S.collocate(SPHERE, a, b, ser, tol=1e-6, newton=True, nodes=32, start_nodes=r.nodes,
+                            start_jacobian=r.jacobian)
+        assert bool(fresh.converged.all()) and bool(chord.converged.all())
+        assert int(chord.evaluations[0]) <= 0.6 * int(fresh.evaluations[0]), (chord.evaluations, fresh.evaluations)
+        torch.testing.assert_close(chord.length, great_circle(stereo(a), stereo(b)), rtol=1e-9, atol=0)
+    # a pair whose blocks are not finite computes its own
+    bad = torch.full_like(r.jacobian, float("nan"))
+    again = S.collocate(SPHERE, HARD_Z0[:1], HARD_Z1[:1], r.series, tol=1e-6, newton=True, nodes=32,
+                        start_nodes=r.nodes, start_jacobian=bad)
+    plain = S.collocate(SPHERE, HARD_Z0[:1], HARD_Z1[:1], r.series, tol=1e-6, newton=True, nodes=32, start_nodes=r.nodes)
+    assert bool(again.converged.all()) and torch.equal(again.evaluations, plain.evaluations)
+
+
+def test_warm_start_from_a_result_with_jacobians_needs_fewer_evaluations():
+    """``Collocation(keep_jacobians=True)`` keeps the certified pairs' Newton blocks in the result
+    (trimmed to the finest resolution used, kept through indexing); a warm start from it for moved
+    endpoints certifies the same great circles with fewer evaluations than from the same curves
+    without them."""
+    sol = lg.geodesics.Collocation(keep_jacobians=True)
+    with_j = lg.connecting_geodesic(SPHERE, LONG_Z0, LONG_Z1, solver=sol)
+    without = lg.connecting_geodesic(SPHERE, LONG_Z0, LONG_Z1)
+    assert "_jacobian" not in without.__dict__
+    J = with_j._jacobian
+    assert J.shape == (3, int(with_j.nodes.max()), 2, 2, 2) and with_j[1:]._jacobian.shape[0] == 2
+    a, b = LONG_Z0 + 0.02, LONG_Z1 - 0.03
+    exact = great_circle(stereo(a), stereo(b))
+    w0 = lg.connecting_geodesic(SPHERE, a, b, init=without)
+    w1 = lg.connecting_geodesic(SPHERE, a, b, init=with_j)
+    assert bool(w0.converged.all()) and bool(w1.converged.all())
+    assert w0.method == w1.method == ["collocation"] * 3
+    torch.testing.assert_close(w1.length, exact, rtol=1e-9, atol=0)
+    assert int(w1.stats["evaluations"].sum()) <= 0.75 * int(w0.stats["evaluations"].sum())
+
+
 def test_escaping_trajectory_is_stopped_by_the_bound():
     """A geodesic shot towards the north pole leaves every bounded chart region: with ``bound`` the
     integrator stops it and says so instead of shrinking its steps until ``max_steps``."""

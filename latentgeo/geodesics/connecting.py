@@ -162,15 +162,17 @@ def _check_budget(budget):
 class _WarmStart:
     """Warm-start curves ``(N, T, d)`` and, for pairs certified by collocation, their Legendre
     series ``(N, K, d)`` (shifted to the new endpoints) and nodes: those pairs are collocated
-    directly at that resolution, without the energy stage."""
+    directly at that resolution, without the energy stage; ``jac``, their Newton node blocks where
+    the result kept them (``Collocation(keep_jacobians=True)``)."""
 
-    def __init__(self, curves, series=None, nodes=None, direct=None):
-        self.curves, self.series, self.nodes, self.direct = curves, series, nodes, direct
+    def __init__(self, curves, series=None, nodes=None, direct=None, jac=None):
+        self.curves, self.series, self.nodes, self.direct, self.jac = curves, series, nodes, direct, jac
 
     def __getitem__(self, sl):
         if self.series is None:
             return _WarmStart(self.curves[sl])
-        return _WarmStart(self.curves[sl], self.series[sl], self.nodes[sl], self.direct[sl])
+        return _WarmStart(self.curves[sl], self.series[sl], self.nodes[sl], self.direct[sl],
+                          None if self.jac is None else self.jac[sl])
 
 
 def _warm_from_result(init: GeodesicResult, a, b):
@@ -190,7 +192,9 @@ def _warm_from_result(init: GeodesicResult, a, b):
     series[:, 0] += 0.5 * (da + db)
     series[:, 1] += 0.5 * (db - da)
     direct = init._collocation_certified().to(a.device) & torch.isfinite(series).all(2).all(1)
-    return _WarmStart(curves, series, init.stats["nodes"].to(a.device), direct)
+    jac = init.__dict__.get("_jacobian")
+    return _WarmStart(curves, series, init.stats["nodes"].to(a.device), direct,
+                      None if jac is None else jac.detach().to(dt))
 
 
 def _check_init(init, a, b, graph):
@@ -388,6 +392,17 @@ def _concat(parts):
         kw["_series"] = torch.cat(full, 0)
         kw["_polyline"] = torch.cat([p._polyline | (torch.ones_like(p._polyline) if x is None else False)
                                      for p, x in zip(parts, sers)], 0)
+    jacs = [p.__dict__.get("_jacobian") for p in parts]
+    if any(j is not None for j in jacs):
+        ref = next(j for j in jacs if j is not None)
+        Q = max(j.shape[1] for j in jacs if j is not None)
+        full = []
+        for p, j in zip(parts, jacs):
+            x = ref.new_full((len(p), Q) + ref.shape[2:], float("nan"))
+            if j is not None:
+                x[:, : j.shape[1]] = j
+            full.append(x)
+        kw["_jacobian"] = torch.cat(full, 0)
     kts = [p._knots for p in parts]
     if any(k is not None for k in kts):
         ref = next(k for k in kts if k is not None)
@@ -694,6 +709,8 @@ def _merge_direct(idx, di, cd, parts, K, d):
            ("length", "velocity0", "residual", "rel_residual", "speed_drift", "converged", "iterations", "nodes",
             "evaluations", "budget")}
     out["series"] = torch.zeros(n, K, d, dtype=dt, device=dev)
+    if cd.jacobian is not None:
+        out["jacobian"] = torch.full((n,) + cd.jacobian.shape[1:], float("nan"), dtype=dt, device=dev)
     reasons = [""] * n
     e_iters = torch.zeros(n, dtype=torch.long, device=dev)
     e_reasons = [""] * n
@@ -713,6 +730,11 @@ def _merge_direct(idx, di, cd, parts, K, d):
         pr = pos[rest]
         for f in out:
             src = pad(cr.series) if f == "series" else getattr(cr, f)
+            if f == "jacobian":  # (the full attempts stop at another finest resolution)
+                q = min(src.shape[1], out[f].shape[1])
+                out[f][pr] = float("nan")
+                out[f][pr, :q] = src[:, :q]
+                continue
             out[f][pr] = src
         e_ser[pr] = pad(ser)
         e_iters[pr] = er.iterations
@@ -747,7 +769,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             return None
         with torch.no_grad():
             cr = collocate(metric, z0[di], z1[di], warm.series[di], tol=tol, nodes=nodes, max_nodes=max_nodes,
-                           max_iter=max_iter, deadline=deadline, start_nodes=warm.nodes[di], newton=True)
+                           max_iter=max_iter, deadline=deadline, start_nodes=warm.nodes[di], newton=True,
+                           start_jacobian=None if warm.jac is None else warm.jac[di], keep_jacobian=keep_jac)
         evals[di] += cr.evaluations
         # a moved curve can converge to a geodesic that is not the shortest (the long way round):
         # pairs longer than the straight line take the full pipeline instead
@@ -781,7 +804,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
         cr = CollocationResult(series=ser, length=z.clone(), velocity0=torch.zeros(k, d, dtype=dt, device=dev),
                                residual=z + float("inf"), rel_residual=z + float("inf"), speed_drift=z + float("nan"),
                                converged=torch.zeros(k, dtype=torch.bool, device=dev), iterations=zl, nodes=zl.clone(),
-                               reasons=[why] * k, evaluations=zl.clone(), budget=torch.zeros(k, dtype=torch.bool, device=dev))
+                               reasons=[why] * k, evaluations=zl.clone(), budget=torch.zeros(k, dtype=torch.bool, device=dev),
+                               jacobian=no_jac(k))
         er = SpectralEnergyResult(nodes=None, energy=None, converged=None, iterations=zl.clone(), reasons=[""] * k)
         return er, ser, cr
 
@@ -815,7 +839,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                 er = _lowest_energy(er, k, solver.starts)
             ser = nodes_to_series(er.nodes)
             cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
-                           deadline=deadline)
+                           deadline=deadline, keep_jacobian=keep_jac)
         evals[idx] += cr.evaluations + er.iterations * (degree + 1)
         budget[idx] = cr.budget | (_expired(deadline) & ~cr.converged)
         return er, ser, cr
@@ -824,6 +848,16 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
 
     def padk(x):
         return torch.cat([x, x.new_zeros(x.shape[0], Kmax - x.shape[1], d)], 1) if x.shape[1] < Kmax else x
+
+    keep_jac = solver.keep_jacobians
+
+    def no_jac(k):
+        return torch.full((k, max_nodes, d, d, 2), float("nan"), dtype=dt, device=dev) if keep_jac else None
+
+    def padj(j):  # Newton node blocks padded (NaN) to max_nodes nodes
+        if j.shape[1] < max_nodes:
+            j = torch.cat([j, j.new_full((j.shape[0], max_nodes - j.shape[1]) + j.shape[2:], float("nan"))], 1)
+        return j
 
     all_idx = torch.arange(n, device=dev)
     evals = torch.zeros(n, dtype=torch.long, device=dev)
@@ -838,6 +872,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     length, v = cr.length.clone(), cr.velocity0.clone()
     rel, drift, resid = cr.rel_residual.clone(), cr.speed_drift.clone(), cr.residual.clone()
     iters, e_iters, nq = cr.iterations.clone(), er.iterations.clone(), cr.nodes.clone()
+    jacs = padj(cr.jacobian).clone() if keep_jac else None
     reasons = list(cr.reasons)
     for i in range(n):
         if not bool(conv[i]) and er.reasons[i]:
@@ -886,6 +921,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             conv[fi] = True
             series[fi] = padk(cr2.series)[fixed]
             length[fi], v[fi], nq[fi] = cr2.length[fixed], cr2.velocity0[fixed], cr2.nodes[fixed]
+            if keep_jac:
+                jacs[fi] = padj(cr2.jacobian)[fixed]
             rel[fi], drift[fi], resid[fi] = cr2.rel_residual[fixed], cr2.speed_drift[fixed], cr2.residual[fixed]
             # the graph start's curve is kept as the best curve of pairs that still fail (it avoids
             # obstacles); certified pairs keep theirs (the minimality check compares lengths later)
@@ -912,7 +949,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                                            rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
             ser3 = nodes_to_series(er3.nodes)
             cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
-                            max_iter=max_iter, deadline=deadline)
+                            max_iter=max_iter, deadline=deadline, keep_jacobian=keep_jac)
         evals[ei] += cr3.evaluations + er3.iterations * (2 * degree + 1)
         budget[ei] |= cr3.budget
         iters[ei] += cr3.iterations
@@ -931,6 +968,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
         conv[fi] = True
         series[fi] = padk(cr3.series)[fixed]
         length[fi], v[fi], nq[fi] = cr3.length[fixed], cr3.velocity0[fixed], cr3.nodes[fixed]
+        if keep_jac:
+            jacs[fi] = padj(cr3.jacobian)[fixed]
         rel[fi], drift[fi], resid[fi] = cr3.rel_residual[fixed], cr3.speed_drift[fixed], cr3.residual[fixed]
 
     knots = None
@@ -994,6 +1033,9 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
         _alt=alt_curves, status=torch.zeros(n, dtype=torch.long, device=dev),
         stats=dict(iterations=iters, energy_iterations=e_iters, evaluations=evals, nodes=nq),
     )
+    if keep_jac:  # (only a collocation-certified pair's blocks are used: they belong to its series)
+        jacs[~conv | same] = float("nan")
+        res._jacobian = jacs[:, : int(nq[conv].max()) if bool(conv.any()) else 1]  # (up to the finest Q used)
     return res
 
 

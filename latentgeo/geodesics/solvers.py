@@ -15,7 +15,7 @@ Pass one as ``solver=`` to :func:`~latentgeo.geodesics.connecting_geodesic`,
 Example:
     >>> from latentgeo.geodesics import Collocation, Shooting
     >>> Collocation(max_nodes=128)
-    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, shooting_fallback=False, warm_fallback='solve')
+    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, shooting_fallback=False, warm_fallback='solve', keep_jacobians=False)
     >>> Shooting().n_points
     17
 """
@@ -77,6 +77,12 @@ class Collocation:
             distance, never longer than the line); with ``init=`` curves (no certified series)
             that is every pair. For loops that only need steering directions, such as the
             iterations of :class:`~latentgeo.clustering.GeodesicKMeans`.
+        keep_jacobians: keep in the result each collocation-certified pair's last Newton Jacobian
+            (its node blocks ``∂a/∂γ``, ``∂a/∂γ'``: ``2·Q·d²`` numbers a pair). A warm start from
+            that result (``init=`` it) then begins its direct Newton solves with chord steps on
+            them instead of a fresh finite-difference Jacobian (``2d + 1`` evaluations per
+            node): for pairs whose endpoints moved a little, as in the iterations of
+            :class:`~latentgeo.clustering.GeodesicKMeans`.
     """
 
     nodes: int = 32
@@ -88,6 +94,7 @@ class Collocation:
     starts: int = 3
     shooting_fallback: bool = False
     warm_fallback: str = "solve"
+    keep_jacobians: bool = False
 
     def __post_init__(self):
         check_int(self.nodes, "nodes", minimum=4)
@@ -106,6 +113,8 @@ class Collocation:
         if not isinstance(self.shooting_fallback, bool):
             raise TypeError(f"shooting_fallback must be a bool, got {self.shooting_fallback!r}")
         check_choice(self.warm_fallback, "warm_fallback", ("solve", "keep"))
+        if not isinstance(self.keep_jacobians, bool):
+            raise TypeError(f"keep_jacobians must be a bool, got {self.keep_jacobians!r}")
 
 
 @dataclass(frozen=True)

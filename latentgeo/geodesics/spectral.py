@@ -384,6 +384,8 @@ class CollocationResult:
         reasons: why a pair was not certified (``""`` otherwise).
         direct: ``(n,)`` certified straight from a warm collocation curve (set by
             :func:`~latentgeo.geodesics.connecting_geodesic` for ``init=`` a result; ``None`` otherwise).
+        jacobian: with ``keep_jacobian``, ``(n, max_nodes, d, d, 2)`` each pair's last Newton node
+            blocks at its final ``nodes`` (NaN where it had none; see :func:`_picard`).
     """
 
     series: torch.Tensor
@@ -399,6 +401,7 @@ class CollocationResult:
     evaluations: Optional[torch.Tensor] = None
     budget: Optional[torch.Tensor] = None
     direct: Optional[torch.Tensor] = None
+    jacobian: Optional[torch.Tensor] = None
 
 
 def _line_series(z0, z1, K):
@@ -537,7 +540,8 @@ def _gmres(op, b: torch.Tensor, max_iter: int, rtol: float) -> torch.Tensor:
 _NEWTON_STALL = 6  # Newton iterations after which a residual still above 1/2 stops the pair
 
 
-def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None):
+def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton=False, deadline=None, jac=None,
+            keep_jac=False):
     """Anderson-accelerated fixed-point iteration of the Gauss collocation equations at ``Q`` nodes.
 
     The unknowns are the accelerations ``x`` at the nodes; ``Φ(x) = a(γ_x, γ_x')`` with ``γ_x`` the
@@ -554,6 +558,11 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     with the stored LU factors (one evaluation per node; Kelley, *Solving Nonlinear Equations with
     Newton's Method*, SIAM 2003, §5.4), and refreshes them after a rejected step or a chord step
     that cut the residual by less than 4.
+
+    ``jac``: ``(n, Q, d, d, 2)`` node blocks ``∂a_i/∂γ_j`` (``[..., 0]``) and ``∂a_i/∂γ'_j``
+    (``[..., 1]``) to start Newton with (for instance those of a nearby solved pair); a pair whose
+    blocks are not finite computes its own. With ``keep_jac`` the result's ``jac`` holds each
+    pair's last blocks (NaN where it never had any).
     """
     n, d = z0.shape
     dt, dev = z0.dtype, z0.device
@@ -609,6 +618,35 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
         else:
             LU = torch.zeros(n, Q * d, Q * d, dtype=dt, device=dev)
             PIV = torch.ones(n, Q * d, dtype=torch.int32, device=dev)
+        if keep_jac:
+            JAC = torch.full((n, Q, d, d, 2), float("nan"), dtype=dt, device=dev)
+
+        def factor(rows, mz, mv):
+            """Store the node blocks ``mz``, ``mv`` ``(k, Q, d, d)`` of the pairs ``rows``: for GMRES,
+            or as the LU factors of ``I − ∂Φ/∂x``; non-finite blocks leave the pair without
+            (``LINFO = 1``: it takes no step and computes fresh ones)."""
+            huge = 1e100
+            finj = (mz.abs() < huge).flatten(1).all(1) & (mv.abs() < huge).flatten(1).all(1)  # (also False for NaN)
+            mz = torch.where(finj[:, None, None, None], mz, torch.zeros_like(mz))  # (LAPACK must not see NaN/inf)
+            mv = torch.where(finj[:, None, None, None], mv, torch.zeros_like(mv))
+            if keep_jac:
+                JAC[rows] = torch.where(finj[:, None, None, None, None], torch.stack([mz, mv], -1), JAC[rows])
+            if krylov:
+                MZ[rows], MV[rows] = mz, mv
+                LINFO[rows] = torch.where(finj, 0, 1).to(LINFO.dtype)
+            else:
+                # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
+                JP = torch.einsum("nqij,qp->nqipj", mz, GY) + torch.einsum("nqij,qp->nqipj", mv, GYp)
+                lu, piv, linfo = _lu_batch(torch.eye(Q * d, dtype=dt, device=dev) - JP.reshape(-1, Q * d, Q * d))
+                LU[rows], PIV[rows], LINFO[rows] = lu, piv, torch.where(finj, linfo, torch.ones_like(linfo))
+
+        if jac is not None:  # given blocks: the first iteration takes a chord step with them
+            jac = jac.to(dt)
+            have = torch.isfinite(jac).flatten(1).all(1)
+            rows = torch.nonzero(have).reshape(-1)
+            if rows.numel():
+                factor(rows, jac[rows, ..., 0], jac[rows, ..., 1])
+                fresh[rows] = LINFO[rows] != 0
     for _ in range(int(max_iter)):
         act = torch.nonzero(~(conv | dead)).reshape(-1)
         if act.numel() == 0:
@@ -704,23 +742,8 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             f = gf - x[act].reshape(k, -1)
             huge = 1e100
             if kf:
-                rows = act[fr]
-                if krylov:
-                    # keep the node blocks: MZ[n, q] = ∂a/∂γ at node q (i, j), MV the same for γ'
-                    mz, mv = Az.permute(1, 2, 3, 0), Av.permute(1, 2, 3, 0)
-                    finj = (mz.abs() < huge).flatten(1).all(1) & (mv.abs() < huge).flatten(1).all(1)
-                    MZ[rows] = torch.where(finj[:, None, None, None], mz, torch.zeros_like(mz))
-                    MV[rows] = torch.where(finj[:, None, None, None], mv, torch.zeros_like(mv))
-                    LINFO[rows] = torch.where(finj, 0, 1).to(LINFO.dtype)
-                else:
-                    # ∂Φ/∂x: block (q, p) = ∂a/∂γ(q)·GY[q, p] + ∂a/∂γ'(q)·GYp[q, p]
-                    JP = torch.einsum("jnqi,qp->nqipj", Az, GY) + torch.einsum("jnqi,qp->nqipj", Av, GYp)
-                    JP = JP.reshape(kf, Q * d, Q * d)
-                    eye = torch.eye(Q * d, dtype=dt, device=dev)
-                    finj = (JP.abs() < huge).all(2).all(1)  # (also False for NaN)
-                    JP = torch.where(finj[:, None, None], JP, torch.zeros_like(JP))  # (LAPACK must not see NaN/inf)
-                    lu, piv, linfo = _lu_batch(eye - JP)
-                    LU[rows], PIV[rows], LINFO[rows] = lu, piv, torch.where(finj, linfo, torch.ones_like(linfo))
+                # node blocks [n, q, i, j] = ∂a_i/∂γ_j at node q (mz), the same for γ' (mv)
+                factor(act[fr], Az.permute(1, 2, 3, 0), Av.permute(1, 2, 3, 0))
             fin = (f.abs() < huge).all(1) & (LINFO[act] == 0)
             rhs = torch.where(fin[:, None], f, torch.zeros_like(f))
             if krylov:
@@ -781,7 +804,8 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             f"(relative residual {float(change[i]):.2e})"
         )
     return dict(series=out_series, length=length, v0=v0, residual=change_e, rel=change, drift=drift,
-                tail=tail, conv=conv, dead=dead, iters=iters, reasons=reasons, evals=evals, budget=budget)
+                tail=tail, conv=conv, dead=dead, iters=iters, reasons=reasons, evals=evals, budget=budget,
+                jac=JAC if newton and keep_jac else None)
 
 
 def _resolution_grid(nodes: int, max_nodes: int) -> list:
@@ -833,6 +857,8 @@ def collocate(
     deadline: Optional[float] = None,
     start_nodes: Optional[torch.Tensor] = None,
     newton: bool = False,
+    start_jacobian: Optional[torch.Tensor] = None,
+    keep_jacobian: bool = False,
 ) -> CollocationResult:
     """Certify (and refine) connecting geodesics by Gauss–Legendre collocation.
 
@@ -852,6 +878,10 @@ def collocate(
             start from solved curves begins at the resolution they were certified at).
         newton: start with Newton instead of the fixed-point iteration (warm starts: at the fine
             resolutions they need, the fixed-point iteration rarely contracts).
+        start_jacobian: ``(n, Q', d, d, 2)`` Newton node blocks for the first Newton attempt of
+            each pair at its ``start_nodes`` (NaN: none), e.g. the ``jacobian`` of a result for
+            nearby pairs: Newton starts with chord steps instead of a fresh Jacobian.
+        keep_jacobian: return each pair's last node blocks in ``jacobian``.
 
     Returns:
         :class:`CollocationResult`.
@@ -879,6 +909,9 @@ def collocate(
     out["series"][:, : min(series.shape[1], Kmax)] = series[:, :Kmax]
     drift_tol = max(tol, 100 * eps)
     newt = torch.zeros(n, dtype=torch.bool, device=dev)
+    if keep_jacobian:
+        out["jacobian"] = torch.full((n, int(max_nodes), d, d, 2), float("nan"), dtype=dt, device=dev)
+    first = torch.ones(n, dtype=torch.bool, device=dev)  # (start_jacobian applies to a pair's first attempt)
 
     grid = _resolution_grid(int(nodes), int(max_nodes))
 
@@ -887,10 +920,20 @@ def collocate(
         returns ``(pair, Q')`` for those to retry at a finer resolution (predicted from the decay of
         the Legendre coefficients)."""
         start = out["series"][sel].clone()
+        jac = None
+        if mode and start_jacobian is not None and start_nodes is not None:
+            use = first[sel] & (torch.as_tensor(start_nodes, device=dev)[sel] == Q)
+            if bool(use.any()) and start_jacobian.shape[1] >= Q:
+                jac = torch.where(use[:, None, None, None, None], start_jacobian[sel, :Q].to(dt), float("nan"))
+        first[sel] = False
         # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
         # pairs it does not settle go to Newton at the same resolution
         r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, 10), newton=mode,
-                    deadline=deadline)
+                    deadline=deadline, jac=jac, keep_jac=keep_jacobian)
+        if keep_jacobian:  # (the blocks belong to this attempt's resolution, which out["nodes"] records)
+            out["jacobian"][sel] = float("nan")
+            if r["jac"] is not None:
+                out["jacobian"][sel, :Q] = r["jac"]
         ok = r["conv"] & (r["tail"] <= tol) & (r["drift"] <= drift_tol)
         # a diverged attempt keeps its starting curve (the diverged iterate is worthless)
         keep = ~r["dead"] | ok
