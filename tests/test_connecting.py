@@ -386,3 +386,5 @@ def test_warm_fallback_keep_leaves_uncarried_pairs_unsolved_with_their_moved_cur
     assert float(keep.length[0]) >= float(exact[0]) * (1 - 1e-9)
     with pytest.raises(ValueError, match="warm_fallback"):
         Collocation(warm_fallback="line")
+    with pytest.raises(TypeError, match="keep_jacobians must be a bool"):
+        Collocation(keep_jacobians="yes")
