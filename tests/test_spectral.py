@@ -567,6 +567,11 @@ def test_newton_that_stalls_above_one_half_is_stopped_early(monkeypatch):
     assert int(early["iters"][0]) == 6
     assert early["reasons"][0].startswith("collocation Newton stalled (residual") and "after 6 iterations" in early["reasons"][0]
     assert "Newton stalled" not in late["reasons"][0] and int(late["iters"][0]) > 6
+    # a Newton solve that runs out of iterations says so (not "fixed-point")
+    with torch.no_grad():
+        few = S._picard(SPHERE, acc, mfn, z0, z1, start, Q, 1e-6, 2, newton=True)
+    assert few["reasons"][0] == f"collocation: no convergence in 2 Newton iterations at {Q} nodes " \
+        f"(relative residual {float(few['rel'][0]):.2e})"
     assert int(early["evals"][0]) < 0.7 * int(late["evals"][0])
 
 

@@ -800,7 +800,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     v0 = torch.einsum("k,nkd->nd", e0, out_series)
     for i in torch.nonzero(~conv & ~dead).reshape(-1).tolist():
         reasons[i] = (
-            f"collocation: no convergence in {int(max_iter)} fixed-point iterations at {Q} nodes "
+            f"collocation: no convergence in {int(max_iter)} {'Newton' if newton else 'fixed-point'} iterations at {Q} nodes "
             f"(relative residual {float(change[i]):.2e})"
         )
     return dict(series=out_series, length=length, v0=v0, residual=change_e, rel=change, drift=drift,
