@@ -61,8 +61,8 @@ from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
 from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus, _polyline
 from .solvers import Collocation, Shooting
-from .spectral import (CollocationResult, SpectralEnergyResult, _eval_series, _expired, collocate, lgl_nodes,
-                       minimize_spectral_energy, nodes_to_series)
+from .spectral import (CollocationResult, SpectralEnergyResult, _eval_series, _expired, _pad_nodes, collocate,
+                       lgl_nodes, minimize_spectral_energy, nodes_to_series)
 
 __all__ = [
     "connecting_geodesic",
@@ -396,13 +396,8 @@ def _concat(parts):
     if any(j is not None for j in jacs):
         ref = next(j for j in jacs if j is not None)
         Q = max(j.shape[1] for j in jacs if j is not None)
-        full = []
-        for p, j in zip(parts, jacs):
-            x = ref.new_full((len(p), Q) + ref.shape[2:], float("nan"))
-            if j is not None:
-                x[:, : j.shape[1]] = j
-            full.append(x)
-        kw["_jacobian"] = torch.cat(full, 0)
+        kw["_jacobian"] = torch.cat([ref.new_full((len(p), Q) + ref.shape[2:], float("nan")) if j is None
+                                     else _pad_nodes(j, Q) for p, j in zip(parts, jacs)], 0)
     kts = [p._knots for p in parts]
     if any(k is not None for k in kts):
         ref = next(k for k in kts if k is not None)
@@ -730,12 +725,7 @@ def _merge_direct(idx, di, cd, parts, K, d):
         pr = pos[rest]
         for f in out:
             src = pad(cr.series) if f == "series" else getattr(cr, f)
-            if f == "jacobian":  # (the full attempts stop at another finest resolution)
-                q = min(src.shape[1], out[f].shape[1])
-                out[f][pr] = float("nan")
-                out[f][pr, :q] = src[:, :q]
-                continue
-            out[f][pr] = src
+            out[f][pr] = _pad_nodes(src, out[f].shape[1]) if f == "jacobian" else src  # (attempts differ in max_nodes)
         e_ser[pr] = pad(ser)
         e_iters[pr] = er.iterations
         for j, i in enumerate(pr.tolist()):
@@ -854,10 +844,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     def no_jac(k):
         return torch.full((k, max_nodes, d, d, 2), float("nan"), dtype=dt, device=dev) if keep_jac else None
 
-    def padj(j):  # Newton node blocks padded (NaN) to max_nodes nodes
-        if j.shape[1] < max_nodes:
-            j = torch.cat([j, j.new_full((j.shape[0], max_nodes - j.shape[1]) + j.shape[2:], float("nan"))], 1)
-        return j
+    def padj(j):
+        return _pad_nodes(j, max_nodes)
 
     all_idx = torch.arange(n, device=dev)
     evals = torch.zeros(n, dtype=torch.long, device=dev)

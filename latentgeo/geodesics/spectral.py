@@ -404,6 +404,13 @@ class CollocationResult:
     jacobian: Optional[torch.Tensor] = None
 
 
+def _pad_nodes(jac: torch.Tensor, Q: int) -> torch.Tensor:
+    """Newton node blocks ``(n, Q', d, d, 2)`` cut or NaN-padded (NaN: no blocks) to ``Q`` nodes."""
+    if jac.shape[1] >= Q:
+        return jac[:, :Q]
+    return torch.cat([jac, jac.new_full((jac.shape[0], Q - jac.shape[1]) + jac.shape[2:], float("nan"))], 1)
+
+
 def _line_series(z0, z1, K):
     """Legendre coefficients of ``z0 + t (z1 − z0)`` padded to ``K`` terms."""
     n, d = z0.shape
@@ -925,15 +932,14 @@ def collocate(
             use = first[sel] & (torch.as_tensor(start_nodes, device=dev)[sel] == Q)
             if bool(use.any()) and start_jacobian.shape[1] >= Q:
                 jac = torch.where(use[:, None, None, None, None], start_jacobian[sel, :Q].to(dt), float("nan"))
-        first[sel] = False
+        if mode:
+            first[sel] = False
         # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
         # pairs it does not settle go to Newton at the same resolution
         r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, 10), newton=mode,
                     deadline=deadline, jac=jac, keep_jac=keep_jacobian)
         if keep_jacobian:  # (the blocks belong to this attempt's resolution, which out["nodes"] records)
-            out["jacobian"][sel] = float("nan")
-            if r["jac"] is not None:
-                out["jacobian"][sel, :Q] = r["jac"]
+            out["jacobian"][sel] = float("nan") if r["jac"] is None else _pad_nodes(r["jac"], int(max_nodes))
         ok = r["conv"] & (r["tail"] <= tol) & (r["drift"] <= drift_tol)
         # a diverged attempt keeps its starting curve (the diverged iterate is worthless)
         keep = ~r["dead"] | ok
