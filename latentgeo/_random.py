@@ -25,7 +25,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["as_generator", "as_seed", "RandomState"]
+__all__ = ["as_generator", "as_seed", "rng_devices", "RandomState"]
 
 RandomState = Union[None, int, torch.Generator, np.random.Generator, np.random.RandomState]
 
@@ -62,3 +62,13 @@ def as_generator(random_state: RandomState, device: Optional[Union[str, torch.de
     g = torch.Generator(device=dev)
     g.manual_seed(as_seed(random_state, name))
     return g
+
+
+def rng_devices(device: Optional[Union[str, torch.device]]) -> list:
+    """The CUDA device indices that ``torch.random.fork_rng(devices=...)`` must fork around work on
+    ``device`` (none for the CPU): ``torch.manual_seed`` inside the block seeds the CUDA generators
+    too, and without them in the fork the caller's CUDA random state would be left reseeded."""
+    dev = torch.device(device) if device is not None else None
+    if dev is None or dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]

@@ -54,7 +54,7 @@ from typing import Iterator, Optional
 import torch
 
 from ._progress import progress_bar, show_progress
-from ._random import as_seed
+from ._random import as_seed, rng_devices
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import split_indices
 from .models.likelihoods import GaussianLikelihood
@@ -480,7 +480,7 @@ class Trainer:
         }
         xtr, xva = x[tr_idx.to(x.device)], (x[va_idx.to(x.device)] if len(va_idx) else None)
         log_file = None
-        with torch.random.fork_rng(devices=[]), _threads(cfg.num_threads):
+        with torch.random.fork_rng(devices=rng_devices(x.device)), _threads(cfg.num_threads):
             self._reset()
             torch.manual_seed(cfg.random_state)
             if resume_from is not None:
@@ -699,7 +699,7 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int = 100, random_state:
     was_training = model.training
     model.eval()
     out = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=rng_devices(x.device)):
         torch.manual_seed(random_state)
         q = model.latent.posterior(model.encoder(x))
         done = 0
@@ -724,7 +724,7 @@ def elbo_estimate(model: VAE, x: torch.Tensor, n_samples: int = 100, random_stat
     """Seeded Monte-Carlo ELBO per item (``n_samples`` draws, closed-form KL when available), ``(N,)``."""
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=rng_devices(model.device)):
         torch.manual_seed(random_state)
         out = model.elbo(x, n_samples=n_samples)
     model.train(was_training)

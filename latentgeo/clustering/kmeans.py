@@ -533,7 +533,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 cand = [i for i in range(n) if i not in chosen]
                 nxt = int(rng.choice(cand))
             else:
-                p = (d2 / total).double().numpy()
+                p = (d2 / total).double().cpu().numpy()
                 nxt = int(rng.choice(n, p=p / p.sum()))
             chosen.append(nxt)
             d2 = torch.minimum(d2, G[nxt] ** 2)

@@ -118,11 +118,9 @@ def seeded(random_state, device=None):
     if random_state is None:
         yield
         return
-    from .._random import as_seed
+    from .._random import as_seed, rng_devices
 
     seed = as_seed(random_state)
-    dev = torch.device(device) if device is not None else None
-    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev is not None and dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(seed)
         yield

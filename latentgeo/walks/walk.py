@@ -60,6 +60,9 @@ def random_walk(
             e.g. ``prior.log_prob(z) + metric.log_volume(z)``.
         n_walkers: repeat a single start point this many times.
         random_state: ``None``, an int seed, a ``torch.Generator`` (see :mod:`latentgeo._random`).
+            The noise is drawn on the CPU and moved to the walkers' device, so a seed gives the
+            same walks on a GPU as on the CPU; a ``torch.Generator`` on the walkers' device draws
+            there instead.
         progress: ``None`` (a bar only in a terminal/Jupyter), ``True``, ``False``.
 
     Returns:
@@ -99,7 +102,10 @@ def random_walk(
         raise ValueError(f"log_prob is used by method 'mmala' only, got it with method {method!r}")
     if metric is not None:
         metric.tensor(z[:1])  # the metric's own checks (dtype, device, shape) with a clear error
-    gen = as_generator(random_state, device=z.device)
+    # the noise is drawn on the CPU and moved, so a seed gives the same walk on every device; a
+    # torch.Generator on the walkers' device is used there as is
+    own = isinstance(random_state, torch.Generator) and random_state.device == z.device
+    gen = random_state if own else as_generator(random_state)
 
     w, d = z.shape
     traj = torch.empty(w, n_steps + 1, d, dtype=z.dtype, device=z.device)
@@ -133,8 +139,8 @@ def random_walk(
     t0 = time.perf_counter()
     with progress_bar(total=n_steps, desc=f"random walk ({method})", progress=progress, unit="step") as bar:
         for s in range(n_steps):
-            xi = torch.randn(w, d, generator=gen, dtype=z.dtype, device=z.device)
-            u = torch.rand(w, generator=gen, dtype=z.dtype, device=z.device) if method == "mmala" else None
+            xi = torch.randn(w, d, generator=gen, dtype=z.dtype, device=gen.device).to(z.device)
+            u = torch.rand(w, generator=gen, dtype=z.dtype, device=gen.device).to(z.device) if method == "mmala" else None
             idx = torch.nonzero(active).reshape(-1)
             if idx.numel():
                 zc, xc = z[idx], xi[idx]
