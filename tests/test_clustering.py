@@ -83,6 +83,91 @@ def test_frechet_mean_of_symmetric_points_on_the_sphere():
     assert "FrechetMeanResult" in repr(res)
 
 
+def test_curve_log_is_the_log_map_of_a_geodesic_and_the_slope_of_a_bent_curves_length():
+    """``curve_log``: for a certified great circle it is the log map (the geodesic's initial
+    velocity); for a curve that is not a geodesic it is ``−L M⁻¹ ∇L`` of the curve's length as its
+    start moves (checked by central differences), which its initial velocity is not."""
+    from latentgeo.clustering.frechet import curve_log
+
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    a = torch.tensor([[0.1, -0.2], [0.4, 0.3]], dtype=D64)
+    b = torch.tensor([[0.6, 0.5], [-0.5, 0.2]], dtype=D64)
+    geo = lg.connecting_geodesic(metric, a, b, tol=1e-8, progress=False)
+    assert bool(geo.converged.all())
+    torch.testing.assert_close(curve_log(metric, geo, a), geo.initial_velocity, rtol=1e-4, atol=1e-6)
+    # a bent curve: the geodesic pushed sideways by a bump that vanishes at both ends
+    t = torch.linspace(0, 1, 33, dtype=D64)
+    bent = geo.curve(t) + (4 * t * (1 - t))[None, :, None] * torch.tensor([[0.15, -0.1]], dtype=D64)[:, None]
+    res = lg.GeodesicResult(z0=a, z1=b, length=metric.length(bent), status=torch.ones(2, dtype=torch.long),
+                            discrete_curve=bent, _polyline=torch.ones(2, dtype=torch.bool), reasons=["bent"] * 2,
+                            init=["bent"] * 2, method=["", ""])
+    v = curve_log(metric, res, a)
+    tt = torch.linspace(0, 1, 65, dtype=D64)
+    cur = res.curve(tt)
+
+    def length(shift):
+        c = cur + (1 - tt)[None, :, None] * shift[:, None]
+        L1 = metric.length(c)
+        return L1 + (L1 - metric.length(c[:, ::2])) / 3
+
+    M = metric.tensor(a)
+    L = length(torch.zeros_like(a))
+    for e in torch.eye(2, dtype=D64):
+        h = 1e-5 * e.expand_as(a)
+        slope = (length(h) - length(-h)) / 2e-5  # dL along the unit direction e
+        # ∇L = −M v / L, so dL/dε along e is −eᵀ M v / L
+        torch.testing.assert_close(slope, -(M @ v[..., None])[..., 0] @ e / L, rtol=1e-5, atol=1e-8)
+    # not the curve's own initial velocity (scaled to the length, as a log map would be)
+    u = (cur[:, 1] - cur[:, 0]) / tt[1]
+    u = u * (L / torch.sqrt(torch.einsum("ni,nij,nj->n", u, M, u)))[:, None]
+    assert (v - u).norm(dim=-1).max() > 0.05
+
+
+def test_frechet_mean_warm_starts_its_trial_log_maps(monkeypatch):
+    """Every solve after the first starts from the previous log maps' curves, and the trials keep a
+    pair's moved curve instead of the whole pipeline where the stored curve does not carry it."""
+    import latentgeo.geodesics as geo
+
+    calls = []
+    solve = geo.connecting_geodesic
+
+    def spy(*args, **kw):
+        calls.append((kw.get("init"), kw["solver"].warm_fallback if kw.get("solver") is not None else None))
+        return solve(*args, **kw)
+
+    monkeypatch.setattr(geo, "connecting_geodesic", spy)
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    c = torch.tensor([0.3, -0.4, 0.7], dtype=D64)
+    pts = _chart(_cap_points(c, 0.5))
+    res = lg.frechet_mean(metric, pts, init=_chart(c / c.norm()) + 0.1, tol=1e-6)
+    assert res.status == lg.clustering.FrechetStatus.SUCCESS
+    assert len(calls) >= 3 and calls[0][0] is None
+    assert all(isinstance(init, lg.GeodesicResult) and fb == "keep" for init, fb in calls[1:])
+    assert res.stats["geodesics"] == len(calls) * len(pts)
+
+
+def test_frechet_mean_options_that_would_break_its_warm_starts_are_rejected():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    pts = torch.tensor([[0.1, 0.2], [0.3, -0.1]], dtype=D64)
+    with pytest.raises(ValueError, match="may not set 'init'"):
+        lg.frechet_mean(metric, pts, geodesic_options={"init": "graph"})
+
+
+def test_geodesic_result_concat_keeps_every_pair():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    a = torch.tensor([[0.1, -0.2], [0.4, 0.3], [0.0, 0.5]], dtype=D64)
+    b = torch.tensor([[0.6, 0.5], [-0.5, 0.2], [0.2, -0.4]], dtype=D64)
+    r = lg.connecting_geodesic(metric, a, b, progress=False)
+    both = lg.GeodesicResult.concat([r[2:], r[:2]])
+    order = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(both.length, r.length[order])
+    t = torch.linspace(0, 1, 7, dtype=D64)
+    torch.testing.assert_close(both.curve(t), r.curve(t)[order])
+    assert both.reasons == [r.reasons[i] for i in order.tolist()]
+    with pytest.raises(TypeError, match="non-empty sequence"):
+        lg.GeodesicResult.concat([])
+
+
 def test_inertia_never_increases_on_the_sphere():
     metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
     g = torch.Generator().manual_seed(1)
@@ -195,6 +280,7 @@ def test_chord_lower_bounds_and_the_continued_first_assignment_on_the_sphere():
     # the continuation itself: from medoid centres, every member's geodesic is certified
     km2 = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0)
     km2._m64, km2._n_geo, km2._n_open, km2._warm = None, 0, 0, {}
+    km2._working(X)
     km2._graph = lg.geodesics.LatentGraph(metric, X, k=16)
     km2._opts, km2._opts_iter = km2._options(True), km2._options(False)
     labels = torch.as_tensor(km.labels_)
@@ -215,6 +301,7 @@ def _prepared(metric, X, **kw):
     km = lg.GeodesicKMeans(metric, n_clusters=1, random_state=0, **kw)
     km._m64, km._n_geo, km._n_open, km._warm = None, 0, 0, {}
     km._rejected, km._n_karcher_repeats = {}, 0
+    km._working(X)
     km._graph = lg.geodesics.LatentGraph(metric, X, k=8)
     km._opts, km._opts_iter = km._options(True), km._options(False)
     return km

@@ -8,9 +8,15 @@ The Fréchet mean of points ``x_i`` with weights ``w_i`` (``Σ w_i = 1``) minimi
 
 with ``τ = 1`` the classical Karcher iteration. Here ``Log_μ(x_i)`` is the initial velocity of the
 connecting geodesic from ``μ`` to ``x_i`` (:func:`latentgeo.geodesics.connecting_geodesic`, all
-points in one batch), ``τ`` is halved whenever ``F`` does not decrease (step control), and the
-iteration stops when ``‖grad F‖_{M(μ)} ≤ tol · √(2F)`` (a relative criterion: the gradient is
-small against the spread of the points).
+points in one batch). Each step is step-controlled (:func:`karcher_line_search`, shared with
+:class:`~latentgeo.clustering.GeodesicKMeans`): ``τ`` first, then at most two shorter candidates at the
+minimiser of the parabola through ``F(μ)``, the slope ``−‖g‖²`` and the rejected value, so ``F``
+never increases. A candidate's log maps start from the previous ones (warm starts: the curves
+moved to the new endpoints, certified collocation curves re-collocated directly), and a distance
+that comes out longer than ``d(μ, x_i) + τ‖g‖`` — the exp-map curve followed by the old curve, a
+real curve of that length — is replaced by that bound (uncertified), which keeps ``F(τ)`` continuous
+when a solve lands on another branch. The iteration stops when ``‖grad F‖_{M(μ)} ≤ tol · √(2F)``
+(a relative criterion: the gradient is small against the spread of the points).
 
 Example (points symmetric around the north pole of the sphere, through the inverse
 stereographic chart):
@@ -29,15 +35,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Optional
 
 import torch
 
 from .._validation import as_latent_batch, check_int, check_real
+from ..geodesics import Collocation
+from ..geodesics.connecting import float64_metric
 
-__all__ = ["frechet_mean", "FrechetMeanResult", "FrechetStatus"]
+_JAC_MAX_DIM = 8  # latent dimensions up to which the trial solves keep Newton Jacobians (2·Q·d² a pair)
+
+__all__ = ["frechet_mean", "FrechetMeanResult", "FrechetStatus", "karcher_line_search", "triangle_cap"]
 
 
 class FrechetStatus(IntEnum):
@@ -95,9 +105,10 @@ class FrechetMeanResult:
         )
 
 
-def _log_maps(metric, mu: torch.Tensor, points: torch.Tensor, geodesic_options: dict, backend=None):
-    """``Log_mu(x_i)``, distances and certification for all points (one batched solve, or blocks
-    on ``backend = (name or Backend, client, block_size)``)."""
+def _log_maps(metric, mu: torch.Tensor, points: torch.Tensor, geodesic_options: dict, backend=None, init=None):
+    """``Log_mu(x_i)``, distances, certification and the solver's result for all points (one
+    batched solve from ``init`` curves when given, or blocks on ``backend = (name or Backend,
+    client, block_size)``, where only lengths and velocities come back: no warm starts)."""
     from ..geodesics import connecting_geodesic
 
     z0 = mu.expand_as(points).contiguous()
@@ -106,17 +117,104 @@ def _log_maps(metric, mu: torch.Tensor, points: torch.Tensor, geodesic_options: 
 
         res = solve_pair_blocks(metric, z0, points, block_size=backend[2], backend=backend[0], client=backend[1],
                                 **geodesic_options)
+        keep = None
     else:
-        res = connecting_geodesic(metric, z0, points, **geodesic_options)
+        res = connecting_geodesic(metric, z0, points, **geodesic_options, **({} if init is None else {"init": init}))
+        keep = res
     v = res.initial_velocity.detach()
     length = res.length.detach()
     conv = res.converged.clone()
     # a point at the mean: the solver returns a zero-length pair; keep its velocity zero
     same = (points - z0).abs().amax(-1) == 0
+    bad = torch.nonzero(~conv.to(same.device) & ~same).reshape(-1)
+    if keep is not None and bad.numel():
+        # an uncertified pair's length is that of the curve found (an upper bound): step along that
+        # bound's slope, not along the curve's initial velocity
+        v = v.clone()
+        v[bad] = curve_log(metric, res[bad], z0[bad]).to(v.dtype)
     v = torch.where(same[:, None], torch.zeros_like(v), v)
     length = torch.where(same, torch.zeros_like(length), length)
-    conv = conv | same
-    return v, length, conv
+    conv = conv | same.to(conv.device)
+    return v, length, conv, keep
+
+
+def _take(a, b, mask):
+    """The result with ``b``'s pairs where ``mask`` and ``a``'s elsewhere."""
+    from ..geodesics import GeodesicResult
+
+    mask = mask.to(a.z0.device)
+    if not bool(mask.any()):
+        return a
+    idx = torch.cat([torch.nonzero(~mask).reshape(-1), torch.nonzero(mask).reshape(-1)])
+    both = GeodesicResult.concat([a[~mask], b[mask]])
+    return both[torch.argsort(idx)]
+
+
+def curve_log(metric, res, c, T: int = 65):
+    """Descent velocities of the curves of an uncertified result: for each pair ``c → x_i`` with curve
+    ``γ_i``, ``−L_i M(c)⁻¹ ∇_c L_i(c)``, where ``L_i(c)`` is the length of ``γ_i`` moved to start at
+    ``c`` (``γ_i(t) + (1 − t)(c − γ_i(0))``, as a warm start moves it) — the slope of that upper
+    bound of ``½ d(c, x_i)²``. For a geodesic it is ``Log_c(x_i)``; for a curve that is not one,
+    the initial velocity is not the slope of its length (the curve's own bending adds to it), and a
+    Karcher step along it may raise the bound. ``c`` is ``(N, d)``; returns ``(N, d)``."""
+    t = torch.linspace(0, 1, T, dtype=c.dtype, device=c.device)
+    with torch.no_grad():
+        cur = res.curve(t).detach().to(c.dtype)
+    start = c.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        moved = cur + (1 - t)[None, :, None] * (start - cur[:, 0])[:, None]
+        # chord sums Richardson-extrapolated from T and (T + 1)/2 points (errors h² → h⁴), as the
+        # solvers measure a curve's length
+        L1 = metric.length(moved)
+        L = L1 + (L1 - metric.length(moved[:, ::2])) / 3
+        (grad,) = torch.autograd.grad(L.sum(), start)
+    with torch.no_grad():
+        M = metric.tensor(c.detach())
+        v = -L.detach()[:, None] * torch.linalg.solve(M, grad[..., None])[..., 0]
+    return torch.where(torch.isfinite(v).all(-1, keepdim=True), v, torch.zeros_like(v))
+
+
+#: candidate steps per Karcher step (each re-solves the log maps of every point)
+KARCHER_TRIALS = 3
+
+
+def triangle_cap(d_new, conv_new, d_old, step_length, rtol=0.0):
+    """``d(c', x) ≤ d(c, x) + d(c, c')``: a new distance longer than the old one plus the step's
+    length (the exp-map curve of length ``τ‖g‖`` followed by the old curve is a real curve) is
+    replaced by that bound and marked uncertified (not the shortest curve known). ``rtol`` is the
+    lengths' own accuracy, within which a longer value is kept. Returns ``(d, conv)``."""
+    cap = d_old + step_length
+    over = d_new > cap * (1 + rtol)
+    return torch.where(over, cap, d_new), conv_new & ~over.to(conv_new.device)
+
+
+def karcher_line_search(metric, c, g, value: float, slope: float, evaluate, *, step: float = 1.0,
+                        trials: int = KARCHER_TRIALS):
+    """One step-controlled Riemannian gradient step from ``c`` along ``g`` (``−grad``).
+
+    Candidates ``Exp_c(τ g)``: ``τ = step`` first; after a rejection the minimiser of the parabola
+    through ``f(0) = value``, ``f'(0) = slope`` and the rejected ``f(τ)``, kept within
+    ``[0.05, 0.5]·τ`` (Nocedal & Wright, *Numerical Optimization*, §3.5), or ``τ/2`` when the
+    trial gave no finite value; at most ``trials`` candidates. ``evaluate(cand, τ)`` returns
+    ``(f, payload)``; a candidate is accepted when ``f ≤ value`` (to 1e-12 relative), so the
+    objective never increases.
+
+    Returns ``(τ, candidate, f, payload)`` of the accepted candidate, or ``(0.0, None, value, None)``.
+    """
+    from ..geodesics import exp_map
+
+    for _ in range(trials):
+        e = exp_map(metric, c[None], (step * g)[None])
+        cand = e.z1[0].detach()
+        f = math.inf
+        if bool(e.converged[0]) and bool(torch.isfinite(cand).all()):
+            f, payload = evaluate(cand, step)
+            if f <= value * (1 + 1e-12):
+                return step, cand, f, payload
+        curv = (f - value - slope * step) / step**2 if math.isfinite(f) else 0.0
+        new = -slope / (2.0 * curv) if curv > 0 else 0.5 * step
+        step = min(max(new, 0.05 * step), 0.5 * step)
+    return 0.0, None, value, None
 
 
 def frechet_mean(
@@ -142,15 +240,22 @@ def frechet_mean(
         init: ``(d,)`` starting point (default: the weighted Euclidean mean of ``points``).
         max_iter: gradient steps at most.
         tol: stop when ``‖grad F‖_{M(μ)} ≤ tol · √(2F)`` (relative to the points' spread).
-        step_size: initial step ``τ`` (1 = Karcher's iteration), halved when ``F`` does not decrease.
+        step_size: initial step ``τ`` of each iteration (1 = Karcher's iteration); a step that does
+            not decrease ``F`` is replaced by shorter ones (:func:`karcher_line_search`).
         geodesic_options: keyword options for :func:`latentgeo.geodesics.connecting_geodesic`
-            (``solver``, ``tol``, ``budget``, ``graph``, ...).
+            (``solver``, ``tol``, ``budget``, ``graph``, ...; not ``init``: each iteration's log
+            maps start from the previous ones).
         backend, client, block_size: where the log maps are solved: ``"serial"`` (default), or
             ``"dask"`` / a :class:`latentgeo.backends.Backend` with blocks of ``block_size`` pairs
             (:func:`latentgeo.backends.solve_pair_blocks`; ``client`` a ``distributed.Client``).
 
     Returns:
-        a :class:`FrechetMeanResult` with the mean, the gradient norm and a status.
+        a :class:`FrechetMeanResult` with the mean (in the points' dtype; the solves run in float64,
+        on a float64 copy of a float32 model), the gradient norm and a status. Where log maps are
+        not certified, ``value`` and the distances are upper bounds: the lengths of the curves found.
+        The gradient then uses, for those pairs, the slope of their curve's length
+        (:func:`curve_log`). ``UNCERTIFIED`` means the gradient of that bound is small, and
+        ``STEP_FAILED`` that no candidate step lowered it.
 
     References: Karcher, *Comm. Pure Appl. Math.* 30 (1977); Pennec, *J. Math. Imaging Vis.* 25 (2006).
     """
@@ -174,7 +279,12 @@ def frechet_mean(
     tol = check_real(tol, "tol", 0.0, strict_min=True)
     tau = check_real(step_size, "step_size", 0.0, 1.0, strict_min=True)
     opts = dict(geodesic_options or {})
+    for bad in ("init", "return_result"):
+        if bad in opts:
+            raise ValueError(f"geodesic_options may not set {bad!r} (frechet_mean warm-starts each iteration's log maps "
+                             "from the previous ones)")
     opts.setdefault("progress", False)
+    rtol = float(opts.get("tol", 1e-6)) ** 2  # the lengths' accuracy (second order in the ODE residual)
     be = (backend, client, check_int(block_size, "block_size", 1))
     if init is None:
         mu = (w[:, None] * pts).sum(0)
@@ -182,10 +292,29 @@ def frechet_mean(
         mu, _ = as_latent_batch(torch.as_tensor(init, dtype=pts.dtype, device=pts.device).reshape(1, -1),
                                 metric.latent_dim, name="init", allow_single=False)
         mu = mu[0]
+    # solved in float64 (a float64 copy of a float32 model, as connecting_geodesic does per call):
+    # near the mean F decreases by about ‖grad F‖² a step, 1e-8 relative at tol=1e-4, below float32's
+    # resolution; the mean and distances are returned in the points' dtype
+    out_dtype = pts.dtype
+    metric, wdt = float64_metric(metric, pts)
+    pts, w, mu = pts.to(wdt), w.to(wdt), mu.to(wdt)
+    # the trial steps' log maps: a pair its previous curve does not carry (not certified, or its
+    # direct Newton solve failed) keeps that curve moved to the candidate (an upper bound, continuous
+    # in the candidate) instead of the whole pipeline; where the iteration stops, those pairs are
+    # solved again with the full options, and the iteration goes on if the gradient changed
+    trial_opts = opts
+    solver = opts.get("solver")
+    if (solver is None or isinstance(solver, Collocation)) and be[0] == "serial":
+        solver = solver if solver is not None else Collocation()
+        trial_opts = dict(opts, solver=replace(solver, warm_fallback="keep",
+                                               keep_jacobians=solver.keep_jacobians or pts.shape[1] <= _JAC_MAX_DIM))
     t0 = time.perf_counter()
     n_geo = 0
-    v, dist, conv = _log_maps(metric, mu, pts, opts, be)
+    v, dist, conv, res = _log_maps(metric, mu, pts, opts, be)
     n_geo += n
+    full_here = True  # the current log maps were solved with the full options
+    grad_full = None  # the gradient norm where they last were
+    failed = False
     value = 0.5 * float((w * dist**2).sum())
     status = FrechetStatus.MAX_ITER
     it = 0
@@ -194,31 +323,56 @@ def frechet_mean(
         g = (w[:, None] * v).sum(0)  # −grad F
         with torch.no_grad():
             grad_norm = float(metric.norm(mu, g))
-        if grad_norm <= tol * math.sqrt(max(2.0 * value, 1e-300)):
-            status = FrechetStatus.SUCCESS if bool(conv.all()) else FrechetStatus.UNCERTIFIED
-            break
-        if it >= max_iter:
-            break
-        accepted = False
-        step = tau
-        while step >= 1.0 / 64:
-            e = exp_map(metric, mu[None], (step * g)[None])
-            cand = e.z1[0].detach()
-            if bool(e.converged[0]) and bool(torch.isfinite(cand).all()):
-                v2, d2, c2 = _log_maps(metric, cand, pts, opts, be)
+        small = grad_norm <= tol * math.sqrt(max(2.0 * value, 1e-300))
+        if grad_full is None:
+            grad_full = grad_norm
+        # the uncertified pairs are solved again with the full options where the iteration stops,
+        # and each time the gradient has fallen tenfold since they last were (from nearer the mean
+        # they may certify, and their log maps then steer better than the bounds' slopes)
+        if small or failed or it >= max_iter or grad_norm < 0.1 * grad_full:
+            if not full_here and not bool(conv.all()):
+                v2, d2, c2, r2 = _log_maps(metric, mu, pts, opts, be, init=res)
                 n_geo += n
-                val2 = 0.5 * float((w * d2**2).sum())
-                if val2 <= value * (1 + 1e-12):
-                    mu, v, dist, conv, value = cand, v2, d2, c2, val2
-                    accepted = True
-                    break
-            step *= 0.5
+                # the kept length is that of a real curve from the same point: a re-solve that comes
+                # out longer is not the shortest curve known; the pair keeps the shorter, uncertified
+                longer = d2 > dist * (1 + rtol)
+                dist = torch.minimum(d2, dist)
+                conv = c2 & ~longer.to(c2.device)
+                v = torch.where(longer[:, None], v, v2)
+                if r2 is not None:  # the next warm starts follow the shorter curve of each pair
+                    res = _take(r2, res, longer)
+                value = 0.5 * float((w * dist**2).sum())
+                full_here, failed, grad_full = True, False, None
+                continue
+            if not (small or failed or it >= max_iter):
+                grad_full = grad_norm
+            elif small:
+                status = FrechetStatus.SUCCESS if bool(conv.all()) else FrechetStatus.UNCERTIFIED
+                break
+            elif failed:
+                status = FrechetStatus.STEP_FAILED
+                break
+            else:
+                break
+
+        def evaluate(cand, step, dist=dist, res=res, gn=grad_norm):
+            nonlocal n_geo
+            v2, d2, c2, r2 = _log_maps(metric, cand, pts, trial_opts, be, init=res)
+            n_geo += n
+            d2, c2 = triangle_cap(d2, c2, dist, step * gn, rtol)
+            return 0.5 * float((w * d2**2).sum()), (v2, d2, c2, r2)
+
+        # F(Exp_μ(τg)) has slope ⟨grad F, g⟩ = −‖g‖² at τ = 0
+        step, cand, val2, out = karcher_line_search(metric, mu, g, value, -grad_norm**2, evaluate, step=tau)
         it += 1
-        if not accepted:
-            status = FrechetStatus.STEP_FAILED
-            break
+        if cand is None:
+            failed = True
+            continue
+        mu, value = cand, val2
+        v, dist, conv, res = out
+        full_here = trial_opts is opts
     return FrechetMeanResult(
-        mean=mu, value=value, grad_norm=grad_norm, converged=status in (FrechetStatus.SUCCESS, FrechetStatus.UNCERTIFIED),
-        status=status, n_iter=it, distances=dist, distance_converged=conv,
+        mean=mu.to(out_dtype), value=value, grad_norm=grad_norm, converged=status in (FrechetStatus.SUCCESS, FrechetStatus.UNCERTIFIED),
+        status=status, n_iter=it, distances=dist.to(out_dtype), distance_converged=conv,
         stats={"geodesics": n_geo, "wall_time": time.perf_counter() - t0},
     )

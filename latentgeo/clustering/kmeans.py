@@ -115,6 +115,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         random_state: ``None``, an int or a numpy random generator (scikit-learn's ``check_random_state``).
         verbose: print per-iteration inertia and show a progress bar over ``n_init × max_iter``.
 
+    The geodesics, Karcher steps and bounds are computed in float64 (on a float64 copy of a float32
+    model, made once per ``fit``); ``cluster_centers_`` and ``distances_`` come back in the codes' dtype.
+
     Attributes:
         labels_: ``(n,)`` int64 numpy array; cluster_centers_: ``(k, d)`` tensor;
         inertia_: ``Σ d(x_i, c_{label_i})²``; n_iter_: iterations of the kept run;
@@ -413,10 +416,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.backend == "serial":
             from ..geodesics import connecting_geodesic
 
-            return connecting_geodesic(self.metric, z0, z1, **opts, **({} if init is None else {"init": init}))
+            return connecting_geodesic(self._wm, z0, z1, **opts, **({} if init is None else {"init": init}))
         from ..backends import solve_pair_blocks
 
-        return solve_pair_blocks(self.metric, z0, z1, block_size=self.block_size, backend=self.backend,
+        return solve_pair_blocks(self._wm, z0, z1, block_size=self.block_size, backend=self.backend,
                                  client=self.client, **opts)
 
     def _final_known(self, X, C, labels, known):
@@ -497,6 +500,18 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         lab = torch.argmin(D, 1)
         return lab, D[idx, lab], CV[idx, lab], V[idx, lab]
 
+    def _working(self, X):
+        """The codes in the working dtype, with ``self._wm`` the metric to solve on: float64 (a
+        float64 copy of a float32 model, as ``connecting_geodesic`` makes for each call). In float32
+        a Karcher step's acceptance test compares sums of squared distances that differ by less
+        than float32 resolves near convergence, and every call would copy the model again."""
+        from ..geodesics.connecting import float64_metric
+
+        if getattr(self, "_m64", None) is None:
+            self._m64 = float64_metric(self.metric, X)
+        self._wm = self._m64[0]
+        return X.to(self._m64[1])
+
     def _chord_bounds(self, X, C):
         """``(n, k)`` lower bounds ``‖g(x) − g(c)‖`` of the geodesic distances (embedded metrics;
         ``None`` otherwise), computed in float64, shrunk by 1e-9 relative for rounding."""
@@ -540,12 +555,12 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return X[torch.tensor(chosen)].clone()
 
     # ------------------------------------------------------------------ centre update
-    _KARCHER_TRIALS = 3  # candidate steps per cluster and iteration (each re-solves the members)
+    _KARCHER_TRIALS = 3  # candidate steps per cluster and iteration (each re-solves the members): frechet.KARCHER_TRIALS
 
     def _karcher(self, X, C, labels, dist, conv, vel):
         """One step-controlled Karcher step per cluster. Returns new centres, and the members'
         distances/certification/velocities from the new centres (reused by the next assignment)."""
-        from ..geodesics import exp_map
+        from .frechet import karcher_line_search, triangle_cap
 
         C = C.clone()
         dist, conv, vel = dist.clone(), conv.clone(), vel.clone()
@@ -564,37 +579,27 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             g = vel[members].mean(0)
             value = float((dist[members] ** 2).sum())
             with torch.no_grad():
-                gn2 = float(self.metric.norm(C[j][None], g[None])[0]) ** 2
+                gn2 = float(self._wm.norm(C[j][None], g[None])[0]) ** 2
             slope = -2.0 * len(members) * gn2  # d/dτ Σ d(Exp_c(τg), x_i)² at τ = 0
-            step = 1.0
-            for _ in range(self._KARCHER_TRIALS):
-                e = exp_map(self.metric, C[j][None], (step * g)[None])
-                cand = e.z1[0].detach()
-                f = math.inf
-                if bool(e.converged[0]) and bool(torch.isfinite(cand).all()):
-                    Cj = C.clone()
-                    Cj[j] = cand
-                    d2, c2, v2 = self._pairs(Cj, X, torch.full((len(members),), j, dtype=torch.long), members)
-                    # d(c', x) ≤ d(c', c) + d(c, x): the exp-map curve (length τ‖g‖) followed by the
-                    # old curve is an upper bound. A warm solve that came out longer (another,
-                    # longer branch) is replaced by it — not certified: not the shortest curve
-                    # known — which keeps f(τ) continuous as τ → 0 (without it one such member
-                    # rejected every step of its cluster on the digits VAEs)
-                    cap = dist[members] + step * gn2**0.5
-                    over = d2 > cap * (1 + self._opts_iter.get("tol", 1e-6) ** 2)  # (beyond the length's accuracy)
-                    d2, c2 = torch.where(over, cap, d2), c2 & ~over.cpu()
-                    f = float((d2**2).sum())
-                    if f <= value * (1 + 1e-12):
-                        moved[j] = step * gn2**0.5
-                        C[j] = cand
-                        dist[members], conv[members], vel[members] = d2, c2, v2
-                        break
-                # rejected: the minimiser of the parabola through f(0), f'(0) and f(step) (Nocedal &
-                # Wright, Numerical Optimization, §3.5), kept within [0.05, 0.5]·step; halving if
-                # the trial gave no finite value
-                curv = (f - value - slope * step) / step**2 if math.isfinite(f) else 0.0
-                new = -slope / (2.0 * curv) if curv > 0 else 0.5 * step
-                step = min(max(new, 0.05 * step), 0.5 * step)
+            idx_j = torch.full((len(members),), j, dtype=torch.long)
+
+            def evaluate(cand, step, j=j, members=members, idx_j=idx_j, gn=gn2**0.5):
+                Cj = C.clone()
+                Cj[j] = cand
+                d2, c2, v2 = self._pairs(Cj, X, idx_j, members)
+                # d(c', x) ≤ d(c', c) + d(c, x): a warm solve that came out longer than the exp-map
+                # curve followed by the old curve (another, longer branch) is replaced by that bound,
+                # uncertified, which keeps f(τ) continuous as τ → 0 (without it one such member
+                # rejected every step of its cluster on the digits VAEs)
+                d2, c2 = triangle_cap(d2, c2, dist[members], step * gn, self._opts_iter.get("tol", 1e-6) ** 2)
+                return float((d2**2).sum()), (d2, c2, v2)
+
+            step, cand, _, out = karcher_line_search(self._wm, C[j], g, value, slope, evaluate,
+                                                     trials=self._KARCHER_TRIALS)
+            if cand is not None:
+                moved[j] = step * gn2**0.5
+                C[j] = cand
+                dist[members], conv[members], vel[members] = out
             if moved[j] == 0:
                 self._rejected[j] = state
             else:
@@ -636,9 +641,11 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self._n_open = 0
         self._warm = {}
         self._m64 = None
+        out_dtype = X.dtype
+        X = self._working(X)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # bridging of disconnected kNN components
-            graph = LatentGraph(self.metric, X, k=min(self.n_neighbors, n - 1), disconnected="bridge") if n > 1 else None
+            graph = LatentGraph(self._wm, X, k=min(self.n_neighbors, n - 1), disconnected="bridge") if n > 1 else None
         G = graph.distances(X).to(X.dtype) if graph is not None else X.new_zeros(1, 1)
         self._graph = graph
         self._opts, self._opts_iter = self._options(True, X.shape[1]), self._options(False, X.shape[1])
@@ -722,10 +729,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         bar.close()
         inertia, labels, C, dist, conv, n_iter, history = best
         self.labels_ = labels.cpu().numpy().astype(np.int64)
-        self.cluster_centers_ = C
+        self.cluster_centers_ = C.to(out_dtype)  # (solved in float64: see _working)
         self.inertia_ = inertia
         self.n_iter_ = n_iter
-        self.distances_ = dist
+        self.distances_ = dist.to(out_dtype)
         self.distance_converged_ = conv.cpu().numpy().astype(bool)
         self.inertia_history_ = history
         self.n_geodesics_ = self._n_geo
@@ -735,10 +742,13 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def _prepare_solves(self):
+    def _prepare_solves(self, X):
+        """Solver state for ``transform``/``predict``; returns ``X`` and the centres in the working dtype."""
         self._graph = self.graph_
         self._opts, self._opts_iter = self._options(True), self._options(False)
         self._n_geo, self._n_open, self._warm, self._m64 = 0, 0, {}, None
+        X = self._working(X)
+        return X, self.cluster_centers_.to(X.dtype)
 
     def _check_fitted(self):
         if not hasattr(self, "cluster_centers_"):
@@ -750,24 +760,23 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Geodesic distances ``(n_samples, n_clusters)`` to the centres (upper bounds where not certified)."""
         self._check_fitted()
         X = self._check_X(X)
+        out_dtype = X.dtype
+        X, C = self._prepare_solves(X)
         if self.algorithm == "graph":
-            return self.graph_.distances(X, self.cluster_centers_)
-        self._prepare_solves()
-        C = self.cluster_centers_
+            return self.graph_.distances(X, C).to(out_dtype)
         n, k = X.shape[0], C.shape[0]
         ci = torch.arange(k).repeat_interleave(n)
         xi = torch.arange(n).repeat(k)
         d, _, _ = self._pairs(C, X, ci, xi, final=True, store=False)
-        return d.reshape(k, n).T.contiguous()
+        return d.reshape(k, n).T.contiguous().to(out_dtype)
 
     def predict(self, X):
         """Index of the geodesically nearest centre for each code ``(n_samples,)``."""
         self._check_fitted()
         X = self._check_X(X)
+        X, C = self._prepare_solves(X)
         if self.algorithm == "graph":
-            return torch.argmin(self.graph_.distances(X, self.cluster_centers_), 1).cpu().numpy().astype(np.int64)
-        self._prepare_solves()
-        C = self.cluster_centers_
+            return torch.argmin(self.graph_.distances(X, C), 1).cpu().numpy().astype(np.int64)
         if self.graph_ is not None:
             start = torch.argmin(self.graph_.distances(X, C), 1)
         else:

@@ -183,6 +183,17 @@ class GeodesicResult:
     def __len__(self):
         return self.length.shape[0]
 
+    @staticmethod
+    def concat(results) -> "GeodesicResult":
+        """One result holding the pairs of ``results`` in order (for instance chunks of pairs solved
+        by separate calls): ``GeodesicResult.concat([r[:2], r[2:]])`` has the pairs of ``r``."""
+        from .connecting import _concat
+
+        results = list(results)
+        if not results or not all(isinstance(r, GeodesicResult) for r in results):
+            raise TypeError("GeodesicResult.concat needs a non-empty sequence of GeodesicResult objects")
+        return _concat(results)
+
     def __getitem__(self, idx):
         n = len(self)
         sel = torch.arange(n, device=self.z0.device)[idx].reshape(-1)
