@@ -23,7 +23,9 @@ fitted attributes with a trailing underscore, ``random_state``, ``get_params``/`
 
 The log maps ``Log_c(x_i)`` are the initial velocities of the geodesics solved for the
 assignment (centre → point), so a Karcher step costs no extra geodesics beyond the check of its
-candidate. The final labels are the argmin of the geodesic distances; ``distance_converged_``
+candidate. For a pair whose geodesic is not certified, its distance is the length of the curve found
+(an upper bound), and the step follows the slope of that length as the centre moves
+(:func:`~latentgeo.clustering.frechet.curve_log`), not the curve's initial velocity. The final labels are the argmin of the geodesic distances; ``distance_converged_``
 says, per point, whether the distance to its centre is a certified geodesic (otherwise it is the
 length of the shortest curve found: an upper bound).
 
@@ -349,6 +351,13 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             length[ps] = res.length.detach().to(X.dtype)
             conv[ps] = res.converged.cpu()
             v[ps] = res.initial_velocity.detach().to(X.dtype)
+            bad = torch.nonzero(~res.converged.to(ps.device)).reshape(-1)
+            if not final and bad.numel():
+                # an uncertified pair's length is that of the curve found (an upper bound): the
+                # Karcher step follows that bound's slope, not the curve's initial velocity
+                from .frechet import curve_log
+
+                v[ps[bad]] = curve_log(self._wm, res[bad], z0[ps[bad]]).to(X.dtype)
             if store:
                 for j in torch.unique(cj).tolist():
                     m = torch.nonzero(cj == j).reshape(-1)
