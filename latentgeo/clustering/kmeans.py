@@ -75,7 +75,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         max_iter: iterations per run.
         tol: stop when no label changes and either every centre moved less than ``tol`` times
             the median distance of its points or the centre update lowered the inertia by less
-            than ``tol`` (relative).
+            than ``tol`` (relative); or when a whole iteration (re-assignment and centre update)
+            lowered it by less than ``tol``, even if a few labels changed (the final assignment
+            re-assigns them: on the {0, 1, 2} digits triplet this ended the fit after 3 iterations
+            instead of 7, at inertia 1043.5 instead of 1043.2).
         centroid: ``"karcher"`` (Fréchet mean by Riemannian gradient steps) or ``"medoid"``.
         algorithm: ``"geodesic"`` (the default: the graph phase, then iterations and the final
             assignment with solved geodesics) or ``"graph"`` (k-medoids on the kNN graph's
@@ -685,6 +688,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             history = []
             n_iter = 0
             known = None
+            prev_after = None
             self._warm = {}
             self._rejected = {}  # cluster -> the state its last Karcher step was rejected from
             if graph is not None and isinstance(self.init, str):
@@ -723,10 +727,15 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 # ... or when the centre update lowered the inertia by less than tol (relative):
                 # Karcher's steps approach the Fréchet means only linearly, and labels that no
                 # longer change are what the clustering is for
-                if changed == 0 and known is not None and it > 0:
+                if known is not None and it > 0:
                     after = float((known[0] ** 2).sum())
-                    if history[-1] - after <= self.tol * history[-1]:
+                    if changed == 0 and history[-1] - after <= self.tol * history[-1]:
                         break
+                    # ... or when a whole iteration (re-assignment and centre update) lowered it by
+                    # less than tol, whatever a few labels did: the final assignment re-assigns
+                    if prev_after is not None and prev_after - after <= self.tol * prev_after:
+                        break
+                    prev_after = after
             # final assignment to the final centres, at the full tolerance (warm-started from the
             # iterations' curves); distances the last Karcher check certified from these centres
             # at a tolerance at least as strict are kept, the others solved again
