@@ -47,7 +47,7 @@ from ..geodesics.connecting import float64_metric
 
 _JAC_MAX_DIM = 8  # latent dimensions up to which the trial solves keep Newton Jacobians (2·Q·d² a pair)
 
-__all__ = ["frechet_mean", "FrechetMeanResult", "FrechetStatus", "karcher_line_search", "triangle_cap"]
+__all__ = ["frechet_mean", "FrechetMeanResult", "FrechetStatus", "karcher_line_search", "triangle_cap", "keep_shorter", "curve_log"]
 
 
 class FrechetStatus(IntEnum):
@@ -186,6 +186,17 @@ def triangle_cap(d_new, conv_new, d_old, step_length, rtol=0.0):
     cap = d_old + step_length
     over = d_new > cap * (1 + rtol)
     return torch.where(over, cap, d_new), conv_new & ~over.to(conv_new.device)
+
+
+def keep_shorter(d_new, conv_new, v_new, d_old, v_old, rtol=0.0):
+    """A re-solve against a kept curve from the same point: one that comes out longer (beyond
+    ``rtol``, the lengths' accuracy) is not the shortest curve known, so the pair keeps the shorter
+    length and its velocity, uncertified. Returns ``(d, conv, v, longer)``."""
+    longer = d_new > d_old * (1 + rtol)
+    d = torch.minimum(d_new, d_old)
+    conv = conv_new & ~longer.to(conv_new.device)
+    v = torch.where(longer[:, None], v_old, v_new)
+    return d, conv, v, longer
 
 
 def karcher_line_search(metric, c, g, value: float, slope: float, evaluate, *, step: float = 1.0,
@@ -335,10 +346,7 @@ def frechet_mean(
                 n_geo += n
                 # the kept length is that of a real curve from the same point: a re-solve that comes
                 # out longer is not the shortest curve known; the pair keeps the shorter, uncertified
-                longer = d2 > dist * (1 + rtol)
-                dist = torch.minimum(d2, dist)
-                conv = c2 & ~longer.to(c2.device)
-                v = torch.where(longer[:, None], v, v2)
+                dist, conv, v, longer = keep_shorter(d2, c2, v2, dist, v, rtol)
                 if r2 is not None:  # the next warm starts follow the shorter curve of each pair
                     res = _take(r2, res, longer)
                 value = 0.5 * float((w * dist**2).sum())

@@ -439,6 +439,8 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         ``C[labels]`` where certified at a tolerance ``≤`` the final one and not longer than the
         graph path, the rest re-solved with the final options; ``None`` (all solved again) when
         there is no such check."""
+        from .frechet import keep_shorter
+
         if known is None or self._opts_iter.get("tol", 1e-6) > self._opts.get("tol", 1e-6):
             return None
         dist, conv, vel = (x.clone() for x in known)
@@ -455,10 +457,8 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             # the kept length is that of a real curve from the same centre: a re-solve that comes
             # out longer (certified or not) is not the shortest curve known; the pair keeps the
             # shorter length, uncertified
-            longer = d2 > dist[bad] * (1 + self._opts.get("tol", 1e-6) ** 2)  # (beyond the length's accuracy)
-            dist[bad] = torch.minimum(d2, dist[bad])
-            conv[bad] = c2 & ~longer.cpu()
-            vel[bad] = torch.where(longer[:, None], vel[bad], v2)
+            dist[bad], conv[bad], vel[bad], _ = keep_shorter(d2, c2, v2, dist[bad], vel[bad],
+                                                             self._opts.get("tol", 1e-6) ** 2)
         return dist, conv, vel
 
     def _centre_distances(self, C, final):
@@ -567,7 +567,6 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return X[torch.tensor(chosen)].clone()
 
     # ------------------------------------------------------------------ centre update
-    _KARCHER_TRIALS = 3  # candidate steps per cluster and iteration (each re-solves the members): frechet.KARCHER_TRIALS
 
     def _karcher(self, X, C, labels, dist, conv, vel):
         """One step-controlled Karcher step per cluster. Returns new centres, and the members'
@@ -606,8 +605,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 d2, c2 = triangle_cap(d2, c2, dist[members], step * gn, self._opts_iter.get("tol", 1e-6) ** 2)
                 return float((d2**2).sum()), (d2, c2, v2)
 
-            step, cand, _, out = karcher_line_search(self._wm, C[j], g, value, slope, evaluate,
-                                                     trials=self._KARCHER_TRIALS)
+            step, cand, _, out = karcher_line_search(self._wm, C[j], g, value, slope, evaluate)
             if cand is not None:
                 moved[j] = step * gn2**0.5
                 C[j] = cand
