@@ -84,6 +84,61 @@ def test_frechet_mean_of_symmetric_points_on_the_sphere():
     assert "FrechetMeanResult" in repr(res)
 
 
+def test_iteration_velocities_of_uncertified_pairs_are_the_slopes_of_their_curves(monkeypatch):
+    """Inside the iterations an uncertified pair's Karcher velocity is ``curve_log`` of the curve the
+    solver returned (the slope of that upper bound), a certified pair's its log map; the final
+    assignment reports the solver's initial velocities."""
+    from latentgeo.clustering.frechet import curve_log
+
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    X = torch.randn(10, 2, dtype=D64, generator=torch.Generator().manual_seed(3)) * 0.5
+    weak = lg.Collocation(nodes=4, max_nodes=4, degree=4, max_iter=1, energy_max_iter=1)
+    km = _prepared(metric, X, iteration_options={"solver": weak, "tol": 1e-12},
+                   geodesic_options={"solver": weak, "tol": 1e-12, "graph": None})
+    seen = []
+    solve = km._solve
+    monkeypatch.setattr(km, "_solve", lambda *a: seen.append(solve(*a)) or seen[-1])
+    C = torch.tensor([[0.0, 0.0]], dtype=D64)
+    ci = torch.zeros(10, dtype=torch.long)
+    d, c, v = km._pairs(C, X, ci, torch.arange(10))
+    res = seen[-1]
+    bad = ~res.converged
+    assert bool(bad.any())
+    torch.testing.assert_close(v[bad], curve_log(metric, res[bad], C[ci][bad]))
+    torch.testing.assert_close(v[~bad], res.initial_velocity[~bad])
+    _, _, v_final = km._pairs(C, X, ci, torch.arange(10), final=True, store=False)
+    torch.testing.assert_close(v_final, seen[-1].initial_velocity)
+
+
+def test_fit_stops_when_an_iteration_barely_lowers_the_inertia_though_labels_still_change(monkeypatch):
+    """The whole-iteration rule: one point's label flips every iteration (so the no-change rules never
+    apply), and each centre update lowers the inertia by 1e-6 relative, far below ``tol``. The fit
+    stops at the third iteration (the first whose whole-iteration decrease can be measured), not at
+    ``max_iter``; the final assignment re-assigns the flipped point."""
+    metric, A = _linear_metric()
+    g = torch.Generator().manual_seed(2)
+    X = torch.cat([torch.randn(15, 2, generator=g, dtype=D64) * 0.3 + c for c in (-2.0, 2.0)])
+    km = lg.GeodesicKMeans(metric, n_clusters=2, random_state=0, tol=1e-3, max_iter=20)
+    assign, flips = km._assign, []
+
+    def flipping(X, C, labels, final=False, known=None):
+        lab, d, c, v = assign(X, C, labels, final=final, known=known)
+        if not final:
+            lab = lab.clone()
+            lab[0] = len(flips) % 2  # one point alternates between the clusters
+            flips.append(1)
+        return lab, d, c, v
+
+    def tiny_step(X, C, labels, dist, conv, vel):
+        return C.clone(), torch.full((C.shape[0],), 1.0, dtype=X.dtype), (dist * (1 - 1e-6) ** 0.5, conv, vel)
+
+    monkeypatch.setattr(km, "_assign", flipping)
+    monkeypatch.setattr(km, "_karcher", tiny_step)
+    km.fit(X)
+    assert km.n_iter_ == 3 and len(flips) == 3
+    assert sorted(np.bincount(km.labels_).tolist()) == [15, 15]
+
+
 def test_curve_log_is_the_log_map_of_a_geodesic_and_the_slope_of_a_bent_curves_length():
     """``curve_log``: for a certified great circle it is the log map (the geodesic's initial
     velocity); for a curve that is not a geodesic it is ``−L M⁻¹ ∇L`` of the curve's length as its
