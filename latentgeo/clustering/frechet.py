@@ -45,7 +45,8 @@ from .._validation import as_latent_batch, check_int, check_real
 from ..geodesics import Collocation
 from ..geodesics.connecting import float64_metric
 
-_JAC_MAX_DIM = 8  # latent dimensions up to which the trial solves keep Newton Jacobians (2·Q·d² a pair)
+#: latent dimensions up to which warm solves keep Newton Jacobians (2·Q·d² numbers a pair), here and in k-means
+JAC_MAX_DIM = 8
 
 __all__ = ["frechet_mean", "FrechetMeanResult", "FrechetStatus", "karcher_line_search", "triangle_cap", "keep_shorter", "curve_log"]
 
@@ -318,7 +319,7 @@ def frechet_mean(
     if (solver is None or isinstance(solver, Collocation)) and be[0] == "serial":
         solver = solver if solver is not None else Collocation()
         trial_opts = dict(opts, solver=replace(solver, warm_fallback="keep",
-                                               keep_jacobians=solver.keep_jacobians or pts.shape[1] <= _JAC_MAX_DIM))
+                                               keep_jacobians=solver.keep_jacobians or pts.shape[1] <= JAC_MAX_DIM))
     t0 = time.perf_counter()
     n_geo = 0
     v, dist, conv, res = _log_maps(metric, mu, pts, opts, be)
@@ -340,7 +341,8 @@ def frechet_mean(
         # the uncertified pairs are solved again with the full options where the iteration stops,
         # and each time the gradient has fallen tenfold since they last were (from nearer the mean
         # they may certify, and their log maps then steer better than the bounds' slopes)
-        if small or failed or it >= max_iter or grad_norm < 0.1 * grad_full:
+        stop = small or failed or it >= max_iter
+        if stop or grad_norm < 0.1 * grad_full:
             if not full_here and not bool(conv.all()):
                 v2, d2, c2, r2 = _log_maps(metric, mu, pts, opts, be, init=res)
                 n_geo += n
@@ -352,16 +354,13 @@ def frechet_mean(
                 value = 0.5 * float((w * dist**2).sum())
                 full_here, failed, grad_full = True, False, None
                 continue
-            if not (small or failed or it >= max_iter):
-                grad_full = grad_norm
-            elif small:
-                status = FrechetStatus.SUCCESS if bool(conv.all()) else FrechetStatus.UNCERTIFIED
-                break
-            elif failed:
-                status = FrechetStatus.STEP_FAILED
-                break
-            else:
-                break
+            if stop:
+                if small:
+                    status = FrechetStatus.SUCCESS if bool(conv.all()) else FrechetStatus.UNCERTIFIED
+                elif failed:
+                    status = FrechetStatus.STEP_FAILED
+                break  # (else max_iter: status stays MAX_ITER)
+            grad_full = grad_norm
 
         def evaluate(cand, step, dist=dist, res=res, gn=grad_norm):
             nonlocal n_geo
