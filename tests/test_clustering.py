@@ -82,6 +82,12 @@ def test_frechet_mean_of_symmetric_points_on_the_sphere():
     w = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=D64)
     assert (lg.frechet_mean(metric, pts, w).mean - pts[0]).abs().max() < 1e-5
     assert "FrechetMeanResult" in repr(res)
+    # geodesic_options dtype=float32 (tol 1e-4): the same mean to float32 accuracy, in the points' dtype
+    r32 = lg.frechet_mean(metric, pts, tol=1e-4, geodesic_options={"dtype": torch.float32, "tol": 1e-4})
+    assert r32.converged and r32.mean.dtype == D64
+    assert (r32.mean - target).abs().max() < 1e-4 and (r32.distances - 0.5).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="needs tol >= 0.0001"):
+        lg.frechet_mean(metric, pts, geodesic_options={"dtype": torch.float32})
 
 
 def test_iteration_velocities_of_uncertified_pairs_are_the_slopes_of_their_curves(monkeypatch):
@@ -236,6 +242,44 @@ def test_inertia_never_increases_on_the_sphere():
     assert sorted(np.bincount(km.labels_).tolist()) == [8, 8, 8]
 
 
+def test_working_dtype_auto_is_float32_at_the_default_tolerances_and_float64_below_1e_3():
+    """``dtype="auto"``: float32 solves at the defaults' tol 1e-2 (the distances still great
+    circles to 1e-4, returned in the codes' float64), float64 once a tolerance is below 1e-3."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    g = torch.Generator().manual_seed(1)
+    caps = [torch.tensor(v, dtype=D64) for v in ([0.0, 0.0, 1.0], [0.9, 0.0, 0.4], [-0.3, 0.8, 0.5])]
+    pts = torch.cat([_cap_points(c, 0.3, 6, rotate=float(torch.rand(1, generator=g))) for c in caps])
+    X = _chart(pts)
+    seen = []
+    solve = lg.GeodesicKMeans._solve
+
+    def spy(self, z0, z1, init, opts):
+        seen.append((z0.dtype, opts["dtype"]))
+        return solve(self, z0, z1, init, opts)
+
+    lg.GeodesicKMeans._solve = spy
+    try:
+        km = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0).fit(X)
+        assert seen and set(seen) == {(torch.float32, torch.float32)}
+        seen.clear()
+        km64 = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0,
+                                 geodesic_options={"tol": 1e-4}).fit(X)
+        assert seen and set(seen) == {(torch.float64, torch.float64)}
+    finally:
+        lg.GeodesicKMeans._solve = solve
+    assert km.distances_.dtype == D64 and km.cluster_centers_.dtype == D64
+    assert km.distance_converged_.all() and sorted(np.bincount(km.labels_).tolist()) == [6, 6, 6]
+    C = _sphere(km.cluster_centers_)
+    own = great_circle_to(pts, C[torch.as_tensor(km.labels_)])
+    torch.testing.assert_close(km.distances_, own, rtol=1e-4, atol=1e-6)
+    assert np.array_equal(km.labels_, km64.labels_)
+    assert abs(km.inertia_ - km64.inertia_) <= 1e-4 * km64.inertia_
+
+
+def great_circle_to(p, q):
+    return 2 * torch.asin((p - q).norm(dim=-1).clamp(max=2) / 2)
+
+
 def _ridge_metric():
     """A linear mean and a std that jumps on the line z₁ = 0: a high-variance gap."""
     def mean(z):
@@ -305,6 +349,12 @@ def test_estimator_conventions_and_errors():
         lg.GeodesicKMeans(metric, n_clusters=2, algorithm="graph").fit(X)
     with pytest.raises(ValueError, match="init"):
         lg.GeodesicKMeans(metric, n_clusters=2, geodesic_options={"init": "graph"}).fit(X)
+    with pytest.raises(ValueError, match=r"GeodesicKMeans\(dtype=...\)"):
+        lg.GeodesicKMeans(metric, n_clusters=2, geodesic_options={"dtype": torch.float32}).fit(X)
+    with pytest.raises(ValueError, match="needs tol >= 0.0001"):
+        lg.GeodesicKMeans(metric, n_clusters=2, dtype=torch.float32, geodesic_options={"tol": 1e-6}).fit(X)
+    with pytest.raises(ValueError, match="torch.float64 or torch.float32"):
+        lg.GeodesicKMeans(metric, n_clusters=2, dtype="half").fit(X)
     # numpy input and the medoid variant
     labels = lg.GeodesicKMeans(metric, n_clusters=2, centroid="medoid", random_state=0).fit_predict(X.numpy())
     assert labels.shape == (20,) and set(labels.tolist()) == {0, 1}
@@ -319,13 +369,21 @@ def test_chord_lower_bounds_and_the_continued_first_assignment_on_the_sphere():
     caps = [torch.tensor(v, dtype=D64) for v in ([0.0, 0.0, 1.0], [0.9, 0.0, 0.4], [-0.3, 0.8, 0.5])]
     pts = torch.cat([_cap_points(c, t, 8, rotate=float(torch.rand(1, generator=g))) for c in caps for t in (0.15, 0.3)])
     X = _chart(pts)
-    km = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0, max_iter=1)
+    km = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0, max_iter=1, dtype=torch.float64)
     km.fit(X)
     C = km.cluster_centers_
     low = km._chord_bounds(X, C)
     theta = torch.arccos((pts[:, None] * _sphere(C)[None]).sum(-1).clamp(-1, 1))
-    torch.testing.assert_close(low, 2 * torch.sin(theta / 2), rtol=1e-8, atol=1e-12)
+    chord = 2 * torch.sin(theta / 2)
+    torch.testing.assert_close(low, chord, rtol=1e-8, atol=1e-12)
     assert bool((low <= theta).all())
+    # in float32 (dtype="auto" at the default tolerances) the bound is shrunk by the embeddings'
+    # rounding: still below the chord, by at most 64·eps·(‖g(x)‖ + ‖g(c)‖)
+    km32 = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0, dtype=torch.float32)
+    km32._dtype, km32._mw = torch.float32, None
+    low32 = km32._chord_bounds(X, C)
+    assert low32.dtype == X.dtype and bool((low32 <= chord).all())
+    assert float((chord - low32).max()) <= 3 * 64 * torch.finfo(torch.float32).eps
     # the fit's own distances (certified) are great-circle distances to its centres
     own = theta[torch.arange(len(X)), torch.as_tensor(km.labels_)]
     assert km.distance_converged_.all()
@@ -335,7 +393,7 @@ def test_chord_lower_bounds_and_the_continued_first_assignment_on_the_sphere():
     assert km.n_open_pairs_ < 2 * len(X)
     # the continuation itself: from medoid centres, every member's geodesic is certified
     km2 = lg.GeodesicKMeans(metric, n_clusters=3, random_state=0)
-    km2._m64, km2._n_geo, km2._n_open, km2._warm = None, 0, 0, {}
+    km2._mw, km2._dtype, km2._n_geo, km2._n_open, km2._warm = None, torch.float64, 0, 0, {}
     km2._working(X)
     km2._graph = lg.geodesics.LatentGraph(metric, X, k=16)
     km2._opts, km2._opts_iter = km2._options(True), km2._options(False)
@@ -355,7 +413,7 @@ def _linear_metric():
 
 def _prepared(metric, X, **kw):
     km = lg.GeodesicKMeans(metric, n_clusters=1, random_state=0, **kw)
-    km._m64, km._n_geo, km._n_open, km._warm = None, 0, 0, {}
+    km._mw, km._dtype, km._n_geo, km._n_open, km._warm = None, torch.float64, 0, 0, {}
     km._rejected, km._n_karcher_repeats = {}, 0
     km._working(X)
     km._graph = lg.geodesics.LatentGraph(metric, X, k=8)

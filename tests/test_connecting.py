@@ -267,6 +267,49 @@ def test_float32_follows_dtype_and_matches_float64():
     torch.testing.assert_close(r32.length.double(), r64.length, rtol=1e-4, atol=0)
 
 
+class _Stereo(torch.nn.Module):
+    """``stereo`` as a module with a (float64) parameter, so its precision is the module's."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones((), dtype=D64), requires_grad=False)
+
+    def forward(self, z):
+        return stereo(z * self.scale)
+
+
+def test_dtype_float32_solves_on_a_float32_copy_and_gives_great_circles():
+    """``dtype=torch.float32``: a float64 model is solved on a float32 copy (the model untouched),
+    the lengths are great-circle distances to float32/tol accuracy, outputs in the codes' dtype."""
+    g = torch.Generator().manual_seed(4)
+    z0 = torch.randn(12, 2, generator=g, dtype=D64) * 0.8
+    z1 = torch.randn(12, 2, generator=g, dtype=D64) * 0.8
+    net = _Stereo()
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(net, latent_dim=2))
+    seen = []
+    hook = net.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    try:
+        r = connecting_geodesic(metric, z0, z1, tol=1e-4, dtype=torch.float32, budget=None)
+    finally:
+        hook.remove()
+    # every evaluation ran in float32 (on the copy: deepcopy carries the hook), the model is still float64
+    assert seen and set(seen) == {torch.float32} and net.scale.dtype == D64
+    assert r.length.dtype == D64 and bool(r.converged.all())
+    torch.testing.assert_close(r.length, great_circle(stereo(z0), stereo(z1)), rtol=2e-5, atol=1e-6)
+    m32, dt = lg.geodesics.working_metric(metric, z0, torch.float32)
+    assert dt == torch.float32 and m32 is not metric
+    assert lg.geodesics.working_metric(metric, z0)[0] is metric  # (already float64: no copy)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(dtype=torch.float32, tol=1e-6), "needs tol >= 0.0001"),
+                                        (dict(dtype=torch.float16), "torch.float64 or torch.float32"),
+                                        (dict(dtype="double"), "torch.float64 or torch.float32")])
+def test_dtype_option_rejects_what_it_cannot_do(bad, match):
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo, latent_dim=2))
+    with pytest.raises(ValueError, match=match):
+        connecting_geodesic(metric, torch.zeros(1, 2, dtype=D64), torch.ones(1, 2, dtype=D64), **bad)
+
+
 def test_non_minimising_geodesic_is_flagged_not_reported_as_distance():
     """Initialised the long way round the equator, the solver finds the 270° great-circle arc: a
     geodesic, but longer than the straight line, so it must not be reported as converged."""

@@ -55,7 +55,7 @@ __all__ = [
     "NearestCentres",
 ]
 
-_OPTS = ("solver", "tol", "init", "graph", "budget", "n_points", "recheck", "chunk_size")
+_OPTS = ("solver", "tol", "init", "graph", "budget", "n_points", "recheck", "chunk_size", "dtype")
 _STOPPED_MSG = "stopped by the user (KeyboardInterrupt) before this block was solved"
 
 
@@ -141,12 +141,16 @@ def _check_opts(opts):
         raise ValueError(f"budget must be a positive number of seconds per pair or None, got {budget!r}")
     if opts.get("chunk_size") is not None:
         check_int(opts["chunk_size"], "chunk_size", minimum=1)
+    if opts.get("dtype") is not None:
+        from ..geodesics.connecting import check_dtype
+
+        check_dtype(opts["dtype"], tol)
     return dict(opts)
 
 
 def _prepare(metric, codes, backend, client, opts):
-    """Checked metric (float64 copy when needed), working dtype, backend and options."""
-    from ..geodesics import float64_metric
+    """Checked metric (a float64 copy, or the ``dtype`` option's, when needed), working dtype, backend and options."""
+    from ..geodesics import working_metric
     from ..metric import Metric
     from . import get_backend
 
@@ -154,7 +158,7 @@ def _prepare(metric, codes, backend, client, opts):
         raise TypeError(f"metric must be a latentgeo Metric (PullbackMetric or MetricField), got {type(metric).__name__}")
     backend = get_backend(backend, client)
     opts = _check_opts(opts)
-    metric, wdt = float64_metric(metric, codes)
+    metric, wdt = working_metric(metric, codes, opts.get("dtype"))
     backend.check_transferable(metric, "metric")
     backend.check_transferable(opts, "the solver options")
     return metric, wdt, backend, opts
@@ -275,7 +279,8 @@ def solve_pair_blocks(metric, z0, z1, *, block_size: int = 256, backend="serial"
     pairs this is the same single ``connecting_geodesic`` call as before, bit for bit.
 
     Args:
-        metric: a latentgeo metric (float32 models are solved on a float64 copy made once, here).
+        metric: a latentgeo metric (float32 models are solved on a float64 copy made once, here, or
+            on a copy in the ``dtype`` option's precision).
         z0, z1: ``(N, d)`` endpoints.
         block_size: pairs per block (one task each on a cluster). The blocks, and hence the
             numbers, do not depend on the backend.
@@ -285,7 +290,7 @@ def solve_pair_blocks(metric, z0, z1, *, block_size: int = 256, backend="serial"
         on_failure: ``"ignore"`` (default: the result flags the pairs), ``"warn"`` or ``"raise"``.
         **geodesic_kwargs: :func:`~latentgeo.geodesics.connecting_geodesic` options applied to
             every block (``solver``, ``tol``, ``init`` ``"line"``/``"graph"``, ``graph``, ``budget``,
-            ``n_points``, ``recheck``, ``chunk_size`` within a block).
+            ``n_points``, ``recheck``, ``chunk_size`` within a block, ``dtype``).
 
     Returns:
         :class:`PairBlockResult`, in the dtype of ``z0``.

@@ -118,11 +118,20 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             warm starts from stored curves are off there, since only lengths and velocities come back).
         client: the ``distributed.Client`` for ``backend="dask"`` (``None``: the current one).
         block_size: pairs per task with a non-serial backend.
+        dtype: the working precision of the geodesics, Karcher steps and bounds: ``"auto"`` (float32
+            when the tolerances of both option sets are at least ``1e-3``, as the defaults' ``1e-2``
+            are; float64 otherwise), ``torch.float32`` (tolerances ``≥ 1e-4``) or ``torch.float64``.
+            A model in another precision is copied once per ``fit``. Measured on the {0, 1, 2}
+            digits fit: float32 took 24 s against 35 s in float64 (2 threads, same run), with
+            3,025 against 3,029 geodesics, 94.4 % against 94.8 % of the final distances certified
+            and inertia 1044.1 against 1043.5; the certified distances of both agreed with
+            float64 ``tol=1e-6`` solves to a median 2e-7 relative.
         random_state: ``None``, an int or a numpy random generator (scikit-learn's ``check_random_state``).
         verbose: print per-iteration inertia and show a progress bar over ``n_init × max_iter``.
 
-    The geodesics, Karcher steps and bounds are computed in float64 (on a float64 copy of a float32
-    model, made once per ``fit``); ``cluster_centers_`` and ``distances_`` come back in the codes' dtype.
+    The geodesics, Karcher steps and bounds are computed in the working precision ``dtype`` (on a
+    copy of the model in it, made once per ``fit``); ``cluster_centers_`` and ``distances_`` come
+    back in the codes' dtype.
 
     Attributes:
         labels_: ``(n,)`` int64 numpy array; cluster_centers_: ``(k, d)`` tensor;
@@ -151,6 +160,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         backend="serial",
         client=None,
         block_size: int = 256,
+        dtype="auto",
         random_state=None,
         verbose: bool = False,
     ):
@@ -168,6 +178,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.backend = backend
         self.client = client
         self.block_size = block_size
+        self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
 
@@ -190,6 +201,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                              f"(got centroid={self.centroid!r})")
         check_int(self.n_neighbors, "n_neighbors", 1)
         check_int(self.block_size, "block_size", 1)
+        self._dtype = self._resolve_dtype()
         if isinstance(self.init, str):
             check_choice(self.init, "init", ("k-means++", "random"))
         return k
@@ -237,7 +249,23 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         for bad in ("init", "return_result"):
             if bad in opts:
                 raise ValueError(f"geodesic options may not set {bad!r} (GeodesicKMeans chooses the starting curves)")
+        if "dtype" in opts:
+            raise ValueError("geodesic options may not set 'dtype': pass GeodesicKMeans(dtype=...), the working "
+                             "precision of the whole fit")
+        opts["dtype"] = getattr(self, "_dtype", None)
         return opts
+
+    _FLOAT32_TOL = 1e-3  # dtype="auto": float32 when every tolerance is at least this
+
+    def _resolve_dtype(self):
+        """The working dtype: ``dtype``, or for ``"auto"`` float32 when both option sets' tolerances
+        are ``≥ 1e-3`` (float64 otherwise)."""
+        from ..geodesics.connecting import check_dtype
+
+        tols = [float(((o or {}).get("tol", 1e-2))) for o in (self.geodesic_options, self.iteration_options)]
+        if isinstance(self.dtype, str) and self.dtype == "auto":
+            return torch.float32 if min(tols) >= self._FLOAT32_TOL else torch.float64
+        return check_dtype(self.dtype, min(tols))
 
     # ------------------------------------------------------------------ geodesics
     _T_WARM = 17  # points per stored curve (warm starts)
@@ -514,28 +542,30 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return lab, D[idx, lab], CV[idx, lab], V[idx, lab]
 
     def _working(self, X):
-        """The codes in the working dtype, with ``self._wm`` the metric to solve on: float64 (a
-        float64 copy of a float32 model, made once here instead of by every ``connecting_geodesic``
-        call; on the {0, 1, 2} digits fit this gave the identical result, 13 % faster). It also keeps
-        the Karcher acceptance sums in float64, which ``frechet_mean`` needed near convergence."""
-        from ..geodesics.connecting import float64_metric
+        """The codes in the working dtype, with ``self._wm`` the metric to solve on (a copy of the
+        model in ``self._dtype``, made once here instead of by every ``connecting_geodesic`` call; in
+        float64 on the {0, 1, 2} digits fit this gave the identical result, 13 % faster). The Karcher
+        acceptance sums are Python floats (float64) in either precision."""
+        from ..geodesics.connecting import working_metric
 
-        if getattr(self, "_m64", None) is None:
-            self._m64 = float64_metric(self.metric, X)
-        self._wm = self._m64[0]
-        return X.to(self._m64[1])
+        if getattr(self, "_mw", None) is None:
+            self._mw = working_metric(self.metric, X, getattr(self, "_dtype", None))
+        self._wm = self._mw[0]
+        return X.to(self._mw[1])
 
     def _chord_bounds(self, X, C):
         """``(n, k)`` lower bounds ``‖g(x) − g(c)‖`` of the geodesic distances (embedded metrics;
-        ``None`` otherwise), computed in float64, shrunk by 1e-9 relative for rounding."""
+        ``None`` otherwise): the embeddings in the working dtype, their distances in float64, shrunk
+        by 1e-9 relative and ``64·eps·(‖g(x)‖ + ‖g(c)‖)`` for the embeddings' rounding."""
         if not getattr(self.metric, "is_embedded", False):
             return None
         self._working(X)
-        m64, wdt = self._m64
+        mw, wdt = self._mw
         with torch.no_grad():
-            gx = m64.embedding(X.to(wdt))
-            gc = m64.embedding(C.to(wdt))
-        return (torch.cdist(gx, gc) * (1 - 1e-9)).to(X.dtype)
+            gx = mw.embedding(X.to(wdt)).double()
+            gc = mw.embedding(C.to(wdt)).double()
+        slack = 64 * torch.finfo(wdt).eps * (gx.norm(dim=-1)[:, None] + gc.norm(dim=-1)[None, :])
+        return (torch.cdist(gx, gc) * (1 - 1e-9) - slack).clamp_min(0).to(X.dtype)
 
     # ------------------------------------------------------------------ seeding
     def _seed(self, X, G, rng, k):
@@ -648,7 +678,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self._n_karcher_repeats = 0
         self._n_open = 0
         self._warm = {}
-        self._m64 = None
+        self._mw = None
         out_dtype = X.dtype
         X = self._working(X)
         with warnings.catch_warnings():
@@ -743,7 +773,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         bar.close()
         inertia, labels, C, dist, conv, n_iter, history = best
         self.labels_ = labels.cpu().numpy().astype(np.int64)
-        self.cluster_centers_ = C.to(out_dtype)  # (solved in float64: see _working)
+        self.cluster_centers_ = C.to(out_dtype)  # (solved in the working dtype: see _working)
         self.inertia_ = inertia
         self.n_iter_ = n_iter
         self.distances_ = dist.to(out_dtype)
@@ -759,8 +789,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _prepare_solves(self, X):
         """Solver state for ``transform``/``predict``; returns ``X`` and the centres in the working dtype."""
         self._graph = self.graph_
+        self._dtype = self._resolve_dtype()
         self._opts, self._opts_iter = self._options(True), self._options(False)
-        self._n_geo, self._n_open, self._warm, self._m64 = 0, 0, {}, None
+        self._n_geo, self._n_open, self._warm, self._mw = 0, 0, {}, None
         X = self._working(X)
         return X, self.cluster_centers_.to(X.dtype)
 

@@ -8,7 +8,7 @@ energy minimisation), :mod:`.bvp` (Newton shooting), :mod:`.solvers` (``Collocat
 log map, distance matrices), :mod:`.graph` (kNN/grid graphs, graph distances).
 """
 
-from .connecting import DistanceMatrix, connecting_geodesic, distance_matrix, float64_metric, log_map
+from .connecting import DistanceMatrix, connecting_geodesic, distance_matrix, float64_metric, log_map, working_metric
 from .result import GeodesicConvergenceError, GeodesicResult, GeodesicStatus
 from .solvers import Collocation, Shooting
 from .energy import EnergyResult, minimize_discrete_energy
@@ -29,6 +29,7 @@ __all__ = [
     "GeodesicResult",
     "GeodesicStatus",
     "float64_metric",
+    "working_metric",
     "log_map",
     "distance_matrix",
     "DistanceMatrix",
