@@ -269,6 +269,7 @@ def test_working_dtype_auto_is_float32_at_the_default_tolerances_and_float64_bel
         lg.GeodesicKMeans._solve = solve
     assert km.distances_.dtype == D64 and km.cluster_centers_.dtype == D64
     assert km.distance_converged_.all() and sorted(np.bincount(km.labels_).tolist()) == [6, 6, 6]
+    assert km.labels_certified_.all()  # (well-separated caps, certified distances)
     C = _sphere(km.cluster_centers_)
     own = great_circle_to(pts, C[torch.as_tensor(km.labels_)])
     torch.testing.assert_close(km.distances_, own, rtol=1e-4, atol=1e-6)
@@ -278,6 +279,27 @@ def test_working_dtype_auto_is_float32_at_the_default_tolerances_and_float64_bel
 
 def great_circle_to(p, q):
     return 2 * torch.asin((p - q).norm(dim=-1).clamp(max=2) / 2)
+
+
+def test_labels_certified_needs_the_own_distance_below_a_lower_bound_of_every_other():
+    """``labels_certified_``: own distance (certified or an upper bound) strictly below every other
+    centre's lower bound: a certified distance (less tol²), the chord, or the triangle bound."""
+    km = lg.GeodesicKMeans(lg.PullbackMetric(lg.DeterministicDecoder(_sphere)), 2)
+    km._opts = {"tol": 1e-2}
+    inf = math.inf
+    D = torch.tensor([[1.0, inf], [1.0, 1.2], [1.0, 1.5], [1.0, 1.0 + 1e-6], [1.0, inf]], dtype=D64)
+    CV = torch.tensor([[True, False], [False, False], [False, True], [True, True], [True, False]])
+    low = torch.tensor([[0.0, 2.0], [0.0, 0.5], [0.0, 0.5], [0.0, 0.5], [0.0, 0.9]], dtype=D64)
+    lab = torch.zeros(5, dtype=torch.long)
+    got = km._labels_proven(D, CV, lab, low, None, None)
+    assert got.tolist() == [True, False, True, False, False]
+    # no embedding: the triangle bound d(c_a, c_j) − d(x, c_a) with a certified centre distance only
+    cc = torch.tensor([[0.0, 3.0], [3.0, 0.0]], dtype=D64)
+    D2 = torch.tensor([[1.0, inf], [1.6, inf]], dtype=D64)
+    CV2 = torch.tensor([[False, False], [False, False]])
+    lab2 = torch.zeros(2, dtype=torch.long)
+    assert km._labels_proven(D2, CV2, lab2, None, cc, torch.ones(2, 2, dtype=torch.bool)).tolist() == [True, False]
+    assert km._labels_proven(D2, CV2, lab2, None, cc, torch.zeros(2, 2, dtype=torch.bool)).tolist() == [False, False]
 
 
 def _ridge_metric():
