@@ -239,6 +239,20 @@ def main():
             print(rows[-1], flush=True)
         out4 = solve_each(metric_a, z0a, z1a, tol=1e-4)
         results["a4"] = summary("(a) demo VAE 2-D, tol 1e-4", out4, rows)
+        # the same at float32 working precision (connecting_geodesic(dtype=torch.float32), allowed
+        # for tol >= 1e-4): each pair alone, then all pairs in one batched call, against float64
+        out4f = solve_each(metric_a, z0a, z1a, tol=1e-4, dtype=torch.float32)
+        both = (out4f["status"] == 0) & (out4["status"] == 0)
+        gap = float(np.max(np.abs(out4f["length"][both] / out4["length"][both] - 1), initial=0.0))
+        results["a4f"] = summary("(a) demo VAE 2-D, tol 1e-4, dtype float32", out4f, rows,
+                                 f"max rel length difference to float64 on {int(both.sum())} pairs certified by both: {gap:.1e}")
+        for dt in (torch.float64, torch.float32):
+            bt, br = solve_batch(metric_a, z0a, z1a, tol=1e-4, dtype=dt)
+            rows.append(dict(workload=f"(a) one batched call, tol 1e-4, dtype {str(dt).split('.')[-1]}", pairs=len(z0a),
+                             certified=int(br.converged.sum()), pct=100.0 * float(br.converged.double().mean()),
+                             median_ms=bt / len(z0a) * 1e3, p90_ms=None, max_ms=None, failed={},
+                             note="time per pair = batch time / pairs"))
+            print(rows[-1], flush=True)
         if not args.no_stochman:
             try:
                 ns = n_small
