@@ -98,7 +98,7 @@ def test_iteration_velocities_of_uncertified_pairs_are_the_slopes_of_their_curve
 
     metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
     X = torch.randn(10, 2, dtype=D64, generator=torch.Generator().manual_seed(3)) * 0.5
-    weak = lg.Collocation(nodes=4, max_nodes=4, degree=4, max_iter=1, energy_max_iter=1)
+    weak = lg.Collocation(nodes=4, max_nodes=4, degree=4, max_iter=1, energy_max_iter=1, piecewise=False)
     km = _prepared(metric, X, iteration_options={"solver": weak, "tol": 1e-12},
                    geodesic_options={"solver": weak, "tol": 1e-12, "graph": None})
     seen = []

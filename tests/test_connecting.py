@@ -153,11 +153,11 @@ def test_unresolved_collocation_is_reported_and_shooting_takes_over():
     z0 = torch.tensor([[-1.3, 0.25]], dtype=D64)
     z1 = torch.tensor([[1.2, 0.45]], dtype=D64)
     exact = great_circle(stereo(z0), stereo(z1))
-    only = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=4, max_nodes=4))
+    only = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=4, max_nodes=4, piecewise=False))
     assert not bool(only.converged[0]) and only.method == [""]
     assert "collocation" in only.reasons[0]
-    auto = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=4, max_nodes=4, shooting_fallback=True),
-                                budget=None)
+    auto = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=4, max_nodes=4, piecewise=False,
+                                                                  shooting_fallback=True), budget=None)
     assert bool(auto.converged[0]), auto.message
     assert auto.method == ["shooting"]
     torch.testing.assert_close(auto.length, exact, rtol=1e-6, atol=0)
@@ -171,8 +171,8 @@ def test_iteration_budget_reports_non_convergence():
     metric = bump_metric()
     z0 = torch.tensor([[-1.0, 0.02]], dtype=D64)
     z1 = torch.tensor([[1.0, -0.02]], dtype=D64)
-    res = connecting_geodesic(metric, z0, z1, solver=Collocation(max_iter=1, energy_max_iter=1, shooting_fallback=True),
-                               budget=None)
+    res = connecting_geodesic(metric, z0, z1, solver=Collocation(max_iter=1, energy_max_iter=1, piecewise=False,
+                                                                 shooting_fallback=True), budget=None)
     assert not bool(res.converged.any())
     assert res.reasons[0] and "not certified" in res.message
     assert "Newton" in res.reasons[0] and "converged=0/1" in repr(res)
@@ -218,7 +218,8 @@ def test_graph_initialisation():
     straight = metric.length(z0[:, None] + t[None, :, None] * (z1 - z0)[:, None])
     assert float(res.length) < 0.8 * float(straight)
     # with init="line" and a graph, failed pairs are retried from the graph path (and both failures reported)
-    res2 = connecting_geodesic(metric, z0, z1, graph=graph, tol=1e-4, solver=Collocation(max_iter=1, energy_max_iter=1))
+    res2 = connecting_geodesic(metric, z0, z1, graph=graph, tol=1e-4,
+                               solver=Collocation(max_iter=1, energy_max_iter=1, piecewise=False))
     assert not bool(res2.converged.any())
     assert "line init:" in res2.reasons[0] and "graph init" in res2.reasons[0]
 

@@ -67,7 +67,7 @@ def test_log_map_single_code_and_failure():
     v = log_map(metric, a, b)
     assert v.shape == (2,)
     torch.testing.assert_close(metric.norm(a[None], v[None])[0], hyperbolic_distance(a, b), rtol=1e-6, atol=0)
-    one = Collocation(max_iter=1, energy_max_iter=1)
+    one = Collocation(max_iter=1, energy_max_iter=1, piecewise=False)
     with pytest.raises(GeodesicConvergenceError, match="not certified") as info:
         log_map(metric, a[None], b[None], solver=one)
     assert not bool(info.value.result.converged.any())
@@ -99,7 +99,7 @@ def test_distance_matrix_poincare():
 def test_distance_matrix_flags_failures():
     metric = poincare()
     A = torch.tensor([[-0.5, 0.3], [0.6, 0.2], [0.1, -0.7]], dtype=D64)
-    one = Collocation(max_iter=1, energy_max_iter=1)
+    one = Collocation(max_iter=1, energy_max_iter=1, piecewise=False)
     with pytest.warns(RuntimeWarning, match="not certified") as rec:
         D = distance_matrix(metric, A, solver=one)
     assert D.n_failed > 0

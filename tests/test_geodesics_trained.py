@@ -166,7 +166,7 @@ def test_uncertified_pair_reports_the_graph_path_when_it_is_shorter():
     g = torch.Generator().manual_seed(0)
     nodes = torch.rand(400, 2, generator=g, dtype=D64) * 2.4 - 1.2
     graph = graph_mod.LatentGraph(metric, nodes, k=10)
-    weak = Collocation(nodes=4, max_nodes=4, degree=4, max_iter=1, energy_max_iter=0)
+    weak = Collocation(nodes=4, max_nodes=4, degree=4, max_iter=1, energy_max_iter=0, piecewise=False)
     res = connecting_geodesic(metric, Z0, Z1, graph=graph, solver=weak, budget=None, n_points=65)
     assert not bool(res.converged.any())
     gl = torch.as_tensor(graph.shortest_paths(Z0, Z1).lengths, dtype=D64)

@@ -16,7 +16,12 @@ Pipeline of :func:`connecting_geodesic` (batched over pairs, every pair on its o
    metric norm relative to the length), the speed drift ``max |‖γ'‖ − L| / L`` and the
    truncation estimate (trailing Legendre coefficients) are all ``≤ tol``; unresolved pairs
    are re-solved with twice the nodes (up to ``max_nodes``).
-4. **Fallback** — Newton shooting (:mod:`.bvp`, adaptive Dormand–Prince with internal
+4. **Piecewise collocation** (:mod:`.piecewise`, ``Collocation(piecewise=True)``, the default) for
+   the pairs a global polynomial did not certify: Gauss collocation on meshes that adapt to the
+   curve (the pregeodesic at constant Euclidean speed, reparametrised by metric arclength), from
+   the pair's best curve or the straight line, whichever is shorter, then the other; a solution
+   is kept only if it is no longer than both. Then one finer global pass for the rest.
+5. **Fallback** — Newton shooting (:mod:`.bvp`, adaptive Dormand–Prince with internal
    numerical differentiation) from the stage-2 curve's initial velocity, certified by the
    integrated geodesic's endpoint mismatch ``‖γ(1) − z1‖_{M(z1)} ≤ tol·L`` and speed
    conservation. ``method="collocation"`` skips it; ``method="shooting"`` uses the
@@ -56,6 +61,7 @@ import torch
 from .._progress import progress_bar
 from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
+from .piecewise import collocate_piecewise
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
@@ -539,6 +545,24 @@ def _dense_length(metric, a, b, curve_fn=None, T: int = 129):
     return L1 + diff, diff.abs()
 
 
+def _put_knots(knots, n, idx, new):
+    """Knots ``(t, z, v, a)`` for ``n`` pairs with the rows ``idx`` set to ``new`` (each ``(k, P, ·)``);
+    ``knots`` is ``None`` or an earlier such tuple. Shorter rows are padded by repeating their last
+    knot (a zero-length last interval, which :func:`~.ivp.hermite5` evaluates as that knot)."""
+    P = new[0].shape[1] if knots is None else max(new[0].shape[1], knots[0].shape[1])
+
+    def pad(x):
+        return x if x.shape[1] == P else torch.cat([x, x[:, -1:].expand(-1, P - x.shape[1], *x.shape[2:])], 1)
+
+    if knots is None:
+        t = torch.linspace(0, 1, P, dtype=new[0].dtype, device=new[0].device)[None].expand(n, -1).clone()
+        knots = (t,) + tuple(torch.zeros(n, P, *x.shape[2:], dtype=x.dtype, device=x.device) for x in new[1:])
+    out = tuple(pad(k).clone() for k in knots)
+    for dst, src in zip(out, new):
+        dst[idx] = pad(src)
+    return out
+
+
 def _line_series_like(a, b, K):
     s = a.new_zeros(a.shape[0], K, a.shape[1])
     s[:, 0] = 0.5 * (a + b)
@@ -963,6 +987,62 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             if bool(alt.any()):
                 alt_curves = (bad[alt], padk(ser2)[alt])
 
+    # piecewise collocation on adaptive meshes (a constant-Euclidean-speed pregeodesic, then
+    # reparametrised by arclength; see .piecewise) for the pairs still not certified, from their
+    # best curves: it resolves the sharp features of RBF variances that a global polynomial needs
+    # hundreds of nodes for
+    knots = None
+    from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
+    pwm = ~conv & ~budget & ~same & ~kept_mask
+    if solver.piecewise and bool(pwm.any()) and not _expired(deadline):
+        pi = torch.nonzero(pwm).reshape(-1)
+        a_, b_ = z0[pi], z1[pi]
+        with torch.no_grad():
+            # two starts: the pair's best curve and the straight line, the shorter first (the best
+            # curve of a failed solve can be far from any geodesic; the line then often is not)
+            line = _line_series_like(a_, b_, series.shape[1])
+            sb = series[pi]
+            Lb, Eb = _dense_length(metric, a_, b_, lambda t: _eval_series(sb, t))
+            Ll, El = _dense_length(metric, a_, b_)
+            Lb = torch.where(torch.isfinite(Lb), Lb, torch.full_like(Lb, float("inf")))
+            first_line = Ll < Lb
+            bound = torch.minimum(Lb + Eb, Ll + El)  # the shortest curve found so far
+            starts = torch.where(first_line[:, None, None], line, sb)
+            okp = torch.zeros(len(pi), dtype=torch.bool, device=dev)
+            why = [""] * len(pi)
+            todo = torch.arange(len(pi), device=dev)
+            for attempt_no in range(2):
+                pr = collocate_piecewise(metric, a_[todo], b_[todo], starts[todo], tol=tol, max_segments=solver.max_segments,
+                                         max_iter=solver.max_iter, deadline=deadline)
+                ok = pr.converged & (pr.length <= bound[todo] * (1 + tol))
+                evals[pi[todo]] += pr.evaluations
+                iters[pi[todo]] += pr.iterations
+                budget[pi[todo]] |= pr.budget & ~ok
+                for j, k in enumerate(todo.tolist()):
+                    if bool(ok[j]):
+                        continue
+                    w = pr.reasons[j] or (f"piecewise collocation converged to a geodesic (length {float(pr.length[j]):.6g}) "
+                                          f"longer than the best curve found")
+                    why[k] = f"{why[k]}; from the {'line' if bool(first_line[k]) != bool(attempt_no) else 'best curve'}: {w}" if why[k] else w
+                fi = pi[todo[ok]]
+                if fi.numel():
+                    okp[todo[ok]] = True
+                    conv[fi] = True
+                    from_knots[fi] = True
+                    length[fi], v[fi], nq[fi] = pr.length[ok], pr.velocity0[ok], pr.segments[ok] * solver.stages
+                    rel[fi], drift[fi], resid[fi] = pr.rel_residual[ok], pr.speed_drift[ok], pr.residual[ok]
+                    knots = _put_knots(knots, n, fi, tuple(k[ok] for k in pr.knots))
+                # the pairs that failed (not for lack of time) try the other start
+                todo = todo[~ok & ~pr.budget]
+                if todo.numel() == 0 or _expired(deadline):
+                    break
+                starts[todo] = torch.where(first_line[todo][:, None, None], sb[todo], line[todo])
+        for j, i in enumerate(pi.tolist()):
+            if bool(okp[j]):
+                reasons[i], how_cert[i] = "", "piecewise collocation"
+            else:
+                reasons[i] = f"{reasons[i]}; piecewise: {why[j]}"
+
     # escalation: pairs still not certified (and not out of time) get one finer pass from their
     # best curve — twice the degree and the first nodes, up to max_nodes (sharp features of RBF
     # variances need up to 512 nodes; most pairs never get here)
@@ -1000,8 +1080,6 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             jacs[fi] = padj(cr3.jacobian)[fixed]
         rel[fi], drift[fi], resid[fi] = cr3.rel_residual[fixed], cr3.speed_drift[fixed], cr3.residual[fixed]
 
-    knots = None
-    from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
     if solver.shooting_fallback and not bool((conv | kept_mask).all()) and not _expired(deadline):
         bad = torch.nonzero(~conv & ~kept_mask).reshape(-1)
         with torch.no_grad():
@@ -1033,11 +1111,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
         from_knots[fi] = True
         length[fi], v[fi] = sh["length"][okb], sh["v"][okb]
         rel[fi], drift[fi], resid[fi] = sh["rel_residual"][okb], sh["speed_drift"][okb], sh["residual"][okb]
-        kt, kz, kv, ka = sh["knots"]
-        knots = tuple(torch.zeros(n, kt.shape[1], *x.shape[2:], dtype=dt, device=dev) for x in (kt, kz, kv, ka))
-        knots[0][:] = torch.linspace(0, 1, kt.shape[1], dtype=dt, device=dev)
-        for dst, src in zip(knots, (kt, kz, kv, ka)):
-            dst[bad] = src
+        knots = _put_knots(knots, n, fi, tuple(k[okb] for k in sh["knots"]))
 
     if recheck and bool(conv.any()):
         idx = torch.nonzero(conv & ~same).reshape(-1)

@@ -7,15 +7,16 @@ Pass one as ``solver=`` to :func:`~latentgeo.geodesics.connecting_geodesic`,
   polynomial curve (from the line and ``starts − 1`` bulged curves), then Gauss–Legendre
   collocation of the geodesic boundary-value problem with ``nodes`` nodes, refined up to
   ``max_nodes`` for pairs it does not resolve
-  (see :mod:`latentgeo.geodesics.spectral`); optionally Newton shooting for the pairs it
-  cannot certify.
+  (see :mod:`latentgeo.geodesics.spectral`); piecewise collocation on adaptive meshes for the
+  pairs a global polynomial does not resolve (:mod:`latentgeo.geodesics.piecewise`); optionally
+  Newton shooting for the pairs still not certified.
 * :class:`Shooting`: discrete chord-energy minimisation with ``n_points`` points, then damped
   Newton shooting with an adaptive Dormand–Prince integrator (:mod:`latentgeo.geodesics.bvp`).
 
 Example:
     >>> from latentgeo.geodesics import Collocation, Shooting
     >>> Collocation(max_nodes=128)
-    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, shooting_fallback=False, warm_fallback='solve', keep_jacobians=False)
+    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, piecewise=True, stages=4, max_segments=256, shooting_fallback=False, warm_fallback='solve', keep_jacobians=False)
     >>> Shooting().n_points
     17
 """
@@ -51,7 +52,8 @@ class Collocation:
     Args:
         nodes: collocation nodes of the first attempt (≥ 4); unresolved pairs are re-solved
             at the resolution the decay of their Legendre coefficients and speed drift predicts
-            (on a grid of steps of √2), up to ``max_nodes // 2``. Pairs still not certified get one finer
+            (on a grid of steps of √2), up to ``max_nodes // 2``. Pairs still not certified go to
+            piecewise collocation (``piecewise``), then those it does not certify get one finer
             pass from their best curve: a degree-``2·degree`` energy minimisation, then
             collocation from ``2·nodes`` up to ``max_nodes`` nodes (when ``2·nodes ≤ max_nodes``).
         max_nodes: the finest resolution tried (≥ ``nodes``).
@@ -67,6 +69,15 @@ class Collocation:
             lowest energy is collocated. On the demo VAE 2 of 10 random pairs certified from the
             line alone were 2 % longer than stochman's curves; the bulged starts found geodesics
             shorter than both (stage 1 costs ``starts`` times more; collocation runs once).
+        piecewise: retry the pairs the global polynomial did not certify by piecewise Gauss
+            collocation of ``stages`` nodes per segment on meshes that adapt to the curve, from
+            16 up to ``max_segments`` segments (:func:`~latentgeo.geodesics.piecewise.collocate_piecewise`).
+            Measured on the 90 hardest (code, centre) pairs of the {3,4,7} digits VAE (those
+            k-means' final assignment did not certify): 74 certified in 4.1 s at ``tol=1e-2``
+            where the global passes up to 128 nodes certified 1 in 8.4 s; at ``tol=1e-6`` the
+            same 74 in 7.6 s, every one confirmed by re-integrating it from its initial velocity.
+        stages: Gauss nodes per segment of the piecewise stage (≥ 2; order ``2·stages``).
+        max_segments: the finest mesh of the piecewise stage (≥ 16).
         shooting_fallback: retry the pairs collocation cannot certify by Newton shooting
             (slower; off by default since the time budget bounds every pair anyway).
         warm_fallback: what happens, with ``init=`` a previous result, to the pairs its certified
@@ -92,6 +103,9 @@ class Collocation:
     energy_max_iter: int = 100
     energy_rtol: float = 1e-8
     starts: int = 3
+    piecewise: bool = True
+    stages: int = 4
+    max_segments: int = 256
     shooting_fallback: bool = False
     warm_fallback: str = "solve"
     keep_jacobians: bool = False
@@ -110,6 +124,10 @@ class Collocation:
             raise ValueError(f"starts must be odd (the line and pairs of opposite bulges), got {self.starts!r}")
         if self.max_nodes < self.nodes:
             raise ValueError(f"max_nodes ({self.max_nodes}) must be >= nodes ({self.nodes})")
+        if not isinstance(self.piecewise, bool):
+            raise TypeError(f"piecewise must be a bool, got {self.piecewise!r}")
+        check_int(self.stages, "stages", minimum=2)
+        check_int(self.max_segments, "max_segments", minimum=16)
         if not isinstance(self.shooting_fallback, bool):
             raise TypeError(f"shooting_fallback must be a bool, got {self.shooting_fallback!r}")
         check_choice(self.warm_fallback, "warm_fallback", ("solve", "keep"))

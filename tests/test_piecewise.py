@@ -1,0 +1,123 @@
+"""Piecewise Gauss collocation on adaptive meshes (:mod:`latentgeo.geodesics.piecewise`): closed
+forms on the sphere, an independent reference on a sharp RBF-variance ring, the mesh it adapts,
+the time budget and the options."""
+
+import math
+import time
+
+import pytest
+import torch
+
+import latentgeo as lg
+from latentgeo.geodesics import Collocation, connecting_geodesic
+from latentgeo.geodesics.piecewise import collocate_piecewise
+from latentgeo.geodesics.spectral import _line_series, lgl_nodes, nodes_to_series
+
+from test_geodesics_trained import Z0, Z1, _scipy_length, ring_metric
+
+D64 = torch.float64
+
+
+def stereo(z):
+    s = (z * z).sum(-1, keepdim=True)
+    return torch.cat([2 * z, s - 1], -1) / (1 + s)
+
+
+def _angle(a, b):
+    return torch.arccos((stereo(a) * stereo(b)).sum(-1).clamp(-1, 1))
+
+
+def test_great_circles_closed_form():
+    """From straight lines, on 16 segments: lengths are the great-circle angles (or 2π minus them,
+    the other arc: both are geodesics), the curves lie in the great circles' planes."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(12, 2, generator=g, dtype=D64)
+    z1 = torch.randn(12, 2, generator=g, dtype=D64)
+    r = collocate_piecewise(metric, z0, z1, _line_series(z0, z1, 2), tol=1e-8)
+    assert bool(r.converged.all()), r.reasons
+    ang = _angle(z0, z1)
+    err = torch.minimum((r.length / ang - 1).abs(), (r.length / (2 * math.pi - ang) - 1).abs())
+    assert float(err.max()) < 1e-10
+    from latentgeo.geodesics.ivp import hermite5
+
+    X = stereo(hermite5(*r.knots, torch.linspace(0, 1, 41, dtype=D64)))
+    nrm = torch.cross(stereo(z0), stereo(z1), dim=-1)
+    nrm = nrm / nrm.norm(dim=-1, keepdim=True)
+    assert float((X * nrm[:, None]).sum(-1).abs().max()) < 1e-8
+    # the knots are in metric arclength: points at equal times are equally spaced on the sphere
+    d = torch.arccos((X[:, 1:] * X[:, :-1]).sum(-1).clamp(-1, 1))
+    assert float((d / (r.length[:, None] / 40) - 1).abs().max()) < 1e-6
+
+
+def test_pipeline_resolves_a_long_arc_the_global_polynomial_cannot():
+    """Four global collocation nodes cannot resolve a 160° arc (test_connecting); the piecewise
+    stage certifies it with the exact length, initial velocity and curve."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    z0 = torch.tensor([[-1.3, 0.25]], dtype=D64)
+    z1 = torch.tensor([[1.2, 0.45]], dtype=D64)
+    res = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=4, max_nodes=4), budget=None, recheck=True)
+    assert bool(res.converged[0]), res.message
+    assert res.method == ["piecewise collocation"]
+    torch.testing.assert_close(res.length, _angle(z0, z1), rtol=1e-8, atol=0)
+    ivp = lg.geodesics.exp_map(metric, z0, res.initial_velocity, rtol=1e-11, atol=1e-13)
+    assert float((ivp.z1 - z1).norm()) < 1e-6
+    c = stereo(res.curve(torch.linspace(0, 1, 33, dtype=D64))[0])
+    nrm = torch.cross(stereo(z0), stereo(z1), dim=-1)[0]
+    assert float((c @ nrm).abs().max()) < 1e-8 * float(nrm.norm())
+    # a solver without the stage says it could not
+    off = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=4, max_nodes=4, piecewise=False), budget=None)
+    assert not bool(off.converged[0])
+
+
+def test_sharp_ring_agrees_with_scipy_and_refines_where_the_ring_is():
+    """On the RBF ring (σ from 0.1 to 10 over a width of 0.05) eight global nodes fail; the piecewise
+    stage certifies both pairs with lengths that agree with scipy's solve_bvp (its own mesh
+    refinement) and a mesh that is finer at the ring than away from it."""
+    metric = ring_metric()
+    weak = Collocation(nodes=8, max_nodes=8, degree=8)
+    res = connecting_geodesic(metric, Z0, Z1, solver=weak, budget=None, tol=1e-6)
+    assert bool(res.converged.all()), res.message
+    assert res.method == ["piecewise collocation"] * 2
+    for k in range(2):
+        ref = _scipy_length(metric, res, k)
+        assert abs(float(res.length[k]) / ref - 1) < 1e-5
+    # the reported curve has the reported length (dense chord sum of the Hermite dense output)
+    t = torch.linspace(0, 1, 4097, dtype=D64)
+    torch.testing.assert_close(metric.length(res.curve(t)), res.length, rtol=1e-5, atol=0)
+    assert bool((res.stats["nodes"] > 16 * 4).all())  # (segments × stages: the first mesh was refined)
+    # from the straight line (through the disc) the second pair converges to another geodesic, 13x
+    # longer: a critical point of the energy, not a shortest path (the pipeline only reports a
+    # piecewise solution no longer than the best curve and the line)
+    line = collocate_piecewise(metric, Z0[1:], Z1[1:], _line_series(Z0[1:], Z1[1:], 2), tol=1e-6)
+    assert bool(line.converged[0]) and float(line.length[0]) > 5 * float(res.length[1])
+    tl = torch.linspace(0, 1, 4097, dtype=D64)
+    assert float(res.length[1]) <= float(metric.length(Z0[1:, None] + tl[None, :, None] * (Z1 - Z0)[1:, None])[0])
+    # started from the reported curves, the stage finds them again on meshes refined at the ring
+    start = nodes_to_series(res.curve(lgl_nodes(32, D64)))
+    pr = collocate_piecewise(metric, Z0, Z1, start, tol=1e-6)
+    assert bool(pr.converged.all()) and bool((pr.segments > 16).all())
+    torch.testing.assert_close(pr.length, res.length, rtol=1e-7, atol=0)
+    # the mesh adapted: the curve runs at constant Euclidean speed in the mesh's parameter, so the
+    # Euclidean steps between mesh points (every stages + 2 = 6th knot) are the segment durations
+    # up to a factor; a uniform refinement would make them all equal
+    for k in range(2):
+        S = int(pr.segments[k])
+        m = pr.knots[1][k, ::6][: S + 1]
+        step = (m[1:] - m[:-1]).norm(dim=-1)
+        assert float(step.max()) > 3 * float(step.min())
+
+
+def test_budget_and_options():
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    z0 = torch.tensor([[-1.3, 0.25]], dtype=D64)
+    z1 = torch.tensor([[1.2, 0.45]], dtype=D64)
+    r = collocate_piecewise(metric, z0, z1, _line_series(z0, z1, 2), tol=1e-8, deadline=time.perf_counter() - 1)
+    assert bool(r.budget[0]) and not bool(r.converged[0])
+    assert "time budget" in r.reasons[0]
+    with pytest.raises(ValueError, match="stages"):
+        Collocation(stages=1)
+    with pytest.raises(ValueError, match="max_segments"):
+        Collocation(max_segments=8)
+    with pytest.raises(TypeError, match="piecewise must be a bool"):
+        Collocation(piecewise="yes")
