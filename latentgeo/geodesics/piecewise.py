@@ -65,7 +65,6 @@ from .ode import acceleration_fn
 from .spectral import _Norm, _expired, _second_order, legendre_basis
 
 __all__ = ["collocate_piecewise", "PiecewiseResult"]
-_TRACE = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,8 +256,6 @@ def _step(st, ev, z1, K):
     rhs0 = z1 - st.g[:, -1] - phis[:, -1, :d]
     ok = torch.isfinite(Phis[:, -1, :d]).flatten(1).all(1) & torch.isfinite(rhs0).all(1)
     Mend = torch.where(ok[:, None, None], Phis[:, -1, :d], I.expand(k, d, d))
-    if _TRACE is not None:
-        _TRACE.append(("cond", torch.linalg.cond(Mend), Phis.flatten(2).norm(dim=-1).amax(1), Km.flatten(0,1).pipe if False else torch.linalg.cond(Km).amax(1)))
     dp0, info = torch.linalg.solve_ex(Mend, torch.where(ok[:, None], rhs0, torch.zeros_like(rhs0)))
     ok &= info == 0
     dY = (Phis @ dp0[:, None, :, None]).squeeze(-1) + phis  # (k, S+1, 2d)
@@ -326,8 +323,6 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline):
         lam[act[~better]] *= 0.5
         conv |= merit <= target
         dead |= (lam < 1.0 / 64) & ~conv
-        if _TRACE is not None:
-            _TRACE.append((S, merit.clone(), lam.clone(), et["merit"].clone(), act.clone()))
     stalled = dead & torch.isfinite(merit)
     return conv, stalled, budget, iters, evals, merit
 
