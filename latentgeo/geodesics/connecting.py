@@ -1013,7 +1013,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             todo = torch.arange(len(pi), device=dev)
             for attempt_no in range(2):
                 pr = collocate_piecewise(metric, a_[todo], b_[todo], starts[todo], tol=tol, max_segments=solver.max_segments,
-                                         max_iter=solver.max_iter, deadline=deadline)
+                                         max_iter=2 * solver.max_iter, deadline=deadline)
                 ok = pr.converged & (pr.length <= bound[todo] * (1 + tol))
                 evals[pi[todo]] += pr.evaluations
                 iters[pi[todo]] += pr.iterations
