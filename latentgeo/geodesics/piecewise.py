@@ -537,6 +537,10 @@ def collocate_piecewise(
         budget=torch.zeros(n, dtype=torch.bool, device=dev),
     )
     reasons = [""] * n
+    if n == 0:
+        e = z0.new_zeros(0, 1)
+        return PiecewiseResult(knots=(e, e[..., None].expand(0, 1, d), e[..., None].expand(0, 1, d), e[..., None].expand(0, 1, d)),
+                               reasons=reasons, **out)
     knots = [None] * n
     pending = {int(segments): (torch.arange(n, device=dev), _from_series(z0, z1, series, int(segments), K))}
     with torch.no_grad():
