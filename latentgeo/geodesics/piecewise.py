@@ -62,7 +62,7 @@ from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
 from .ode import acceleration_fn
-from .spectral import _Norm, _expired, _second_order, legendre_basis
+from .spectral import _Norm, _blank_outcome, _expired, _second_order, legendre_basis
 
 __all__ = ["collocate_piecewise", "PiecewiseResult"]
 
@@ -524,18 +524,7 @@ def collocate_piecewise(
     mfn = metric.tensor_fn()
     eps = float(torch.finfo(dt).eps)
     drift_tol = max(tol, 100 * eps)
-    out = dict(
-        length=torch.full((n,), float("nan"), dtype=dt, device=dev),
-        velocity0=torch.zeros(n, d, dtype=dt, device=dev),
-        residual=torch.full((n,), float("inf"), dtype=dt, device=dev),
-        rel_residual=torch.full((n,), float("inf"), dtype=dt, device=dev),
-        speed_drift=torch.full((n,), float("nan"), dtype=dt, device=dev),
-        converged=torch.zeros(n, dtype=torch.bool, device=dev),
-        iterations=torch.zeros(n, dtype=torch.long, device=dev),
-        segments=torch.zeros(n, dtype=torch.long, device=dev),
-        evaluations=torch.zeros(n, dtype=torch.long, device=dev),
-        budget=torch.zeros(n, dtype=torch.bool, device=dev),
-    )
+    out = _blank_outcome(n, d, dt, dev, "segments")
     reasons = [""] * n
     if n == 0:
         e = z0.new_zeros(0, 1)

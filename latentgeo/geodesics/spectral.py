@@ -851,6 +851,23 @@ def _predict_nodes(series: torch.Tensor, err: torch.Tensor, tol: float, Q: int) 
     return torch.clamp(torch.ceil((Q + extra) * 1.1), max=8 * Q).long()
 
 
+def _blank_outcome(n, d, dt, dev, resolution):
+    """The per-pair fields of a collocation result before any attempt (lengths NaN, residuals
+    infinite, nothing certified; ``resolution``: the name of the nodes/segments counter)."""
+    return dict(
+        length=torch.full((n,), float("nan"), dtype=dt, device=dev),
+        velocity0=torch.zeros(n, d, dtype=dt, device=dev),
+        residual=torch.full((n,), float("inf"), dtype=dt, device=dev),
+        rel_residual=torch.full((n,), float("inf"), dtype=dt, device=dev),
+        speed_drift=torch.full((n,), float("nan"), dtype=dt, device=dev),
+        converged=torch.zeros(n, dtype=torch.bool, device=dev),
+        iterations=torch.zeros(n, dtype=torch.long, device=dev),
+        **{resolution: torch.zeros(n, dtype=torch.long, device=dev)},
+        evaluations=torch.zeros(n, dtype=torch.long, device=dev),
+        budget=torch.zeros(n, dtype=torch.bool, device=dev),
+    )
+
+
 def collocate(
     metric: Metric,
     z0: torch.Tensor,
@@ -899,19 +916,7 @@ def collocate(
     mfn = metric.tensor_fn()
     eps = float(torch.finfo(dt).eps)
     Kmax = max_nodes + 2
-    out = dict(
-        series=torch.zeros(n, Kmax, d, dtype=dt, device=dev),
-        length=torch.full((n,), float("nan"), dtype=dt, device=dev),
-        velocity0=torch.zeros(n, d, dtype=dt, device=dev),
-        residual=torch.full((n,), float("inf"), dtype=dt, device=dev),
-        rel_residual=torch.full((n,), float("inf"), dtype=dt, device=dev),
-        speed_drift=torch.full((n,), float("nan"), dtype=dt, device=dev),
-        converged=torch.zeros(n, dtype=torch.bool, device=dev),
-        iterations=torch.zeros(n, dtype=torch.long, device=dev),
-        nodes=torch.zeros(n, dtype=torch.long, device=dev),
-        evaluations=torch.zeros(n, dtype=torch.long, device=dev),
-        budget=torch.zeros(n, dtype=torch.bool, device=dev),
-    )
+    out = dict(series=torch.zeros(n, Kmax, d, dtype=dt, device=dev), **_blank_outcome(n, d, dt, dev, "nodes"))
     reasons = [""] * n
     out["series"][:, : min(series.shape[1], Kmax)] = series[:, :Kmax]
     drift_tol = max(tol, 100 * eps)
