@@ -84,7 +84,7 @@ def _stage_np(q: int):
 
 
 def _consts(q, dtype, device):
-    c, b, Lc, cc, wc, Icc = (torch.as_tensor(a, dtype=dtype, device=device) for a in _stage_np(q))
+    c, _, Lc, cc, wc, Icc = (torch.as_tensor(a, dtype=dtype, device=device) for a in _stage_np(q))
     _, a_, abar = _bases(c, Lc)  # a_[i, j] = ψ_j(c_i), abar[i, j] = φ_j(c_i)
     _, b1, bbar = _bases(torch.ones(1, dtype=dtype, device=device), Lc)
     return dict(c=c, Lc=Lc, a=a_, abar=abar, b=b1[0], bbar=bbar[0], cc=cc, wc=wc, Icc=Icc)
@@ -197,7 +197,7 @@ def _system(metric, acc, mfn, st, z1, K, jac=True):
     """Residuals of the collocation system of the batch ``st`` (endpoints ``z1``), its merit (the
     largest scaled residual relative to the curve's Euclidean length; ``l2``: the 2-norm) and, with
     ``jac``, the Jacobian blocks of the accelerations at the stage points."""
-    n_, S1, d = st.g.shape
+    S1, d = st.g.shape[1:]
     S, q = S1 - 1, K["c"].shape[0]
     dt = st.g.dtype
     h, gst, pst = st.stage_points(K)
