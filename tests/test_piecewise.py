@@ -10,7 +10,7 @@ import torch
 
 import latentgeo as lg
 from latentgeo.geodesics import Collocation, connecting_geodesic
-from latentgeo.geodesics.piecewise import collocate_piecewise
+from latentgeo.geodesics.piecewise import collocate_piecewise, path_series
 from latentgeo.geodesics.spectral import _line_series, lgl_nodes, nodes_to_series
 
 from test_geodesics_trained import Z0, Z1, _scipy_length, ring_metric
@@ -106,6 +106,41 @@ def test_sharp_ring_agrees_with_scipy_and_refines_where_the_ring_is():
         m = pr.knots[1][k, ::6][: S + 1]
         step = (m[1:] - m[:-1]).norm(dim=-1)
         assert float(step.max()) > 3 * float(step.min())
+
+
+def test_warm_start_from_piecewise_solutions():
+    """A warm start (``init=`` a result) re-solves the pairs its result certified by piecewise
+    collocation from their moved paths (:func:`path_series`), without the global stages: the same
+    certified lengths as a cold solve of the moved pairs, at less cost; and the path series of a
+    curve is that path."""
+    metric = ring_metric()
+    weak = Collocation(nodes=8, max_nodes=8, degree=8)
+    res = connecting_geodesic(metric, Z0, Z1, solver=weak, budget=None, tol=1e-6)
+    assert res.method == ["piecewise collocation"] * 2
+    m0, m1 = Z0 + 0.02, Z1 - 0.015
+    cold = connecting_geodesic(metric, m0, m1, solver=weak, budget=None, tol=1e-6)
+    warm = connecting_geodesic(metric, m0, m1, solver=weak, budget=None, tol=1e-6, init=res)
+    assert bool(cold.converged.all()) and bool(warm.converged.all()), warm.message
+    assert warm.method == ["piecewise collocation"] * 2
+    torch.testing.assert_close(warm.length, cold.length, rtol=1e-7, atol=0)
+    assert bool((warm.stats["energy_iterations"] == 0).all())  # (no global stage ran)
+    assert bool((warm.stats["evaluations"] < cold.stats["evaluations"]).all())
+    assert bool((warm.stats["iterations"] < cold.stats["iterations"]).all())
+    # the fitted path passes through the curve's points (in another parametrisation)
+    t = torch.linspace(0, 1, 513, dtype=D64)
+    pts = res.curve(t)
+    ser = path_series(pts)
+    from latentgeo.geodesics.spectral import _eval_series
+
+    fit = _eval_series(ser, torch.linspace(0, 1, 2001, dtype=D64))
+    gap = torch.cdist(pts, fit).amin(-1).amax(-1) / metric_free_length(pts)
+    assert float(gap.max()) < 1e-3
+    torch.testing.assert_close(fit[:, 0], Z0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fit[:, -1], Z1, rtol=0, atol=1e-12)
+
+
+def metric_free_length(pts):
+    return (pts[:, 1:] - pts[:, :-1]).norm(dim=-1).sum(1)
 
 
 def test_budget_and_options():

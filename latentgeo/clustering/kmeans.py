@@ -273,6 +273,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ geodesics
     _T_WARM = 17  # points per stored curve (warm starts)
+    _PATH_K = 33  # Legendre coefficients of a stored piecewise-certified path
 
     def _store(self, j, xj, C, res, X):
         """Keep the curves of the pairs centre ``j`` → points ``xj`` (for warm starts): the
@@ -284,6 +285,23 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             curves = res.curve(t).detach().to(X.dtype)
         ser = getattr(res, "_series", None)
         direct = res._collocation_certified().cpu()
+        # pairs certified by piecewise collocation: their path (in Euclidean arclength), from
+        # which the next solve starts piecewise collocation directly
+        piece = (res.converged.cpu() & torch.tensor([m == "piecewise collocation" for m in res.method], dtype=torch.bool))
+        if ser is not None and bool(piece.any()):
+            from ..geodesics.piecewise import path_series
+
+            rows = torch.nonzero(piece).reshape(-1)
+            tp = torch.linspace(0, 1, 513, dtype=X.dtype, device=X.device)
+            with torch.no_grad():
+                pser = path_series(res[rows].curve(tp).detach().to(X.dtype), self._PATH_K)
+            ser = ser.detach().clone()
+            if ser.shape[1] < self._PATH_K:
+                ser = torch.cat([ser, ser.new_zeros(ser.shape[0], self._PATH_K - ser.shape[1], d)], 1)
+            ser[rows] = 0.0
+            ser[rows, : self._PATH_K] = pser.to(ser.dtype)
+        else:
+            piece[:] = False
         jac = res.__dict__.get("_jacobian")
         K = 1 if ser is None else ser.shape[1]
         w = self._warm.get(j)
@@ -291,9 +309,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             old = w
             w = dict(pos=X.new_zeros(n, d), curves=X.new_zeros(n, self._T_WARM, d), have=torch.zeros(n, dtype=torch.bool),
                      series=torch.zeros(n, K, d, dtype=torch.float64), nodes=torch.zeros(n, dtype=torch.long),
-                     direct=torch.zeros(n, dtype=torch.bool), jac=None)
+                     direct=torch.zeros(n, dtype=torch.bool), piece=torch.zeros(n, dtype=torch.bool), jac=None)
             if old is not None:
-                for key in ("pos", "curves", "have", "nodes", "direct", "jac"):
+                for key in ("pos", "curves", "have", "nodes", "direct", "piece", "jac"):
                     w[key] = old[key]
                 w["series"][:, : old["series"].shape[1]] = old["series"]
             self._warm[j] = w
@@ -311,6 +329,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         w["pos"][xj] = C[j]
         w["curves"][xj] = curves
         w["have"][xj] = True
+        w["piece"][xj] = piece
         if ser is None:
             w["direct"][xj] = False
         else:
@@ -330,6 +349,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         pos, curves = X.new_zeros(m, d), X.new_zeros(m, self._T_WARM, d)
         series = X.new_zeros(m, K, d)
         nodes, direct = torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.bool)
+        piece = torch.zeros(m, dtype=torch.bool)
         Qj = max((self._warm[j]["jac"].shape[1] for j in torch.unique(cj).tolist() if self._warm[j]["jac"] is not None),
                  default=0)
         jac = torch.full((m, Qj, d, d, 2), float("nan"), dtype=torch.float64) if Qj else None
@@ -337,13 +357,14 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             sel = cj == j
             w, r = self._warm[j], rows[sel]
             pos[sel], curves[sel], nodes[sel], direct[sel] = w["pos"][r], w["curves"][r], w["nodes"][r], w["direct"][r]
+            piece[sel] = w["piece"][r]
             series[sel, : w["series"].shape[1]] = w["series"][r].to(X.dtype)
             if jac is not None and w["jac"] is not None:
                 jac[sel, : w["jac"].shape[1]] = w["jac"][r]
         return GeodesicResult(
-            z0=pos, z1=X[rows], length=X.new_zeros(m), status=(~direct).long(),
-            method=["collocation" if bool(c) else "" for c in direct], _series=series,
-            _polyline=~direct, discrete_curve=curves, stats={"nodes": nodes}, reasons=[""] * m, init=["warm"] * m,
+            z0=pos, z1=X[rows], length=X.new_zeros(m), status=(~(direct | piece)).long(),
+            method=["collocation" if bool(c) else "piecewise collocation" if bool(p) else "" for c, p in zip(direct, piece)],
+            _series=series, _polyline=~(direct | piece), discrete_curve=curves, stats={"nodes": nodes}, reasons=[""] * m, init=["warm"] * m,
             _jacobian=jac)
 
     def _pairs(self, C, X, ci, xi, final=False, store=True, source=None):

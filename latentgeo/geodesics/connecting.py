@@ -61,7 +61,7 @@ import torch
 from .._progress import progress_bar
 from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
-from .piecewise import collocate_piecewise
+from .piecewise import collocate_piecewise, path_series
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
@@ -202,16 +202,44 @@ class _WarmStart:
     """Warm-start curves ``(N, T, d)`` and, for pairs certified by collocation, their Legendre
     series ``(N, K, d)`` (shifted to the new endpoints) and nodes: those pairs are collocated
     directly at that resolution, without the energy stage; ``jac``, their Newton node blocks where
-    the result kept them (``Collocation(keep_jacobians=True)``)."""
+    the result kept them (``Collocation(keep_jacobians=True)``). ``piece`` marks the pairs
+    certified by piecewise collocation, ``pseries`` their moved paths (in Euclidean arclength,
+    :func:`~latentgeo.geodesics.piecewise.path_series`): they are re-solved by piecewise
+    collocation from there, without the global stages."""
 
-    def __init__(self, curves, series=None, nodes=None, direct=None, jac=None):
+    def __init__(self, curves, series=None, nodes=None, direct=None, jac=None, piece=None, pseries=None):
         self.curves, self.series, self.nodes, self.direct, self.jac = curves, series, nodes, direct, jac
+        self.piece, self.pseries = piece, pseries
 
     def __getitem__(self, sl):
+        pc = {} if self.piece is None else {"piece": self.piece[sl], "pseries": self.pseries[sl]}
         if self.series is None:
-            return _WarmStart(self.curves[sl])
+            return _WarmStart(self.curves[sl], **pc)
         return _WarmStart(self.curves[sl], self.series[sl], self.nodes[sl], self.direct[sl],
-                          None if self.jac is None else self.jac[sl])
+                          None if self.jac is None else self.jac[sl], **pc)
+
+
+def _piece_starts(init: GeodesicResult, da, db):
+    """``(piece, pseries)`` of a warm start: the pairs of ``init`` certified by piecewise
+    collocation and their paths moved by ``da``/``db`` at the ends, as Euclidean-arclength
+    Legendre series (``None, None`` when there are none)."""
+    dt = da.dtype
+    piece = (init.converged & torch.tensor([m == "piecewise collocation" for m in init.method], dtype=torch.bool,
+                                           device=init.z0.device)).to(da.device)
+    if not bool(piece.any()):
+        return None, None
+    rows = torch.nonzero(piece).reshape(-1)
+    t = torch.linspace(0, 1, 513, dtype=dt, device=da.device)
+    with torch.no_grad():
+        pts = init[rows.to(init.z0.device)].curve(t.to(init.z0.dtype)).detach().to(dt)
+    pts = pts + (1 - t)[None, :, None] * da[rows, None] + t[None, :, None] * db[rows, None]
+    pseries = torch.zeros(piece.shape[0], _PATH_K, da.shape[1], dtype=dt, device=da.device)
+    pseries[rows] = path_series(pts, _PATH_K)
+    piece &= torch.isfinite(pseries).all(2).all(1)
+    return piece, pseries
+
+
+_PATH_K = 33  # Legendre coefficients of a piecewise warm start's path
 
 
 def _warm_from_result(init: GeodesicResult, a, b):
@@ -224,16 +252,19 @@ def _warm_from_result(init: GeodesicResult, a, b):
         curves = init.curve(t).detach().to(dt)
     curves = curves + (1 - t)[None, :, None] * da[:, None] + t[None, :, None] * db[:, None]
     curves[:, 0], curves[:, -1] = a, b
+    piece, pseries = _piece_starts(init, da, db)
     if init._series is None or "nodes" not in init.stats:
-        return _WarmStart(curves)
+        return _WarmStart(curves, piece=piece, pseries=pseries)
     series = init._series.detach().to(dt).clone()
     # (in x = 2t − 1: t = (P0 + P1)/2, 1 − t = (P0 − P1)/2)
     series[:, 0] += 0.5 * (da + db)
     series[:, 1] += 0.5 * (db - da)
     direct = init._collocation_certified().to(a.device) & torch.isfinite(series).all(2).all(1)
     jac = init.__dict__.get("_jacobian")
+    if piece is not None:
+        direct &= ~piece
     return _WarmStart(curves, series, init.stats["nodes"].to(a.device), direct,
-                      None if jac is None else jac.detach().to(dt))
+                      None if jac is None else jac.detach().to(dt), piece=piece, pseries=pseries)
 
 
 def _check_init(init, a, b, graph):
@@ -751,6 +782,15 @@ def _lowest_energy(er, n: int, starts: int):
                     reasons=[er.reasons[j] for j in pick.tolist()])
 
 
+def _empty_collocation(K, d, dt, dev, jac=None):
+    """A :class:`CollocationResult` of no pairs (for :func:`_merge_direct` without direct pairs)."""
+    z, zl = torch.zeros(0, dtype=dt, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
+    no = torch.zeros(0, dtype=torch.bool, device=dev)
+    return CollocationResult(series=torch.zeros(0, K, d, dtype=dt, device=dev), length=z, velocity0=z.reshape(0, 1).expand(0, d),
+                             residual=z, rel_residual=z, speed_drift=z, converged=no, iterations=zl, nodes=zl, reasons=[],
+                             evaluations=zl, budget=no, jacobian=jac)
+
+
 def _merge_direct(idx, di, cd, parts, K, d):
     """One ``(energy result, series, collocation result)`` for the pairs ``idx`` from the direct
     warm collocation of ``di`` (result ``cd``) and the full attempts ``parts``, a list of
@@ -802,6 +842,26 @@ def _merge_direct(idx, di, cd, parts, K, d):
     return SpectralEnergyResult(nodes=None, energy=None, converged=None, iterations=e_iters, reasons=e_reasons), e_ser, res
 
 
+def _reject_longer_than_line(metric, a, b, length, conv, reasons, tol):
+    """Un-certify (in place: ``conv``, ``reasons``) the converged pairs whose geodesic of ``length``
+    is longer than the straight line ``a → b`` (a warm curve moved to new endpoints can converge
+    to a geodesic that is not the shortest, the long way round)."""
+    ok = torch.nonzero(conv).reshape(-1)
+    if not ok.numel():
+        return
+    a, b = a[ok], b[ok]
+    chk = ~_cleared_by_line_bound(metric, a, b, length[ok], tol)
+    with torch.no_grad():
+        if bool(chk.any()):
+            ci = torch.nonzero(chk).reshape(-1)
+            Ll, El = _dense_length(metric, a[ci], b[ci])
+            longer = length[ok[ci]] > Ll + El + tol * Ll
+            for j in ok[ci[longer]].tolist():
+                conv[j] = False
+                reasons[j] = (f"warm curve converged to a geodesic longer than the straight line "
+                              f"(length {float(length[j]):.6g})")
+
+
 def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
     degree, nodes, max_nodes, max_iter = solver.degree, solver.nodes, solver.max_nodes, solver.max_iter
     first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
@@ -828,19 +888,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
         evals[di] += cr.evaluations
         # a moved curve can converge to a geodesic that is not the shortest (the long way round):
         # pairs longer than the straight line take the full pipeline instead
-        ok = torch.nonzero(cr.converged).reshape(-1)
-        if ok.numel():
-            a, b = z0[di[ok]], z1[di[ok]]
-            chk = ~_cleared_by_line_bound(metric, a, b, cr.length[ok], tol)
-            with torch.no_grad():
-                if bool(chk.any()):
-                    ci = torch.nonzero(chk).reshape(-1)
-                    Ll, El = _dense_length(metric, a[ci], b[ci])
-                    longer = cr.length[ok[ci]] > Ll + El + tol * Ll
-                    for j in ok[ci[longer]].tolist():
-                        cr.converged[j] = False
-                        cr.reasons[j] = (f"warm curve converged to a geodesic longer than the straight line "
-                                         f"(length {float(cr.length[j]):.6g})")
+        _reject_longer_than_line(metric, z0[di], z1[di], cr.length, cr.converged, cr.reasons, tol)
         return di, cr
 
     def kept(idx):
@@ -915,7 +963,31 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     evals = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
     kept_mask = torch.zeros(n, dtype=torch.bool, device=dev)  # (warm_fallback="keep": not solved)
-    er, ser, cr = attempt(all_idx, init)
+    same = (z0 == z1).all(1)
+    # warm pairs certified by piecewise collocation: piecewise collocation again, from their moved
+    # paths (no global stages); those it certifies are done, the rest take the usual route
+    pre = None
+    if warm is not None and warm.piece is not None and solver.piecewise and n and not _expired(deadline):
+        pm = warm.piece & ~same
+        if bool(pm.any()):
+            pi = torch.nonzero(pm).reshape(-1)
+            starts = warm.pseries[pi].to(dt)
+            with torch.no_grad():
+                pr = collocate_piecewise(metric, z0[pi], z1[pi], starts, tol=tol,
+                                         max_segments=solver.max_segments, max_iter=2 * solver.max_iter, deadline=deadline)
+            evals[pi] += pr.evaluations
+            pok = pr.converged.clone()
+            preasons = list(pr.reasons)
+            _reject_longer_than_line(metric, z0[pi], z1[pi], pr.length, pok, preasons, tol)
+            pre = (pi, pr, pok, preasons, starts)
+    first = all_idx if pre is None else all_idx[~torch.isin(all_idx, pre[0][pre[2]])]
+    if first.numel() == n:
+        er, ser, cr = attempt(all_idx, init)
+    else:
+        parts = [(first, *attempt(first, init))] if first.numel() else []
+        er, ser, cr = _merge_direct(all_idx, all_idx[:0], _empty_collocation(Kmax, d, dt, dev, no_jac(0)), parts, Kmax, d)
+        if parts and parts[0][3].direct is not None:
+            cr.direct[first] = parts[0][3].direct
     # pairs certified straight from a warm collocation curve compete with the graph path only
     # when it is strictly shorter (their curve was the shortest found for a nearby pair)
     warm_direct = cr.direct if cr.direct is not None else torch.zeros(n, dtype=torch.bool, device=dev)
@@ -932,8 +1004,30 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     used = [init] * n
     how_cert = ["collocation" if bool(c) else "" for c in conv]
 
+    knots = None
+    from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
+    if pre is not None:
+        pi, pr, pok, preasons, _ = pre
+        fi = pi[pok]
+        iters[pi] += pr.iterations
+        budget[pi] |= pr.budget & ~pok
+        if fi.numel():
+            if series.shape[1] < _PATH_K:
+                series = torch.cat([series, series.new_zeros(n, _PATH_K - series.shape[1], d)], 1)
+                Kmax = _PATH_K
+            conv[fi], from_knots[fi], warm_direct[fi] = True, True, True
+            length[fi], v[fi], nq[fi] = pr.length[pok], pr.velocity0[pok], pr.segments[pok] * solver.stages
+            rel[fi], drift[fi], resid[fi] = pr.rel_residual[pok], pr.speed_drift[pok], pr.residual[pok]
+            series[fi] = padk(pre[4][pok])
+            knots = _put_knots(knots, n, fi, tuple(k[pok] for k in pr.knots))
+        for j, i in enumerate(pi.tolist()):
+            if bool(pok[j]):
+                reasons[i], how_cert[i] = "", "piecewise collocation"
+            else:
+                reasons[i] = f"warm piecewise collocation: {preasons[j]}; {reasons[i]}" if reasons[i] else \
+                    f"warm piecewise collocation: {preasons[j]}"
+
     # the same endpoints: the constant curve
-    same = (z0 == z1).all(1)
     if bool(same.any()):
         conv[same] = True
         series[same] = 0.0
@@ -971,6 +1065,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                     reasons[i] = f"{init} init: {reasons[i]}; graph init: {cr2.reasons[j]}"
             fi = bad[fixed]
             conv[fi] = True
+            from_knots[fi] = False  # (a warm piecewise solution the graph start beat)
             series[fi] = padk(cr2.series)[fixed]
             length[fi], v[fi], nq[fi] = cr2.length[fixed], cr2.velocity0[fixed], cr2.nodes[fixed]
             if keep_jac:
@@ -991,8 +1086,6 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # reparametrised by arclength; see .piecewise) for the pairs still not certified, from their
     # best curves: it resolves the sharp features of RBF variances that a global polynomial needs
     # hundreds of nodes for
-    knots = None
-    from_knots = torch.zeros(n, dtype=torch.bool, device=dev)
     pwm = ~conv & ~budget & ~same & ~kept_mask
     if solver.piecewise and bool(pwm.any()) and not _expired(deadline):
         pi = torch.nonzero(pwm).reshape(-1)

@@ -478,6 +478,50 @@ def _from_series(z0, z1, series, S, K):
     return _Batch(tau1[None].expand(n, -1).contiguous(), g, p.contiguous(), A.reshape(n, S, q, d))
 
 
+def path_series(curves: torch.Tensor, K: int = 33) -> torch.Tensor:
+    """A Legendre series ``(n, K, d)`` (in ``x = 2u − 1``) of the paths sampled densely by
+    ``curves (n, T, d)``, parametrised by the fraction ``u`` of their Euclidean length: the
+    samples are interpolated linearly at ``2K − 1`` Chebyshev–Lobatto values of ``u`` and fitted
+    by least squares. For a warm start from a certified piecewise solution (whose own time,
+    metric arclength, crosses the sharp features of RBF variances at very uneven Euclidean
+    speeds): :func:`collocate_piecewise` reparametrises its start to constant Euclidean speed
+    anyway, and the path in that parametrisation is smooth. The end points are kept exactly.
+
+    Example:
+        >>> import torch
+        >>> t = torch.linspace(0, 1, 257, dtype=torch.float64)
+        >>> arc = torch.stack([torch.cos(t ** 3 * torch.pi / 2), torch.sin(t ** 3 * torch.pi / 2)], -1)[None]
+        >>> from latentgeo.geodesics.spectral import _eval_series
+        >>> mid = _eval_series(path_series(arc), torch.tensor([0.5], dtype=torch.float64))[0, 0]
+        >>> bool(torch.allclose(mid, torch.tensor([2 ** -0.5, 2 ** -0.5], dtype=torch.float64), atol=1e-4))
+        True
+    """
+    n, T, d = curves.shape
+    dt, dev = curves.dtype, curves.device
+    tiny = torch.finfo(dt).tiny
+    M = 2 * K - 1
+    u = (0.5 - 0.5 * torch.cos(torch.pi * torch.arange(M, dtype=dt, device=dev) / (M - 1))).contiguous()
+    seg = (curves[:, 1:] - curves[:, :-1]).norm(dim=-1)
+    cum = torch.cat([curves.new_zeros(n, 1), seg.cumsum(1)], 1)
+    cum = (cum / cum[:, -1:].clamp_min(tiny)).contiguous()
+    cum[:, -1] = 1.0
+    uq = u.expand(n, -1).contiguous()
+    j = (torch.searchsorted(cum, uq, right=True) - 1).clamp(0, T - 2)
+    c0, c1 = cum.gather(1, j), cum.gather(1, j + 1)
+    w = ((uq - c0) / (c1 - c0).clamp_min(tiny)).clamp(0, 1)[..., None]
+    jd = j[..., None].expand(-1, -1, d)
+    pts = curves.gather(1, jd) * (1 - w) + curves.gather(1, jd + 1) * w
+    pts[:, 0], pts[:, -1] = curves[:, 0], curves[:, -1]
+    B = legendre_basis(u, K)  # (M, K)
+    coef = torch.linalg.pinv(B) @ pts  # (n, K, d)
+    # the end points exactly: spread the end mismatch as the line (P0 ± P1)/2 adds it
+    e0 = curves[:, 0] - (B[0] @ coef)
+    e1 = curves[:, -1] - (B[-1] @ coef)
+    coef[:, 0] += 0.5 * (e0 + e1)
+    coef[:, 1] += 0.5 * (e1 - e0)
+    return coef
+
+
 def _eval_rows(series, t, derivative):
     """Legendre series ``(n, K, d)`` at per-pair times ``t (n, M)``."""
     n, M = t.shape
