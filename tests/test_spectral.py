@@ -677,17 +677,19 @@ def test_resolution_grid_and_prediction_from_geometric_decay():
     assert int(S._predict_nodes(flat, torch.tensor([1e-3], dtype=D64), 1e-6, 30)[0]) == 66
 
 
-def test_lowest_energy_start_prefers_converged_then_the_line_on_ties():
-    from latentgeo.geodesics.connecting import _lowest_energy
+def test_shortest_start_wins_and_the_line_on_ties():
+    from latentgeo.geodesics.connecting import _shortest_start
 
     n, starts = 3, 3
-    E = torch.tensor([[2.0, 1.0, 5.0], [2.0, 0.5, 4.0], [1.5, 0.7, 3.0]], dtype=D64)  # (starts, n)
-    conv = torch.tensor([[True, True, False], [True, True, False], [False, True, False]])
+    L = torch.tensor([[2.0, 1.0, float("nan")], [2.0, 0.5, 4.0], [1.5, 0.7, 3.0]], dtype=D64)  # (starts, n)
+    E = torch.ones(starts * n, dtype=D64)  # (the energies play no part)
     er = S.SpectralEnergyResult(nodes=torch.arange(starts * n, dtype=D64)[:, None, None].expand(-1, 4, 2),
-                                energy=E.reshape(-1), converged=conv.reshape(-1),
+                                energy=E, converged=torch.ones(starts * n, dtype=torch.bool),
                                 iterations=torch.ones(starts * n, dtype=torch.long), reasons=[""] * (starts * n))
-    best = _lowest_energy(er, n, starts)
-    # pair 0: the line ties the first bulge (2.0) and the lower 1.5 did not converge -> the line;
-    # pair 1: the first bulge (0.5); pair 2: nothing converged -> the lowest energy (3.0, second bulge)
-    assert best.nodes[:, 0, 0].tolist() == [0.0, 4.0, 8.0]
+    best = _shortest_start(er, n, starts, L.reshape(-1))
+    # pair 0: the second bulge (1.5); pair 1: the first bulge (0.5); pair 2: the line's length is
+    # NaN -> the shortest finite one (3.0, second bulge)
+    assert best.nodes[:, 0, 0].tolist() == [6.0, 4.0, 8.0]
     assert best.iterations.tolist() == [3, 3, 3]
+    tie = _shortest_start(er, n, starts, torch.tensor([[1.0, 1, 1], [1.0, 1, 1], [1.0, 1, 1]], dtype=D64).reshape(-1))
+    assert tie.nodes[:, 0, 0].tolist() == [0.0, 1.0, 2.0]

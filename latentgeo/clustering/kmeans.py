@@ -278,7 +278,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _store(self, j, xj, C, res, X):
         """Keep the curves of the pairs centre ``j`` → points ``xj`` (for warm starts): the
         Legendre series and nodes of collocation-certified pairs (their next solve starts at that
-        resolution, without the energy stage), the sampled curve of every pair."""
+        resolution, without the energy stage), the paths of pairs certified by piecewise
+        collocation (their next solve is piecewise collocation from there), the sampled curve of
+        every pair."""
         n, d = X.shape
         t = torch.linspace(0, 1, self._T_WARM, dtype=X.dtype, device=X.device)
         with torch.no_grad():

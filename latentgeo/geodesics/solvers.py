@@ -65,10 +65,13 @@ class Collocation:
             ``1e-8`` certified as many demo-VAE pairs as ``1e-12`` with 25 % fewer evaluations,
             ``1e-6`` fewer pairs).
         starts: starting curves of the energy minimisation from the straight line: ``1`` (the line)
-            or an odd number: the line and ``±0.25k·|z1 − z0|`` sine bulges normal to it; the one of
-            lowest energy is collocated. On the demo VAE 2 of 10 random pairs certified from the
-            line alone were 2 % longer than stochman's curves; the bulged starts found geodesics
-            shorter than both (stage 1 costs ``starts`` times more; collocation runs once).
+            or an odd number: the line and ``±0.25k·|z1 − z0|`` sine bulges normal to it; the
+            shortest of them after the energy stage (dense length) is collocated. On the demo VAE
+            2 of 10 random pairs certified from the line alone were 2 % longer than stochman's
+            curves; the bulged starts found geodesics shorter than both (stage 1 costs ``starts``
+            times more; collocation runs once). Picking the shortest start rather than the one of
+            lowest energy certified 145 of 145 demo-VAE pairs instead of 143, 4 of them up to 4.5 %
+            shorter and none longer, at tol 1e-6 and 1e-4 alike.
         piecewise: retry the pairs the global polynomial did not certify by piecewise Gauss
             collocation of ``stages`` nodes per segment on meshes that adapt to the curve, from
             16 up to ``max_segments`` segments (:func:`~latentgeo.geodesics.piecewise.collocate_piecewise`).
