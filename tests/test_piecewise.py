@@ -143,6 +143,34 @@ def metric_free_length(pts):
     return (pts[:, 1:] - pts[:, :-1]).norm(dim=-1).sum(1)
 
 
+def test_bidiagonal_solve_where_the_forward_recursion_blows_up():
+    """The mesh-state corrections from the whole block-bidiagonal system satisfy every continuity
+    condition and both boundary conditions, also for a linearised flow that grows by e^8 a
+    segment (where products of the segment matrices, the condensed recursion, overflow float64's
+    digits)."""
+    from latentgeo.geodesics.piecewise import _bidiagonal_solve
+
+    g = torch.Generator().manual_seed(0)
+    k, S, d = 2, 24, 3
+    Q, _ = torch.linalg.qr(torch.randn(2 * d, 2 * d, generator=g, dtype=D64))
+    grow = torch.cat([torch.full((d,), math.e ** 8), torch.full((d,), math.e ** -8)]).to(D64)
+    G = (Q * grow) @ Q.T + 0.01 * torch.randn(k, S, 2 * d, 2 * d, generator=g, dtype=D64)
+    gv = torch.randn(k, S, 2 * d, generator=g, dtype=D64)
+    end = torch.randn(k, d, generator=g, dtype=D64)
+    dY, ok = _bidiagonal_solve(G, gv, end)
+    assert bool(ok.all())
+    res = dY[:, 1:] - (G @ dY[:, :-1, :, None]).squeeze(-1) - gv
+    scale = (G.abs().amax((-1, -2)) * dY[:, :-1].abs().amax(-1))
+    assert float((res.abs().amax(-1) / scale).max()) < 1e-10
+    assert float(dY[:, 0, :d].abs().max()) < 1e-12
+    torch.testing.assert_close(dY[:, -1, :d], end, rtol=1e-9, atol=1e-9)
+    # the forward recursion's fundamental matrix is beyond float64 here (e^192)
+    Phi = torch.eye(2 * d, dtype=D64)[:, d:]
+    for s_ in range(S):
+        Phi = G[0, s_] @ Phi
+    assert float(Phi.abs().max()) > 1e60
+
+
 def test_budget_and_options():
     metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
     z0 = torch.tensor([[-1.3, 0.25]], dtype=D64)
