@@ -240,6 +240,7 @@ def _piece_starts(init: GeodesicResult, da, db):
 
 
 _PATH_K = 33  # Legendre coefficients of a piecewise warm start's path
+_GLOBAL_UNKNOWNS = 1280  # global collocation up to Q·d unknowns when the piecewise stage is on
 
 
 def _warm_from_result(init: GeodesicResult, a, b):
@@ -865,9 +866,13 @@ def _reject_longer_than_line(metric, a, b, length, conv, reasons, tol):
 
 def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points, rtol, atol, recheck, deadline):
     degree, nodes, max_nodes, max_iter = solver.degree, solver.nodes, solver.max_nodes, solver.max_iter
+    n, d = z0.shape
+    # global collocation's Newton systems are dense in Q·d unknowns: above about 1280 of them the
+    # piecewise stage (block systems per segment) is the cheaper way to resolve a pair
+    if solver.piecewise:
+        max_nodes = min(max_nodes, max(nodes, _GLOBAL_UNKNOWNS // d))
     first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
     energy_max_iter, max_steps = solver.energy_max_iter, 10_000
-    n, d = z0.shape
     dt, dev = z0.dtype, z0.device
     t_lgl = lgl_nodes(degree, dt, dev)
     acc = acceleration_fn(metric)
