@@ -23,7 +23,7 @@ are condensed: the stage corrections by one ``qd × qd`` solve per segment, the 
 forward recursion (Bock's condensing), down to a ``d × d`` system for the initial velocity.
 Where the linearised flow grows fast (strong variance gradients, 10-D latents: fundamental
 matrices of 1e17–1e24 over 16 segments were measured) that recursion loses every digit, and the
-mesh states come from the whole block-bidiagonal system instead, by dense LU with pivoting.
+mesh states come from a stabilised march through the block-bidiagonal system instead.
 
 Certificate (the quantities :func:`~latentgeo.geodesics.spectral.collocate` certifies, measured
 *off* the collocation nodes): the defect ``r = γ'' − a(γ, γ')`` at the ``q + 1`` Gauss nodes of
@@ -65,7 +65,7 @@ from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
 from .ode import acceleration_fn
-from .spectral import _Norm, _blank_outcome, _expired, _second_order, _solve_batch, legendre_basis
+from .spectral import _Norm, _blank_outcome, _expired, _second_order, legendre_basis
 
 __all__ = ["collocate_piecewise", "PiecewiseResult"]
 
@@ -267,10 +267,10 @@ def _step(st, ev, z1, K):
     dY = (Phis @ dp0[:, None, :, None]).squeeze(-1) + phis  # (k, S+1, 2d)
     # the forward recursion is single shooting through the linearised flow: where that flow grows
     # fast (strong variance gradients; 10-D latents) its products lose every digit, and the step is
-    # solved from the whole block-bidiagonal system instead (dense LU with partial pivoting)
+    # solved by a stabilised march through the block-bidiagonal system instead
     grow = Phis.abs().flatten(1).amax(1)
     redo = torch.nonzero(~ok | ~(grow <= _GROWTH)).reshape(-1)
-    if redo.numel() and 2 * d * (S + 1) <= _DENSE_MAX:
+    if redo.numel():
         dYr, okr = _bidiagonal_solve(G[redo], gv[redo], z1[redo] - st.g[redo, -1])
         dY[redo] = torch.where(okr[:, None, None], dYr, dY[redo])
         ok[redo] = okr
@@ -281,41 +281,48 @@ def _step(st, ev, z1, K):
 
 
 _GROWTH = 1e6  # largest fundamental-matrix entry the condensed recursion is trusted with
-_DENSE_MAX = 4096  # largest whole system (unknowns per pair) solved densely instead
 
 
 def _bidiagonal_solve(G, gv, end):
     """Mesh-state corrections ``δY_s = (δg_s, δp_s)`` ``(k, S+1, 2d)`` from the condensed
     continuity conditions ``δY_{s+1} = G_s δY_s + gv_s`` (``G (k, S, 2d, 2d)``, ``gv (k, S, 2d)``),
-    ``δg_0 = 0`` and ``δg_S = end``, as one dense system with partial pivoting (stable where the
-    forward recursion is not). Returns ``(δY, ok)``."""
+    ``δg_0 = 0`` and ``δg_S = end``, by a stabilised march (Conte's orthonormalisation; Ascher,
+    Mattheij & Russell, *Numerical Solution of Boundary Value Problems for ODEs*, §6.4): the
+    solutions are kept as ``δY_s = U_s c_s + u_s`` with ``U_s`` orthonormal ``(2d, d)`` and ``u_s ⊥ U_s``,
+    re-orthonormalised at every mesh point, so that no product of the ``G_s`` is formed; then
+    ``c_S`` from the end condition and ``c_s = R_s⁻¹(c_{s+1} − w_s)`` backwards. Stable where the
+    forward recursion ``Φ_{s+1} = G_s Φ_s`` is not (fast-growing linearised flows). Returns ``(δY, ok)``."""
     k, S, d2 = gv.shape
     d = d2 // 2
-    N = d2 * (S + 1)
     dt, dev = G.dtype, G.device
+    U = torch.zeros(k, d2, d, dtype=dt, device=dev)
+    U[:, d:] = torch.eye(d, dtype=dt, device=dev)
+    u = torch.zeros(k, d2, dtype=dt, device=dev)
+    Us, us, Rs, ws = [U], [u], [], []
+    for s_ in range(S):
+        Q, R = torch.linalg.qr(G[:, s_] @ U)
+        ut = (G[:, s_] @ u.unsqueeze(-1)).squeeze(-1) + gv[:, s_]
+        w = (Q.transpose(1, 2) @ ut.unsqueeze(-1)).squeeze(-1)
+        u = ut - (Q @ w.unsqueeze(-1)).squeeze(-1)
+        U = Q
+        Us.append(U), us.append(u), Rs.append(R), ws.append(w)
+    M = U[:, :d]
+    rhs = end - u[:, :d]
+    ok = torch.isfinite(M).flatten(1).all(1) & torch.isfinite(rhs).all(1)
+    c, info = torch.linalg.solve_ex(torch.where(ok[:, None, None], M, torch.eye(d, dtype=dt, device=dev).expand(k, d, d)),
+                                    torch.where(ok[:, None], rhs, torch.zeros_like(rhs)))
+    ok &= info == 0
     out = torch.zeros(k, S + 1, d2, dtype=dt, device=dev)
-    oks = torch.zeros(k, dtype=torch.bool, device=dev)
-    I2 = torch.eye(d2, dtype=dt, device=dev)
-    step = max(1, int(2 ** 25 // (N * N)))  # pairs per chunk (about 256 MB of float64 at most)
-    for c0 in range(0, k, step):
-        c1 = min(k, c0 + step)
-        m = c1 - c0
-        A = torch.zeros(m, N, N, dtype=dt, device=dev)
-        b = torch.zeros(m, N, dtype=dt, device=dev)
-        A[:, torch.arange(d), torch.arange(d)] = 1.0  # δg_0 = 0
-        for s_ in range(S):
-            r, c = d + d2 * s_, d2 * s_
-            A[:, r : r + d2, c : c + d2] = -G[c0:c1, s_]
-            A[:, r : r + d2, c + d2 : c + 2 * d2] = I2
-            b[:, r : r + d2] = gv[c0:c1, s_]
-        A[:, N - d + torch.arange(d), d2 * S + torch.arange(d)] = 1.0  # δg_S = end
-        b[:, N - d :] = end[c0:c1]
-        x, info = _solve_batch(A, b[..., None])  # (one thread: see spectral._one_thread)
-        x = x[..., 0]
-        good = (info == 0) & torch.isfinite(x).all(1)
-        out[c0:c1] = x.reshape(m, S + 1, d2)
-        oks[c0:c1] = good
-    return out, oks
+    out[:, S] = (Us[S] @ c.unsqueeze(-1)).squeeze(-1) + us[S]
+    for s_ in range(S - 1, -1, -1):
+        R = Rs[s_]
+        diag = torch.diagonal(R, dim1=1, dim2=2).abs()
+        ok &= (diag > 0).all(1)
+        Rsafe = torch.where(ok[:, None, None], R, torch.eye(d, dtype=dt, device=dev).expand(k, d, d))
+        c = torch.linalg.solve_triangular(Rsafe, (c - ws[s_]).unsqueeze(-1), upper=True).squeeze(-1)
+        out[:, s_] = (Us[s_] @ c.unsqueeze(-1)).squeeze(-1) + us[s_]
+    ok &= torch.isfinite(out).flatten(1).all(1)
+    return out, ok
 
 
 def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline):
