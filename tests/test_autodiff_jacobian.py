@@ -342,3 +342,34 @@ def test_forward_hooks_leave_the_module_to_the_generic_path():
     assert "forward hooks" in unsupported_reason(net)
     handle.remove()
     _check(net, z)
+
+
+class Unaries(nn.Module):
+    """Every unary with a closed-form first derivative in the interpreter, as functions and methods."""
+
+    def __init__(self, d=3):
+        super().__init__()
+        self.lin = nn.Linear(d, 8)
+
+    def forward(self, z):
+        h = torch.sigmoid(self.lin(z)) + 0.5  # (positive: log, sqrt, rsqrt, reciprocal, fractional pow)
+        parts = [torch.log(h), torch.sqrt(h), torch.rsqrt(h), torch.sin(h), torch.cos(h), torch.square(h),
+                 torch.reciprocal(h), h ** 3, torch.pow(h, -1.5), h.pow(0.5), h.sqrt(), h.log(), h.reciprocal(),
+                 h ** 0, h ** 1]
+        return torch.cat(parts, -1)
+
+
+def test_closed_form_unaries_without_torch_func(monkeypatch):
+    """The first-order rules of known unaries use their closed-form derivatives (no torch.func.jvp:
+    its set-up alone cost ~0.1 ms a call) and agree with the reference."""
+    net = Unaries().to(D)
+    calls = []
+    real = first_order.jvp
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(first_order, "jvp", spy)
+    _check(net, _z(), autograd_too=True)
+    assert not calls

@@ -7,6 +7,8 @@ arguments ``kw`` (without tangents: nodes with varying keyword arguments take th
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch.func import jvp, vmap
@@ -78,11 +80,68 @@ def _r_activation(step, root, a, at, kw, d):
     return _call(step, root, a, kw), t_out
 
 
+_UNARY_NAMES = {
+    torch.log: "log", torch.sqrt: "sqrt", torch.rsqrt: "rsqrt", torch.sin: "sin", torch.cos: "cos",
+    torch.square: "square", torch.reciprocal: "reciprocal", operator.pow: "pow", torch.pow: "pow",
+}
+
+
+def _unary_derivs(name, x, y, a):
+    """Closed-form ``(σ', σ'')`` or ``None``."""
+    if name == "pow":
+        if len(a) != 2 or isinstance(a[1], bool) or not isinstance(a[1], (int, float)):
+            return None
+        p = a[1]
+        if p == 0:
+            z = torch.zeros_like(y)
+            return z, z
+        if p == 1:
+            return torch.ones_like(y), torch.zeros_like(y)
+        if p == 2:
+            return 2.0 * x, torch.full_like(y, 2.0)
+        return p * x.pow(p - 1), (p * (p - 1)) * x.pow(p - 2)
+    if len(a) != 1:
+        return None
+    if name == "log":
+        r = 1.0 / x
+        return r, -r * r
+    if name == "sqrt":
+        r = 1.0 / y
+        return 0.5 * r, -0.25 * r * r * r
+    if name == "rsqrt":
+        y2 = y * y
+        return -0.5 * y2 * y, 0.75 * y2 * y2 * y
+    if name == "sin":
+        return torch.cos(x), -y
+    if name == "cos":
+        return -torch.sin(x), -y
+    if name == "square":
+        return 2.0 * x, torch.full_like(y, 2.0)
+    if name == "reciprocal":
+        y2 = y * y
+        return -y2, 2.0 * y2 * y
+    return None
+
+
 def _r_unary(step, root, a, at, kw, d):
     t = _only_first(at)
     x = a[0]
     if not isinstance(x, torch.Tensor):
         raise _Decline
+
+    # closed-form derivatives where the function is known (torch.func.jvp costs ~0.1 ms a call in
+    # set-up alone: a tenth of a small batch's whole Jacobian)
+    if step.op == "call_method":
+        name = step.target
+    elif step.op == "call_function":
+        name = _UNARY_NAMES.get(step.target)
+    else:
+        name = None
+    if name is not None and not kw:
+        y = _call(step, root, a, kw)
+        ders = _unary_derivs(name, x, y, a) if isinstance(y, torch.Tensor) and y.shape == x.shape else None
+        if ders is not None:
+            return y, _fit(_lift(t, y.dim()) * ders[0], y)
 
     def f(v):
         return _call(step, root, (v,) + tuple(a[1:]), kw)

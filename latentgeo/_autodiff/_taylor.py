@@ -71,8 +71,6 @@ Example::
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch.func import jvp, vmap
 from torch.utils import _pytree as pytree
@@ -116,49 +114,6 @@ def _act_second(kind: str, x, y, params):
     raise _Decline  # pragma: no cover - every activation kind is listed
 
 
-_UNARY_NAMES = {
-    torch.log: "log", torch.sqrt: "sqrt", torch.rsqrt: "rsqrt", torch.sin: "sin", torch.cos: "cos",
-    torch.square: "square", torch.reciprocal: "reciprocal", operator.pow: "pow", torch.pow: "pow",
-}
-
-
-def _unary_derivs(name, x, y, a):
-    """Closed-form ``(σ', σ'')`` or ``None``."""
-    if name == "pow":
-        if len(a) != 2 or isinstance(a[1], bool) or not isinstance(a[1], (int, float)):
-            return None
-        p = a[1]
-        if p == 0:
-            z = torch.zeros_like(y)
-            return z, z
-        if p == 1:
-            return torch.ones_like(y), torch.zeros_like(y)
-        if p == 2:
-            return 2.0 * x, torch.full_like(y, 2.0)
-        return p * x.pow(p - 1), (p * (p - 1)) * x.pow(p - 2)
-    if len(a) != 1:
-        return None
-    if name == "log":
-        r = 1.0 / x
-        return r, -r * r
-    if name == "sqrt":
-        r = 1.0 / y
-        return 0.5 * r, -0.25 * r * r * r
-    if name == "rsqrt":
-        y2 = y * y
-        return -0.5 * y2 * y, 0.75 * y2 * y2 * y
-    if name == "sin":
-        return torch.cos(x), -y
-    if name == "cos":
-        return -torch.sin(x), -y
-    if name == "square":
-        return 2.0 * x, torch.full_like(y, 2.0)
-    if name == "reciprocal":
-        y2 = y * y
-        return -y2, 2.0 * y2 * y
-    return None
-
-
 # ----------------------------------------------------------------------------- second-order rules
 # rule(step, root, a, at, kw, D) -> (value, U); U = [T_1..T_d, ẋ, ẍ] of shape (D, *value.shape)
 def _s_activation(step, root, a, at, kw, D):
@@ -187,13 +142,13 @@ def _s_unary(step, root, a, at, kw, D):
     if step.op == "call_method":
         name = step.target
     elif step.op == "call_function":
-        name = _UNARY_NAMES.get(step.target)
+        name = fo._UNARY_NAMES.get(step.target)
     else:
         name = None
     y = _call(step, root, a, kw)
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
         raise _Decline
-    ders = _unary_derivs(name, x, y, a) if name is not None and not kw else None
+    ders = fo._unary_derivs(name, x, y, a) if name is not None and not kw else None
     if ders is None:
         def f(w):
             return _call(step, root, (w,) + tuple(a[1:]), kw)
