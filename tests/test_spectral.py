@@ -693,3 +693,18 @@ def test_shortest_start_wins_and_the_line_on_ties():
     assert best.iterations.tolist() == [3, 3, 3]
     tie = _shortest_start(er, n, starts, torch.tensor([[1.0, 1, 1], [1.0, 1, 1], [1.0, 1, 1]], dtype=D64).reshape(-1))
     assert tie.nodes[:, 0, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_eval_series_ignores_zero_padding_but_not_nan():
+    """Series padded with zero coefficients (to the finest resolution) evaluate as the unpadded
+    ones, from a basis only as long as the last nonzero coefficient; NaN coefficients are kept."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(3, 7, 2, generator=g, dtype=D64)
+    pad = torch.cat([c, torch.zeros(3, 500, 2, dtype=D64)], 1)
+    t = torch.linspace(0, 1, 33, dtype=D64)
+    torch.testing.assert_close(S._eval_series(pad, t, 1), S._eval_series(c, t, 1), rtol=1e-13, atol=1e-13)
+    assert S._trim(pad).shape[1] == 7
+    bad = pad.clone()
+    bad[1, 300, 0] = float("nan")
+    assert S._trim(bad).shape[1] == 301
+    assert bool(torch.isnan(S._eval_series(bad, t)[1]).any())

@@ -65,7 +65,7 @@ from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
 from .ode import acceleration_fn
-from .spectral import _Norm, _blank_outcome, _expired, _second_order, legendre_basis
+from .spectral import _Norm, _blank_outcome, _expired, _second_order, _trim, legendre_basis
 
 __all__ = ["collocate_piecewise", "PiecewiseResult"]
 
@@ -508,6 +508,7 @@ def _remesh(B, eta, S_new, K):
 def _from_series(z0, z1, series, S, K):
     """The batch of the Legendre-series curves ``series (n, K, d)``, reparametrised to constant
     Euclidean speed, on uniform ``S``-segment meshes."""
+    series = _trim(series)
     n, _, d = series.shape
     q = K["c"].shape[0]
     dt, dev = z0.dtype, z0.device

@@ -161,8 +161,21 @@ def _gauss_basis(Q: int, K: int, order: int, dtype, device) -> torch.Tensor:
     return _CACHE[key]
 
 
+def _trim(coef: torch.Tensor) -> torch.Tensor:
+    """``coef (n, K, d)`` without the trailing coefficients that are zero in every row (series are
+    padded to the finest resolution; the recurrences cost ``O(K)`` tensor operations). NaN counts
+    as nonzero."""
+    n, K, d = coef.shape
+    if n == 0 or K <= 2:
+        return coef
+    nz = torch.nonzero(coef.detach().ne(0).any(2).any(0)).reshape(-1)
+    k = int(nz[-1]) + 1 if nz.numel() else 1
+    return coef[:, : max(k, 2)] if k < K else coef
+
+
 def _eval_series(coef: torch.Tensor, t: torch.Tensor, derivative: int = 0) -> torch.Tensor:
     """Legendre series ``coef (n, K, d)`` at ``t (M,)`` → ``(n, M, d)``."""
+    coef = _trim(coef)
     B = legendre_basis(t, coef.shape[1], derivative)
     return torch.einsum("mk,nkd->nmd", B, coef)
 
