@@ -289,21 +289,15 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         direct = res._collocation_certified().cpu()
         # pairs certified by piecewise collocation: their path (in Euclidean arclength), from
         # which the next solve starts piecewise collocation directly
-        piece = (res.converged.cpu() & torch.tensor([m == "piecewise collocation" for m in res.method], dtype=torch.bool))
-        if ser is not None and bool(piece.any()):
-            from ..geodesics.piecewise import path_series
-
+        piece, pser = res._piecewise_paths(self._PATH_K)
+        piece = piece.cpu() & (ser is not None)
+        if bool(piece.any()):
             rows = torch.nonzero(piece).reshape(-1)
-            tp = torch.linspace(0, 1, 513, dtype=X.dtype, device=X.device)
-            with torch.no_grad():
-                pser = path_series(res[rows].curve(tp).detach().to(X.dtype), self._PATH_K)
             ser = ser.detach().clone()
             if ser.shape[1] < self._PATH_K:
                 ser = torch.cat([ser, ser.new_zeros(ser.shape[0], self._PATH_K - ser.shape[1], d)], 1)
             ser[rows] = 0.0
-            ser[rows, : self._PATH_K] = pser.to(ser.dtype)
-        else:
-            piece[:] = False
+            ser[rows, : self._PATH_K] = pser[rows.to(pser.device)].to(ser.dtype)
         jac = res.__dict__.get("_jacobian")
         K = 1 if ser is None else ser.shape[1]
         w = self._warm.get(j)

@@ -61,7 +61,7 @@ import torch
 from .._progress import progress_bar
 from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
-from .piecewise import collocate_piecewise, path_series
+from .piecewise import collocate_piecewise
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
@@ -221,22 +221,16 @@ class _WarmStart:
 
 def _piece_starts(init: GeodesicResult, da, db):
     """``(piece, pseries)`` of a warm start: the pairs of ``init`` certified by piecewise
-    collocation and their paths moved by ``da``/``db`` at the ends, as Euclidean-arclength
-    Legendre series (``None, None`` when there are none)."""
-    dt = da.dtype
-    piece = (init.converged & torch.tensor([m == "piecewise collocation" for m in init.method], dtype=torch.bool,
-                                           device=init.z0.device)).to(da.device)
+    collocation and their paths (:meth:`GeodesicResult._piecewise_paths`) moved by ``da``/``db`` at
+    the ends (``None, None`` when there are none)."""
+    piece, pseries = init._piecewise_paths(_PATH_K)
     if not bool(piece.any()):
         return None, None
-    rows = torch.nonzero(piece).reshape(-1)
-    t = torch.linspace(0, 1, 513, dtype=dt, device=da.device)
-    with torch.no_grad():
-        pts = init[rows.to(init.z0.device)].curve(t.to(init.z0.dtype)).detach().to(dt)
-    pts = pts + (1 - t)[None, :, None] * da[rows, None] + t[None, :, None] * db[rows, None]
-    pseries = torch.zeros(piece.shape[0], _PATH_K, da.shape[1], dtype=dt, device=da.device)
-    pseries[rows] = path_series(pts, _PATH_K)
-    piece &= torch.isfinite(pseries).all(2).all(1)
-    return piece, pseries
+    pseries = pseries.to(device=da.device, dtype=da.dtype)
+    # (in x = 2u − 1: u = (P0 + P1)/2, 1 − u = (P0 − P1)/2)
+    pseries[:, 0] += 0.5 * (da + db)
+    pseries[:, 1] += 0.5 * (db - da)
+    return piece.to(da.device), pseries
 
 
 _PATH_K = 33  # Legendre coefficients of a piecewise warm start's path

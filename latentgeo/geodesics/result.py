@@ -157,6 +157,25 @@ class GeodesicResult:
         colloc = torch.tensor([m == "collocation" for m in self.method], dtype=torch.bool, device=self.z0.device)
         return self.converged & colloc & ~self._polyline & ~self._from_knots
 
+    def _piecewise_paths(self, K: int = 33, T: int = 513):
+        """``(piece, series)``: the pairs certified by piecewise collocation ``(N,)`` and their
+        paths as Euclidean-arclength Legendre series ``(N, K, d)`` (zeros elsewhere; see
+        :func:`~latentgeo.geodesics.piecewise.path_series`), the start a warm solve re-collocates
+        them from."""
+        from .piecewise import path_series
+
+        dev = self.z0.device
+        piece = self.converged & torch.tensor([m == "piecewise collocation" for m in self.method], dtype=torch.bool,
+                                              device=dev)
+        series = self.z0.new_zeros(len(self), K, self.z0.shape[1])
+        if bool(piece.any()):
+            rows = torch.nonzero(piece).reshape(-1)
+            with torch.no_grad():
+                pts = self[rows].curve(torch.linspace(0, 1, T, dtype=self.z0.dtype, device=dev)).detach()
+            series[rows] = path_series(pts, K)
+            piece &= torch.isfinite(series).all(2).all(1)
+        return piece, series
+
     @property
     def messages(self) -> list:
         """Per pair: ``""`` if certified, else its status message and reason."""
