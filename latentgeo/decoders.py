@@ -45,7 +45,10 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 from torch.func import jvp, vmap
 
-from ._autodiff import compose_second_order, function_module, jacobian_columns, second_order
+from ._autodiff import (
+    compose_mixed_second_order, compose_second_order, function_module, jacobian_columns, mixed_second_order,
+    second_order,
+)
 from ._validation import as_latent_batch, describe_bad_rows, infer_latent_dim, model_dtype, probe_decoder
 
 __all__ = [
@@ -69,28 +72,36 @@ def _traced(f, z):
     return None if m is None else jacobian_columns(m, z)
 
 
-def _traced2(f, z, v):
-    """``(f(z), columns (d, *out.shape), ∂²f[v, v])`` through the fx interpreter (Taylor mode), or ``None``."""
+def _traced2(f, z, v, mixed: bool = False):
+    """``(f(z), columns (d, *out.shape), ∂²f[v, v])`` through the fx interpreter (Taylor mode), or
+    ``None``; with ``mixed``, ``∂²f[v, e_i]`` ``(d, *out.shape)`` in place of ``∂²f[v, v]``."""
     m = function_module(f)
-    return None if m is None else second_order(m, z, v)
+    if m is None:
+        return None
+    return mixed_second_order(m, z, v) if mixed else second_order(m, z, v)
 
 
 def _jet_flat(r, n: int, d: int):
-    """A traced jet ``(out, cols, h)`` flattened to ``((n, K), (d, n, K), (n, K))``, or ``None``."""
+    """A traced jet ``(out, cols, h)`` flattened to ``((n, K), (d, n, K), (n, K))`` (a mixed jet's
+    ``h`` ``(d, n, ...)`` to ``(d, n, K)``), or ``None``."""
     if r is None:
         return None
     out, cols, h = r
     if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
         return None  # the generic path raises the decoder's error message
-    return out.reshape(n, -1), cols.reshape(d, n, -1), h.reshape(n, -1)
+    h = h.reshape(d, n, -1) if h.dim() > out.dim() else h.reshape(n, -1)
+    return out.reshape(n, -1), cols.reshape(d, n, -1), h
 
 
 def _jet_cat(parts):
-    """Concatenate flattened jets and return ``(g (N, K), J (N, K, d), h (N, K))`` (``None`` if any is)."""
+    """Concatenate flattened jets and return ``(g (N, K), J (N, K, d), h (N, K))`` (``None`` if any
+    is); mixed jets: ``h (N, K, d)``, ``h[n, k, i] = ∂²g_k[v_n, e_i]``."""
     if not parts or any(p is None for p in parts):
         return None
     g = torch.cat([p[0] for p in parts], 1)
     cols = torch.cat([p[1] for p in parts], 2)
+    if parts[0][2].dim() == 3:
+        return g, cols.permute(1, 2, 0), torch.cat([p[2] for p in parts], 2).permute(1, 2, 0)
     h = torch.cat([p[2] for p in parts], 1)
     return g, cols.permute(1, 2, 0), h
 
@@ -156,13 +167,15 @@ class Decoder:
         """
         return None
 
-    def embedding_jet(self, z: torch.Tensor, v: torch.Tensor, kind: Optional[str] = None):
+    def embedding_jet(self, z: torch.Tensor, v: torch.Tensor, kind: Optional[str] = None, mixed: bool = False):
         """Fast path for the geodesic ODE: ``(g (N, K), J (N, K, d), ∂²g[v, v] (N, K))`` or ``None``.
 
         The embedding ``g`` of an embedded ``kind`` (:meth:`coordinates`), its Jacobian and its
         second directional derivative along ``v``, in one Taylor-mode pass through the fx trace
-        of the decoder's callables (:func:`latentgeo._autodiff.second_order`). ``None`` means
-        "use nested ``torch.func.jvp``" (untraceable callables, a non-embedded kind). No input checks.
+        of the decoder's callables (:func:`latentgeo._autodiff.second_order`). With ``mixed``, the
+        third entry is the velocity's Hessian column ``H (N, K, d)``, ``H[n, :, i] = ∂²g[v_n, e_i]``
+        (:func:`latentgeo._autodiff.mixed_second_order`). ``None`` means "use nested
+        ``torch.func.jvp``" (untraceable callables, a non-embedded kind). No input checks.
         """
         return None
 
@@ -346,20 +359,20 @@ class GaussianDecoder(Decoder):
             raise ValueError(f"decoder mean has {mu.shape[1]} outputs per code but std has {sd.shape[1]}")
         return (mu, sd), (tmu.reshape(d, n, -1), tsd.reshape(d, n, -1))
 
-    def embedding_jet(self, z, v, kind=None):
+    def embedding_jet(self, z, v, kind=None, mixed=False):
         kind = self.resolve_kind(kind)
         if kind not in self.embedded_kinds:
             return None
         n, d = z.shape
         if self.model is not None:
-            r = _traced2(self.model, z, v)
+            r = _traced2(self.model, z, v, mixed)
             if r is None or not (isinstance(r[0], (tuple, list)) and len(r[0]) == 2):
                 return None
             parts = [_jet_flat((r[0][k], r[1][k], r[2][k]), n, d) for k in range(2)]
         else:
-            parts = [_jet_flat(_traced2(self.mean, z, v), n, d)]
+            parts = [_jet_flat(_traced2(self.mean, z, v, mixed), n, d)]
             if kind != "mean":
-                parts.append(_jet_flat(_traced2(self.std, z, v), n, d))
+                parts.append(_jet_flat(_traced2(self.std, z, v, mixed), n, d))
         if kind == "mean":
             parts = parts[:1]
         if len(parts) == 2 and all(p is not None for p in parts) and parts[0][0].shape != parts[1][0].shape:
@@ -456,17 +469,18 @@ class BernoulliDecoder(Decoder):
             return _outer_columns(lambda x: (2.0 * torch.asin(torch.sqrt(x)),), raw, cols)
         return (raw,), (cols,)
 
-    def embedding_jet(self, z, v, kind=None):
+    def embedding_jet(self, z, v, kind=None, mixed=False):
         kind = self.resolve_kind(kind)
         n, d = z.shape
-        r = _jet_flat(_traced2(self.logits if self.logits is not None else self.probs, z, v), n, d)
+        r = _jet_flat(_traced2(self.logits if self.logits is not None else self.probs, z, v, mixed), n, d)
         if r is None:
             return None
         if self.logits is not None:
             outer = _bernoulli_sqrt_embedding if kind == "fisher" else torch.sigmoid
         else:
             outer = (lambda p: 2.0 * torch.asin(torch.sqrt(p))) if kind == "fisher" else None
-        return _jet_cat([r if outer is None else compose_second_order(outer, *r, v)])
+        compose = compose_mixed_second_order if mixed else compose_second_order
+        return _jet_cat([r if outer is None else compose(outer, *r, v)])
 
     def check_coordinates(self, eta, kind=None):
         super().check_coordinates(eta, kind)
@@ -544,17 +558,18 @@ class CategoricalDecoder(Decoder):
         out, tcols = _outer_columns(lambda x: self._from_raw(x, kind), raw, cols)
         return (out,), (tcols,)
 
-    def embedding_jet(self, z, v, kind=None):
+    def embedding_jet(self, z, v, kind=None, mixed=False):
         kind = self.resolve_kind(kind)
-        r = _traced2(self.logits if self.logits is not None else self.probs, z, v)
+        r = _traced2(self.logits if self.logits is not None else self.probs, z, v, mixed)
         if r is None:
             return None
         raw, cols, h = r
         if not isinstance(raw, torch.Tensor) or raw.dim() < 2 or raw.shape[0] != z.shape[0]:
             return None
         n, d = z.shape
-        out, ocols, oh = compose_second_order(lambda x: self._from_raw(x, kind), raw, cols, h, v)
-        return _jet_cat([(out, ocols.reshape(d, n, -1), oh.reshape(n, -1))])
+        compose = compose_mixed_second_order if mixed else compose_second_order
+        out, ocols, oh = compose(lambda x: self._from_raw(x, kind), raw, cols, h, v)
+        return _jet_cat([(out, ocols.reshape(d, n, -1), oh.reshape(d, n, -1) if mixed else oh.reshape(n, -1))])
 
     def coordinates(self, z, kind=None):
         kind = self.resolve_kind(kind)
@@ -611,10 +626,10 @@ class DeterministicDecoder(Decoder):
         n, d = z.shape
         return (_flat(r[0], n, "output"),), (r[1].reshape(d, n, -1),)
 
-    def embedding_jet(self, z, v, kind=None):
+    def embedding_jet(self, z, v, kind=None, mixed=False):
         self.resolve_kind(kind)
         n, d = z.shape
-        return _jet_cat([_jet_flat(_traced2(self.f, z, v), n, d)])
+        return _jet_cat([_jet_flat(_traced2(self.f, z, v, mixed), n, d)])
 
     def distribution(self, z):
         raise NotImplementedError("a deterministic decoder has no likelihood; use coordinates(z)")

@@ -37,6 +37,7 @@ import warnings
 from typing import Callable, Optional
 
 import torch
+from torch.func import jvp
 
 from ._autodiff import (
     auto_chunk_rows, rowwise_gram, rowwise_jacobian, second_directional, transforms_active, value_and_columns,
@@ -338,14 +339,16 @@ class PullbackMetric(Metric):
 
         return base
 
-    def jet(self, z: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def jet(self, z: torch.Tensor, v: torch.Tensor, mixed: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(g(z) (N, K), J (N, K, d), ∂²g(z)[v, v] (N, K))`` of the embedding (embedded kinds).
 
         What the geodesic ODE of a Euclidean pullback needs: ``γ'' = −J⁺ ∂²g[γ', γ']``. The
         decoder's own jet (:meth:`~latentgeo.decoders.Decoder.embedding_jet`: one Taylor-mode
         pass through the fx trace) when ``fast_path`` is on and it applies, else nested
         :func:`torch.func.jvp` through :meth:`embedding` (under active ``torch.func`` transforms
-        too). Pure: no input checks.
+        too). With ``mixed``, the third entry is the velocity's Hessian column ``H (N, K, d)``,
+        ``H[n, :, i] = ∂²g(z_n)[v_n, e_i]`` (so ``∂²g[v, v] = H v``): with it the acceleration's
+        Jacobian in the velocity is exact, ``−2 J⁺ H``. Pure: no input checks.
         """
         if not self.is_embedded:
             raise ValueError(
@@ -353,10 +356,13 @@ class PullbackMetric(Metric):
                 "it has no embedding jet (use tensor_fn())"
             )
         if self.fast_path and not transforms_active():
-            r = self.decoder.embedding_jet(z, v, self.kind)
+            r = self.decoder.embedding_jet(z, v, self.kind, mixed=True) if mixed else self.decoder.embedding_jet(z, v, self.kind)
             if r is not None:
                 return r
         g, jac = value_and_columns(self.embedding, z)
+        if mixed:
+            emb = self.embedding
+            return g, jac, value_and_columns(lambda x: jvp(emb, (x,), (v,))[1], z)[1]
         return g, jac, second_directional(self.embedding, z, v)
 
     def _raw_tensor(self, z):

@@ -177,7 +177,15 @@ def test_budget_and_options():
     z1 = torch.tensor([[1.2, 0.45]], dtype=D64)
     r = collocate_piecewise(metric, z0, z1, _line_series(z0, z1, 2), tol=1e-8, deadline=time.perf_counter() - 1)
     assert bool(r.budget[0]) and not bool(r.converged[0])
-    assert "time budget" in r.reasons[0]
+    assert r.reasons[0] == "time budget exhausted before piecewise collocation on 16 segments"
+    assert int(r.evaluations[0]) == 0 and r.knots[1].shape == (1, 2, 2)
+    # a Jacobian evaluation predicted (from the last measured rate) to end after the deadline is
+    # not started
+    from latentgeo.geodesics.piecewise import _overruns
+
+    now = time.perf_counter()
+    assert _overruns(now + 0.5, {"jac": 1e-3}, 1000) and not _overruns(now + 5.0, {"jac": 1e-3}, 1000)
+    assert not _overruns(None, {"jac": 1.0}, 10**6) and not _overruns(now + 5.0, {}, 10**6)
     with pytest.raises(ValueError, match="stages"):
         Collocation(stages=1)
     with pytest.raises(ValueError, match="max_segments"):

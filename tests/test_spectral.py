@@ -577,8 +577,8 @@ def test_newton_that_stalls_above_one_half_is_stopped_early(monkeypatch):
 
 def test_newton_started_from_stored_jacobians_takes_chord_steps_to_the_same_geodesic():
     """``collocate(start_jacobian=…)`` with the node blocks kept from a solve of the same pairs:
-    Newton starts with chord steps instead of a fresh finite-difference Jacobian (2d + 1
-    evaluations per node), at a fraction of the evaluations, and reaches the same curves; after a
+    Newton starts with chord steps instead of a fresh Jacobian (d + 1 evaluations per node: a
+    mixed jet and d forward differences), at a fraction of the evaluations, and reaches the same curves; after a
     small move of the endpoints it still converges, to the great circles."""
     t = S.lgl_nodes(12)
     er = S.minimize_spectral_energy(SPHERE, HARD_Z0[:, None] + t[None, :, None] * (HARD_Z1 - HARD_Z0)[:, None])
@@ -596,7 +596,7 @@ def test_newton_started_from_stored_jacobians_takes_chord_steps_to_the_same_geod
         chord = S.collocate(SPHERE, a, b, ser, tol=1e-6, newton=True, nodes=32, start_nodes=r.nodes,
                             start_jacobian=r.jacobian)
         assert bool(fresh.converged.all()) and bool(chord.converged.all())
-        assert int(chord.evaluations[0]) <= 0.6 * int(fresh.evaluations[0]), (chord.evaluations, fresh.evaluations)
+        assert int(chord.evaluations[0]) <= 0.7 * int(fresh.evaluations[0]), (chord.evaluations, fresh.evaluations)
         torch.testing.assert_close(chord.length, great_circle(stereo(a), stereo(b)), rtol=1e-9, atol=0)
     # a pair whose blocks are not finite computes its own
     bad = torch.full_like(r.jacobian, float("nan"))

@@ -7,7 +7,9 @@ Two paths, chosen by the callers (decoders and metrics), never by decoder type h
 * **one fx interpreter** (:mod:`._trace` compiles a cached ``torch.fx`` trace into steps with
   named rules, :mod:`._interpreter` runs it) parameterised by *rule tables*: first-order Jacobian
   columns (:mod:`._first_order`, :func:`jacobian_columns`) and Taylor mode, which adds
-  ``∂²f[v, v]`` along a direction (:mod:`._taylor`, :func:`second_order`). Plain functions and
+  ``∂²f[v, v]`` along a direction (:mod:`._taylor`, :func:`second_order`), and its mixed mode,
+  which adds the velocity's Hessian column ``∂²f[v, ·]`` instead (:func:`mixed_second_order`:
+  what an exact velocity Jacobian of the geodesic acceleration needs). Plain functions and
   lambdas are traced too (:func:`function_module` wraps them, registering the modules they use).
 
 The rest of this docstring describes the interpreter's first-order mode; :mod:`._taylor`
@@ -106,13 +108,15 @@ from ._generic import (
     CHUNK_BUDGET, auto_chunk_rows, choose_mode, rowwise_gram, rowwise_jacobian, second_directional, value_and_columns,
 )
 from ._interpreter import run
-from ._taylor import TAYLOR
+from ._taylor import MIXED, TAYLOR
 from ._trace import _entry, _transforms_active, unsupported_reason
 
 __all__ = [
     "jacobian_columns",
     "second_order",
     "compose_second_order",
+    "mixed_second_order",
+    "compose_mixed_second_order",
     "function_module",
     "unsupported_reason",
     "transforms_active",
@@ -153,6 +157,15 @@ def _interpret(module, z, mode, v=None):
     except Exception as exc:  # an op torch.func cannot vectorise, an unsupported structure, ...
         entry.failed[sig] = f"interpreting the traced graph failed ({mode.name}): {type(exc).__name__}: {exc}"
         return None
+
+
+def _check_zv(z, v):
+    _check_z(z, "z")
+    if not isinstance(v, torch.Tensor) or v.shape != z.shape:
+        raise ValueError(
+            f"v must be a tensor of z's shape {tuple(z.shape)}, got "
+            + (str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__)
+        )
 
 
 def jacobian_columns(module: nn.Module, z: torch.Tensor):
@@ -210,12 +223,7 @@ def second_order(module: nn.Module, z: torch.Tensor, v: torch.Tensor):
     """
     if not isinstance(module, nn.Module):
         raise ValueError(f"second_order needs an nn.Module, got {type(module).__name__}")
-    _check_z(z, "z")
-    if not isinstance(v, torch.Tensor) or v.shape != z.shape:
-        raise ValueError(
-            f"v must be a tensor of z's shape {tuple(z.shape)}, got "
-            + (str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__)
-        )
+    _check_zv(z, v)
     return _interpret(module, z, TAYLOR, v.to(device=z.device, dtype=z.dtype))
 
 
@@ -229,6 +237,55 @@ def compose_second_order(outer: Callable, raw: torch.Tensor, cols: torch.Tensor,
     out, ocols = vmap(lambda t: jvp(outer, (raw,), (t,)), out_dims=(None, 0))(cols)
     _, oh = jvp(lambda x, xdot: jvp(outer, (x,), (xdot,))[1], (raw, xd), (xd, h))
     return out, ocols, oh
+
+
+def mixed_second_order(module: nn.Module, z: torch.Tensor, v: torch.Tensor):
+    """Output, Jacobian columns and the mixed second derivatives ``∂²f[v, e_i]`` via the fx trace.
+
+    The mixed mode of :mod:`._taylor`: every intermediate value carries its ``d`` Jacobian
+    columns, ``ẋ = ∂x·v`` and the ``d`` mixed derivatives ``∂²x[v, e_i]`` (``2d + 1`` slots
+    against Taylor mode's ``d + 2``). From them ``∂²f[v, v] = Σ_i v_i ∂²f[v, e_i]``, and the
+    derivative of ``∂²f[w, w]`` in ``w`` at ``v`` is ``2 ∂²f[v, ·]``: the geodesic acceleration
+    and its exact Jacobian in the velocity from one pass.
+
+    Returns:
+        ``(out, cols, mix)`` or ``None`` (as :func:`second_order`); ``mix`` has leaves
+        ``(d, *leaf.shape)``: ``mix[i, n] = ∂²f(z_n)[v_n, e_i]``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.func import jvp
+        >>> net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 5)).double()
+        >>> z, v = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+        >>> out, cols, mix = mixed_second_order(net, z, v)
+        >>> mix.shape
+        torch.Size([2, 4, 5])
+        >>> e0 = torch.zeros_like(z); e0[:, 0] = 1.0
+        >>> ref = jvp(lambda x: jvp(net, (x,), (v,))[1], (z,), (e0,))[1]
+        >>> bool(torch.allclose(mix[0], ref))
+        True
+    """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"mixed_second_order needs an nn.Module, got {type(module).__name__}")
+    _check_zv(z, v)
+    return _interpret(module, z, MIXED, v.to(device=z.device, dtype=z.dtype))
+
+
+def compose_mixed_second_order(outer: Callable, raw: torch.Tensor, cols: torch.Tensor, mix: torch.Tensor,
+                               v: torch.Tensor):
+    """Push a mixed jet ``(raw (N, ...), cols (d, N, ...), mix (d, N, ...))`` through ``outer``.
+
+    Returns ``(outer(raw), cols', mix')`` with ``cols'_i = ∂outer·cols_i`` and
+    ``mix'_i = ∂outer·mix_i + ∂²outer[ẋ, cols_i]``, ``ẋ = Σ_i v_i cols_i``.
+    """
+    xd = torch.einsum("nd,dn...->n...", v, cols)
+    out, ocols = vmap(lambda t: jvp(outer, (raw,), (t,)), out_dims=(None, 0))(cols)
+
+    def one(c, m):
+        return jvp(lambda x, xdot: jvp(outer, (x,), (xdot,))[1], (raw, xd), (c, m))[1]
+
+    return out, ocols, vmap(one)(cols, mix)
 
 
 class _FunctionModule(nn.Module):

@@ -81,6 +81,25 @@ def acceleration_from_jet(jac: torch.Tensor, h: torch.Tensor, ridge: float = 0.0
     return -torch.linalg.solve_triangular(r, qh, upper=True).squeeze(-1)
 
 
+def acceleration_and_velocity_jacobian(jac: torch.Tensor, hv: torch.Tensor, v: torch.Tensor, ridge: float = 0.0):
+    """``γ'' = −J⁺ H v`` and its exact Jacobian in the velocity, ``∂γ''/∂v = −2 J⁺ H``.
+
+    From ``J (N, K, d)`` and the velocity's Hessian column ``H (N, K, d)``, ``H[n, :, i] =
+    ∂²g[v_n, e_i]`` (a mixed jet: :meth:`~latentgeo.metric.PullbackMetric.jet` with ``mixed``):
+    the acceleration is quadratic in ``v``, so one factorisation of ``J`` gives both. Returns
+    ``(a (N, d), Av (N, d, d))``, ``Av[n, i, j] = ∂a_i/∂v_j``.
+    """
+    rhs = torch.cat([hv @ v.unsqueeze(-1), 2.0 * hv], -1)  # (N, K, 1 + d)
+    if ridge > 0.0:
+        jt = jac.transpose(1, 2)
+        m = jt @ jac + ridge * torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+        x = -torch.linalg.solve(m, jt @ rhs)
+    else:
+        q, r = torch.linalg.qr(jac, mode="reduced")
+        x = -torch.linalg.solve_triangular(r, q.transpose(1, 2) @ rhs, upper=True)
+    return x[..., 0], x[..., 1:]
+
+
 def acceleration_fn(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A pure function ``(z (N, d), v (N, d)) -> γ'' (N, d)`` for ``metric`` (no input checks).
 

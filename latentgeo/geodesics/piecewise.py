@@ -56,6 +56,7 @@ Example (the inverse stereographic decoder: geodesics are great circles, lengths
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,7 +66,10 @@ from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
 from .ode import acceleration_fn
-from .spectral import _Norm, _blank_outcome, _expired, _second_order, _trim, legendre_basis
+from .spectral import (
+    _Norm, _blank_outcome, _expired, _jets_with_velocity_jacobian, _second_order, _trim,
+    legendre_basis,
+)
 
 __all__ = ["collocate_piecewise", "PiecewiseResult"]
 
@@ -159,17 +163,36 @@ def _pregeodesic(a, v):
     return a - ((v * a).sum(-1, keepdim=True) / vv) * v
 
 
+def _pregeodesic_velocity_jacobian(a, av, v):
+    """``∂f/∂v`` of ``f = a − s v``, ``s = ⟨v, a⟩ / ‖v‖²``, from ``a (P, d)`` and its velocity
+    Jacobian ``av (P, d, d)``: ``Av − v ⊗ ∇s − s I``, ``∇s = (a + Avᵀv − 2 s v) / ‖v‖²``."""
+    vv = (v * v).sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+    sc = (v * a).sum(-1, keepdim=True) / vv
+    grad = (a + (av.transpose(1, 2) @ v.unsqueeze(-1)).squeeze(-1) - 2.0 * sc * v) / vv
+    eye = torch.eye(v.shape[1], dtype=v.dtype, device=v.device)
+    return av - v.unsqueeze(-1) * grad.unsqueeze(-2) - sc.unsqueeze(-1) * eye
+
+
 def _accelerations(metric, acc, mfn, y, yp, jac: bool):
-    """The pregeodesic right-hand side ``f`` at ``y, yp (P, d)``, and with ``jac`` its
-    forward-difference Jacobians ``Jz, Jv (P, d, d)`` (``[.., i, j] = ∂f_i/∂y_j``, ``∂f_i/∂y'_j``)."""
+    """The pregeodesic right-hand side ``f`` at ``y, yp (P, d)``, and with ``jac`` its Jacobians
+    ``Jz, Jv (P, d, d)`` (``[.., i, j] = ∂f_i/∂y_j``, ``∂f_i/∂y'_j``): for embedded metrics ``Jv``
+    exact from one mixed jet and ``Jz`` by forward differences (``d + 1`` jets a point); otherwise
+    both by forward differences (``2d + 1``)."""
     P, d = y.shape
     if not jac:
         a, _ = _second_order(metric, acc, mfn, y, yp)
         return _pregeodesic(a, yp), None, None
     eps = float(torch.finfo(y.dtype).eps) ** 0.5
     hz = eps * (1.0 + y.abs().amax(-1, keepdim=True))
-    hv = eps * (1.0 + yp.abs().amax(-1, keepdim=True))
     E = torch.eye(d, dtype=y.dtype, device=y.device)[:, None, :]  # (d, 1, d)
+    if metric.is_embedded:
+        Vz = yp.repeat(d, 1)
+        g, _, av = _jets_with_velocity_jacobian(metric, torch.cat([y, (y[None] + hz[None] * E).reshape(-1, d)], 0),
+                                                torch.cat([yp, Vz], 0), P)
+        a = _pregeodesic(g[:P], yp)
+        Jz = ((_pregeodesic(g[P:], Vz).reshape(d, P, d) - a[None]) / hz[None]).permute(1, 2, 0)
+        return a, Jz, _pregeodesic_velocity_jacobian(g[:P], av, yp)
+    hv = eps * (1.0 + yp.abs().amax(-1, keepdim=True))
     Ys = torch.cat([y, (y[None] + hz[None] * E).reshape(-1, d), y[None].expand(d, -1, -1).reshape(-1, d)], 0)
     Vs = torch.cat([yp, yp[None].expand(d, -1, -1).reshape(-1, d), (yp[None] + hv[None] * E).reshape(-1, d)], 0)
     g, _ = _second_order(metric, acc, mfn, Ys, Vs)
@@ -325,21 +348,35 @@ def _bidiagonal_solve(G, gv, end):
     return out, ok
 
 
-def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline):
+def _overruns(deadline, rate, points: int) -> bool:
+    """Whether a Jacobian evaluation at ``points`` stage points, at ``rate`` seconds a point (the
+    last one measured; ``None``: not yet), would end after the ``deadline``."""
+    if deadline is None:
+        return False
+    return time.perf_counter() + (0.0 if rate.get("jac") is None else rate["jac"] * points) > deadline
+
+
+def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
     """Damped chord-Newton on the collocation system of the batch ``B`` (in place).
 
-    The Jacobian (forward differences: ``2d + 1`` evaluations per stage point) is refreshed only
+    The Jacobian (:func:`_accelerations`: ``d + 1`` jets per stage point for embedded metrics,
+    ``2d + 1`` otherwise) is refreshed only
     after a rejected step or a step that cut the residual by less than 4; the other steps reuse it
     (chord steps, one evaluation per stage point; Kelley, *Solving Nonlinear Equations with
     Newton's Method*, SIAM 2003, §5.4). A step that does not lower the residual's 2-norm is halved.
+    ``rate`` (a dict) keeps the measured seconds per stage point of a Jacobian evaluation: a
+    refresh that would end after the ``deadline`` is not started (the pairs stop with ``budget``).
     Returns ``(converged, stalled, budget, iterations, evaluations, merit)``."""
+    rate = {} if rate is None else rate
     n, S1, d = B.g.shape
     S, q = S1 - 1, K["c"].shape[0]
     dt, dev = z0.dtype, z0.device
     eps = float(torch.finfo(dt).eps)
     target = max(1e-3 * tol, 1e3 * eps)
-    full, cheap = S * q * (2 * d + 1), S * q
+    full, cheap = S * q * (d + 1 if metric.is_embedded else 2 * d + 1), S * q
+    t0 = time.perf_counter()
     ev = _system(metric, acc, mfn, B, z1, K, jac=True)
+    rate["jac"] = (time.perf_counter() - t0) / (n * S * q)
     evals = torch.full((n,), full, dtype=torch.long, device=dev)
     iters = torch.zeros(n, dtype=torch.long, device=dev)
     merit, l2 = ev["merit"].clone(), ev["l2"].clone()
@@ -356,11 +393,11 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline):
         act = torch.nonzero(~conv & ~dead).reshape(-1)
         if act.numel() == 0:
             break
-        if _expired(deadline):
+        rf = act[refresh[act]]
+        if _expired(deadline) or (rf.numel() and _overruns(deadline, rate, rf.numel() * S * q)):
             budget[act] = True
             break
         iters[act] += 1
-        rf = act[refresh[act]]
         if rf.numel():
             e = _system(metric, acc, mfn, _Batch(B.tau[rf], B.g[rf], B.p[rf], B.A[rf]), z1[rf], K, jac=True)
             evals[rf] += full
@@ -633,12 +670,20 @@ def collocate_piecewise(
         return PiecewiseResult(knots=(e, e[..., None].expand(0, 1, d), e[..., None].expand(0, 1, d), e[..., None].expand(0, 1, d)),
                                reasons=reasons, **out)
     knots = [None] * n
+    rate = {}  # seconds per stage point of a Jacobian evaluation, as last measured
     pending = {int(segments): (torch.arange(n, device=dev), _from_series(z0, z1, series, int(segments), K))}
     with torch.no_grad():
         while pending:
             S = min(pending)
             idx, B = pending.pop(S)
-            conv, stalled, budget, it, ev, merit = _newton(metric, acc, mfn, z0[idx], z1[idx], B, K, tol, max_iter, deadline)
+            if _overruns(deadline, rate, idx.numel() * S * q):
+                # (its first Jacobian alone would end after the deadline: not started)
+                out["budget"][idx] = True
+                for i in idx.tolist():
+                    reasons[i] = f"time budget exhausted before piecewise collocation on {S} segments"
+                continue
+            conv, stalled, budget, it, ev, merit = _newton(metric, acc, mfn, z0[idx], z1[idx], B, K, tol, max_iter,
+                                                           deadline, rate)
             ck = _check(metric, acc, mfn, z0[idx], z1[idx], B, K)
             out["iterations"][idx] += it
             out["evaluations"][idx] += ev + ck["evals"]
@@ -685,6 +730,10 @@ def collocate_piecewise(
                     pending[Sn] = (torch.cat([i0, idx[jj]]), nb)
                 else:
                     pending[Sn] = (idx[jj], nb)
+    for i, k in enumerate(knots):
+        if k is None:  # stopped before any mesh was solved: the straight line's knots (never reported)
+            t = z0.new_tensor([0.0, 1.0])
+            knots[i] = (t, torch.stack([z0[i], z1[i]]), (z1[i] - z0[i]).expand(2, d), z0.new_zeros(2, d))
     P = max(k[0].shape[0] for k in knots)
     kt = []
     for part in range(4):

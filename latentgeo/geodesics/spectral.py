@@ -70,7 +70,7 @@ from numpy.polynomial import legendre as npleg
 from ..metric import Metric
 from ._lm import damped_step, update_damping
 from .._autodiff import value_and_columns
-from .ode import acceleration_fn, acceleration_from_jet
+from .ode import acceleration_and_velocity_jacobian, acceleration_fn, acceleration_from_jet
 
 __all__ = [
     "lgl_nodes",
@@ -229,6 +229,14 @@ def _expired(deadline) -> bool:
 _ROWS = 2048  # points per decoder evaluation: larger batches fall out of cache (measured ~1.5x slower)
 
 
+def _jet_chunks(metric, y, yp):
+    """The metric's Taylor jet ``(g, J, ∂²g[v, v])`` at ``(y, y')`` in chunks of ``_ROWS`` points."""
+    if y.shape[0] > _ROWS:
+        parts = [metric.jet(y[s : s + _ROWS], yp[s : s + _ROWS]) for s in range(0, y.shape[0], _ROWS)]
+        return tuple(torch.cat([p[i] for p in parts], 0) for i in range(3))
+    return metric.jet(y, yp)
+
+
 def _second_order(metric, acc, mfn, y, yp):
     """Geodesic acceleration at ``(y, y')`` and the metric norm there (the metric's jet for
     embedded metrics: ``J`` and ``∂²g`` at once; ``acceleration_fn`` + ``M(y)`` otherwise)."""
@@ -243,6 +251,69 @@ def _second_order(metric, acc, mfn, y, yp):
         _, jac, h = metric.jet(y, yp)
         return acceleration_from_jet(jac, h, ridge), _Norm(jac=jac, ridge=ridge)
     return acc(y, yp), _Norm(m=mfn(y))
+
+
+def _mixed_second_order(metric, y, yp):
+    """Acceleration at ``(y, y')`` ``(P, d)``, the Jacobian ``J (P, K, d)`` of the embedding there
+    and the exact velocity Jacobian ``Av (P, d, d)`` of the acceleration, from one mixed jet
+    (embedded metrics only)."""
+    d = y.shape[1]
+    rows = max(1, _ROWS * (d + 3) // (2 * d + 2))  # a mixed jet carries 2d + 2 rows per point, Taylor's d + 3
+    if y.shape[0] > rows:
+        parts = [_mixed_second_order(metric, y[s : s + rows], yp[s : s + rows]) for s in range(0, y.shape[0], rows)]
+        return tuple(torch.cat([p[i] for p in parts], 0) for i in range(3))
+    _, jac, hv = metric.jet(y, yp, mixed=True)
+    a, av = acceleration_and_velocity_jacobian(jac, hv, yp, float(getattr(metric, "ridge", 0.0)))
+    return a, jac, av
+
+
+#: a separate Taylor-mode pass for the rows that need no velocity Jacobian pays off when it saves
+#: more than about this many row-units (``d (d − 1)`` per mixed point): below it, one mixed pass
+#: over all rows is faster (the interpreter's per-call cost; 2-D digits VAE, float32: break-even
+#: near 500 mixed points)
+_SPLIT_ROWS = 1024
+
+
+def _jets_with_velocity_jacobian(metric, y, yp, m: int):
+    """Accelerations ``(P, d)`` and embedding Jacobians ``(P, K, d)`` at ``(y, y')`` ``(P, d)``, and
+    for the first ``m`` rows the exact velocity Jacobians ``(m, d, d)`` (embedded metrics): one
+    mixed pass over all rows, or a mixed pass over the first ``m`` and a Taylor pass over the
+    rest (``_SPLIT_ROWS``)."""
+    d = y.shape[1]
+    if m < y.shape[0] and d * (d - 1) * m >= _SPLIT_ROWS:
+        a, jac, av = _mixed_second_order(metric, y[:m], yp[:m])
+        _, jr, hr = _jet_chunks(metric, y[m:], yp[m:])
+        ar = acceleration_from_jet(jr, hr, float(getattr(metric, "ridge", 0.0)))
+        return torch.cat([a, ar], 0), torch.cat([jac, jr], 0), av
+    a, jac, av = _mixed_second_order(metric, y, yp)
+    return a, jac, av[:m]
+
+
+def _newton_jets(metric, y, yp, fresh, hz):
+    """The accelerations at the nodes ``(y, y')`` ``(k, Q, d)`` of a chord-Newton iteration, the
+    metric norms there, and for the pairs ``fresh`` their Jacobians ``Az, Av`` ``(d, kf, Q, d)``
+    (``[j, n, q, i] = ∂a_i/∂γ_j``, ``∂a_i/∂γ'_j``) for embedded metrics: ``Av`` exact from a mixed
+    jet, ``Az`` by forward differences with steps ``hz`` ``(kf, Q, 1)`` (``d`` more jets a
+    node): ``d + 1`` jets a fresh node instead of ``2d + 1``."""
+    k, Q, d = y.shape
+    yf, ypf = y[fresh], yp[fresh]
+    kf = yf.shape[0]
+    if kf == 0:
+        g, norm = _second_order(metric, None, None, y.reshape(-1, d), yp.reshape(-1, d))
+        return g, norm, None, None
+    mf, no = kf * Q, (k - kf) * Q
+    E = torch.eye(d, dtype=y.dtype, device=y.device)[:, None, None, :]  # (d, 1, 1, d)
+    Ys = torch.cat([yf.reshape(-1, d), y[~fresh].reshape(-1, d), (yf[None] + hz[None] * E).reshape(-1, d)], 0)
+    Vs = torch.cat([ypf.reshape(-1, d), yp[~fresh].reshape(-1, d), ypf[None].expand(d, -1, -1, -1).reshape(-1, d)], 0)
+    a, jall, avf = _jets_with_velocity_jacobian(metric, Ys, Vs, mf)
+    K = jall.shape[1]
+    g = y.new_empty(k, Q, d)
+    jac = jall.new_empty(k, Q, K, d)
+    g[fresh], jac[fresh] = a[:mf].reshape(kf, Q, d), jall[:mf].reshape(kf, Q, K, d)
+    g[~fresh], jac[~fresh] = a[mf : mf + no].reshape(-1, Q, d), jall[mf : mf + no].reshape(-1, Q, K, d)
+    Az = (a[mf + no :].reshape(d, kf, Q, d) - a[:mf].reshape(kf, Q, d)[None]) / hz[None]
+    Av = avf.reshape(kf, Q, d, d).permute(3, 0, 1, 2)
+    return g.reshape(-1, d), _Norm(jac=jac.reshape(-1, K, d), ridge=float(getattr(metric, "ridge", 0.0))), Az, Av
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -571,9 +642,11 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     converges there too and needs fewer iterations everywhere.
 
     With ``newton=True`` the equations ``Φ(x) − x = 0`` are solved by damped Newton instead:
-    ``∂a/∂γ`` and ``∂a/∂γ'`` at every node by forward differences (``2d`` extra accelerations per
-    node, in the same batch), ``∂Φ/∂x`` assembled from them and the collocation maps; a step that
-    does not lower the residual is halved. About ``2d + 1`` times dearer per iteration, for pairs on
+    ``∂a/∂γ`` and ``∂a/∂γ'`` at every node (for embedded metrics ``∂a/∂γ'`` exact from a mixed jet
+    and ``∂a/∂γ`` by forward differences, ``d`` extra accelerations per node, in the same batch;
+    otherwise both by forward differences, ``2d``), ``∂Φ/∂x`` assembled from them and the
+    collocation maps; a step that does not lower the residual is halved. About ``d + 1`` (``2d +
+    1``) times dearer per iteration, for pairs on
     which the fixed-point iteration diverges. Between Jacobians the iteration takes chord steps
     with the stored LU factors (one evaluation per node; Kelley, *Solving Nonlinear Equations with
     Newton's Method*, SIAM 2003, §5.4), and refreshes them after a rejected step or a chord step
@@ -686,10 +759,13 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             # slow progress); the others take a chord step with their stored factorisation
             fr = fresh[act]
             kf = int(fr.sum())
-            evals[act] += Q * torch.where(fr, 2 * d + 1, 1)
+            evals[act] += Q * torch.where(fr, d + 1 if metric.is_embedded else 2 * d + 1, 1)
             yf, ypf = ya[fr], ypa[fr]
             hz = sqrt_eps * (1.0 + yf.abs().amax(-1, keepdim=True))  # (kf, Q, 1)
             hv = sqrt_eps * (1.0 + ypf.abs().amax(-1, keepdim=True))
+        if newton and metric.is_embedded:
+            g, norm, Az, Av = _newton_jets(metric, ya, ypa, fr, hz)
+        elif newton:
             E = torch.eye(d, dtype=dt, device=dev)[:, None, None, :]  # (d, 1, 1, d)
             Ys = torch.cat([ya.reshape(-1, d), (yf[None] + hz[None] * E).reshape(-1, d),
                             yf[None].expand(d, -1, -1, -1).reshape(-1, d)], 0)
@@ -782,7 +858,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             good = fin & torch.isfinite(delta).all(1) & ~worse
             # the next iteration takes a chord step (the stored factorisation, one evaluation per node)
             # unless this step was rejected or a chord step cut the residual by less than 4: a wasted
-            # chord step costs 1/(2d+1) of a Newton step
+            # chord step costs 1/(d+1) of a Newton step
             fresh[act] = ~good | (~fr & (rel > 0.25 * last[act]))
             last[act] = torch.where(good, rel, last[act])
             # accepted point: a full Newton step from it; rejected: halve the previous step
