@@ -229,14 +229,6 @@ def _expired(deadline) -> bool:
 _ROWS = 2048  # points per decoder evaluation: larger batches fall out of cache (measured ~1.5x slower)
 
 
-def _jet_chunks(metric, y, yp):
-    """The metric's Taylor jet ``(g, J, ∂²g[v, v])`` at ``(y, y')`` in chunks of ``_ROWS`` points."""
-    if y.shape[0] > _ROWS:
-        parts = [metric.jet(y[s : s + _ROWS], yp[s : s + _ROWS]) for s in range(0, y.shape[0], _ROWS)]
-        return tuple(torch.cat([p[i] for p in parts], 0) for i in range(3))
-    return metric.jet(y, yp)
-
-
 def _second_order(metric, acc, mfn, y, yp):
     """Geodesic acceleration at ``(y, y')`` and the metric norm there (the metric's jet for
     embedded metrics: ``J`` and ``∂²g`` at once; ``acceleration_fn`` + ``M(y)`` otherwise)."""
@@ -282,9 +274,8 @@ def _jets_with_velocity_jacobian(metric, y, yp, m: int):
     d = y.shape[1]
     if m < y.shape[0] and d * (d - 1) * m >= _SPLIT_ROWS:
         a, jac, av = _mixed_second_order(metric, y[:m], yp[:m])
-        _, jr, hr = _jet_chunks(metric, y[m:], yp[m:])
-        ar = acceleration_from_jet(jr, hr, float(getattr(metric, "ridge", 0.0)))
-        return torch.cat([a, ar], 0), torch.cat([jac, jr], 0), av
+        ar, nr = _second_order(metric, None, None, y[m:], yp[m:])
+        return torch.cat([a, ar], 0), torch.cat([jac, nr.jac], 0), av
     a, jac, av = _mixed_second_order(metric, y, yp)
     return a, jac, av[:m]
 
@@ -762,23 +753,23 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             evals[act] += Q * torch.where(fr, d + 1 if metric.is_embedded else 2 * d + 1, 1)
             yf, ypf = ya[fr], ypa[fr]
             hz = sqrt_eps * (1.0 + yf.abs().amax(-1, keepdim=True))  # (kf, Q, 1)
-            hv = sqrt_eps * (1.0 + ypf.abs().amax(-1, keepdim=True))
-        if newton and metric.is_embedded:
-            g, norm, Az, Av = _newton_jets(metric, ya, ypa, fr, hz)
-        elif newton:
-            E = torch.eye(d, dtype=dt, device=dev)[:, None, None, :]  # (d, 1, 1, d)
-            Ys = torch.cat([ya.reshape(-1, d), (yf[None] + hz[None] * E).reshape(-1, d),
-                            yf[None].expand(d, -1, -1, -1).reshape(-1, d)], 0)
-            Vs = torch.cat([ypa.reshape(-1, d), ypf[None].expand(d, -1, -1, -1).reshape(-1, d),
-                            (ypf[None] + hv[None] * E).reshape(-1, d)], 0)
-            gall, nall = _second_order(metric, acc, mfn, Ys, Vs)
-            g = gall[: k * Q]
-            if kf:
-                gp = gall[k * Q :].reshape(2 * d, kf, Q, d)
-                gf0 = g.reshape(k, Q, d)[fr]
-                Az = (gp[:d] - gf0[None]) / hz[None]  # Az[j, n, q, i] = ∂a_i/∂γ_j at node q
-                Av = (gp[d:] - gf0[None]) / hv[None]
-            norm = _Norm(jac=nall.jac[: k * Q], ridge=nall.ridge) if nall.jac is not None else _Norm(m=nall.m[: k * Q])
+            if metric.is_embedded:
+                g, norm, Az, Av = _newton_jets(metric, ya, ypa, fr, hz)
+            else:
+                hv = sqrt_eps * (1.0 + ypf.abs().amax(-1, keepdim=True))
+                E = torch.eye(d, dtype=dt, device=dev)[:, None, None, :]  # (d, 1, 1, d)
+                Ys = torch.cat([ya.reshape(-1, d), (yf[None] + hz[None] * E).reshape(-1, d),
+                                yf[None].expand(d, -1, -1, -1).reshape(-1, d)], 0)
+                Vs = torch.cat([ypa.reshape(-1, d), ypf[None].expand(d, -1, -1, -1).reshape(-1, d),
+                                (ypf[None] + hv[None] * E).reshape(-1, d)], 0)
+                gall, nall = _second_order(metric, acc, mfn, Ys, Vs)
+                g = gall[: k * Q]
+                if kf:
+                    gp = gall[k * Q :].reshape(2 * d, kf, Q, d)
+                    gf0 = g.reshape(k, Q, d)[fr]
+                    Az = (gp[:d] - gf0[None]) / hz[None]  # Az[j, n, q, i] = ∂a_i/∂γ_j at node q
+                    Av = (gp[d:] - gf0[None]) / hv[None]
+                norm = _Norm(jac=nall.jac[: k * Q], ridge=nall.ridge) if nall.jac is not None else _Norm(m=nall.m[: k * Q])
         else:
             evals[act] += Q
             g, norm = _second_order(metric, acc, mfn, ya.reshape(-1, d), ypa.reshape(-1, d))
