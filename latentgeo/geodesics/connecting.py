@@ -784,7 +784,8 @@ def _shortest_start(er, n: int, starts: int, L):
     pick = score.argmin(0) * n + torch.arange(n, device=E.device)
     return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick],
                     iterations=er.iterations.reshape(starts, n).sum(0),
-                    reasons=[er.reasons[j] for j in pick.tolist()])
+                    reasons=[er.reasons[j] for j in pick.tolist()],
+                    evaluations=None if er.evaluations is None else er.evaluations.reshape(starts, n).sum(0))
 
 
 def _merge_direct(idx, di, cd, parts, K, d):
@@ -948,7 +949,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             ser = nodes_to_series(er.nodes)
             cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
                            deadline=deadline, keep_jacobian=keep_jac)
-        evals[idx] += cr.evaluations + er.iterations * (degree + 1)
+        evals[idx] += cr.evaluations + er.evaluations
         budget[idx] = cr.budget | (_expired(deadline) & ~cr.converged)
         return er, ser, cr
 
@@ -1157,7 +1158,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             ser3 = nodes_to_series(er3.nodes)
             cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
                             max_iter=max_iter, deadline=deadline, keep_jacobian=keep_jac)
-        evals[ei] += cr3.evaluations + er3.iterations * (2 * degree + 1)
+        evals[ei] += cr3.evaluations + er3.evaluations
         budget[ei] |= cr3.budget
         iters[ei] += cr3.iterations
         e_iters[ei] += er3.iterations

@@ -264,6 +264,16 @@ def _mixed_second_order(metric, y, yp):
 #: over all rows is faster (the interpreter's per-call cost; 2-D digits VAE, float32: break-even
 #: near 500 mixed points)
 _SPLIT_ROWS = 1024
+# Newton steps in the energy stage: for embedded metrics up to this latent dimension, once at most
+# _NEWTON_ENERGY_ROWS interior nodes (active curves x nodes) are left. The curvature term costs d
+# mixed jets a node, about 4x a Gauss–Newton iteration's arithmetic in 2-D (in 10-D it would be
+# ~20x), and cuts the iterations 3-5x (demo VAE: a median of 40 a start to ~10). Small calls are
+# bound by per-iteration overhead, so there fewer iterations win (a pair alone: 3 curves x 23
+# nodes); large batches are bound by arithmetic and keep Gauss–Newton steps until few curves
+# remain (session 16, benchmarks/RESULTS.md: the VP MLP batched 4.0 ms/pair with Gauss–Newton,
+# 6.6 with Newton throughout, 4.4 with this rule)
+_NEWTON_ENERGY_DIM = 2
+_NEWTON_ENERGY_ROWS = 256
 
 
 def _jets_with_velocity_jacobian(metric, y, yp, m: int):
@@ -318,6 +328,8 @@ class SpectralEnergyResult:
         converged: ``(n,)`` the pair's stopping criterion was met.
         iterations: ``(n,)`` Levenberg–Marquardt iterations (accepted + rejected).
         reasons: per pair, why it stopped without converging (``""`` otherwise).
+        evaluations: ``(n,)`` decoder jets at nodes (``N+1`` an iteration, ``(N+1)·d`` for a
+            Newton iteration), or ``None``.
     """
 
     nodes: torch.Tensor
@@ -325,16 +337,29 @@ class SpectralEnergyResult:
     converged: torch.Tensor
     iterations: torch.Tensor
     reasons: list
+    evaluations: Optional[torch.Tensor] = None
 
 
-def _energy_terms(metric, mfn, D, w, A, c, ends=None):
-    """Energy, half-gradient (n, P·d) and (half) Gauss–Newton matrix (n, P·d, P·d)."""
+def _energy_terms(metric, mfn, D, w, A, c, ends=None, curvature=False):
+    """Energy, half-gradient (n, P·d) and (half) Gauss–Newton matrix (n, P·d, P·d); with
+    ``curvature`` (embedded metrics) also the rest of the half Hessian, block-diagonal over the
+    interior nodes: ``(n, P, d, d)``, ``Σ_K cc_kK ∇²g_K(c_k)``."""
     n, T, d = c.shape
     P = T - 2
     ridge = float(getattr(metric, "ridge", 0.0))
     Ai = A[1:-1, 1:-1]
+    exact = bool(curvature) and metric.is_embedded
+    B = None
     if metric.is_embedded:
-        g, jac = _embedding_jacobian(metric, c[:, 1:-1].reshape(-1, d))
+        if exact:
+            # the Hessian's curvature term needs ∂²g[e_j, ·] at the nodes: one mixed jet per e_j
+            zi = c[:, 1:-1].reshape(-1, d)
+            m = zi.shape[0]
+            eye = torch.eye(d, dtype=c.dtype, device=c.device)
+            g, jac, Hm = metric.jet(zi.repeat(d, 1), eye.repeat_interleave(m, 0), mixed=True)
+            g, jac = g[:m], jac[:m]
+        else:
+            g, jac = _embedding_jacobian(metric, c[:, 1:-1].reshape(-1, d))
         K = g.shape[1]
         if ends is None:
             ends = metric.embedding(torch.stack([c[:, 0], c[:, -1]], 1).reshape(-1, d)).reshape(n, 2, K)
@@ -346,6 +371,10 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None):
         grad = (cc.unsqueeze(-2) @ jac).squeeze(-2)  # (n, P, d)
         jf = jac.permute(0, 2, 1, 3).reshape(n, K, P * d)
         H = (jf.transpose(1, 2) @ jf).reshape(n, P, d, P, d) * Ai[None, :, None, :, None]
+        if exact:
+            # the exact (half) Hessian adds, at each interior node k, Σ_K cc_kK ∇²g_K(c_k)
+            B = torch.einsum("mK,jmKi->mij", cc.reshape(-1, K), Hm.reshape(d, -1, K, d)).reshape(n, P, d, d)
+            B = 0.5 * (B + B.transpose(-1, -2))
         if ridge > 0:
             Vz = torch.einsum("jk,nkd->njd", D, c)
             E = E + ridge * (w[None, :, None] * Vz * Vz).sum((1, 2))
@@ -364,7 +393,18 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None):
         grad = 0.5 * gx
         Dw = D[:, 1:-1]
         H = torch.einsum("j,jp,jq,njab->npaqb", w, Dw, Dw, m)
+    if curvature:
+        return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends, B
     return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends
+
+
+def _with_curvature(H, B):
+    """``H (n, P·d, P·d)`` plus the block-diagonal ``B (n, P, d, d)``."""
+    n, P, d, _ = B.shape
+    H = H.reshape(n, P, d, P, d).clone()
+    idx = torch.arange(P, device=H.device)
+    H[:, idx, :, idx, :] += B.permute(1, 0, 2, 3)
+    return H.reshape(n, P * d, P * d)
 
 
 def minimize_spectral_energy(
@@ -385,6 +425,12 @@ def minimize_spectral_energy(
         rtol: a pair stops when an accepted step lowers its energy by ``≤ rtol·E`` or the
             Gauss–Newton model predicts less (default ``100·eps`` of the dtype: the energy's
             rounding level — the curve is then as accurate as ``N`` nodes allow).
+        deadline: ``time.perf_counter()`` value after which no further iteration starts.
+
+    Steps are Gauss–Newton steps, except for embedded metrics of latent dimension ≤ 2 once few
+    curves are left active (see ``_NEWTON_ENERGY_ROWS``): Newton steps on the exact Hessian
+    (the Gauss–Newton matrix plus ``Σ_K cc_kK ∇²g_K`` at each node, from mixed jets) wherever
+    its damped matrix is positive definite.
 
     Returns:
         :class:`SpectralEnergyResult`.
@@ -401,10 +447,16 @@ def minimize_spectral_energy(
     c = nodes.detach().clone()
     reasons = [""] * n
     with torch.no_grad():
+        # Newton steps (the exact Hessian) for embedded metrics of small latent dimension; see
+        # _NEWTON_ENERGY_DIM
+        newton = metric.is_embedded and d <= _NEWTON_ENERGY_DIM
         E, G, H, ends = _energy_terms(metric, mfn, D, w, A, c)
+        B = H.new_zeros(n, T - 2, d, d) if newton else None
+        hasB = torch.zeros(n, dtype=torch.bool, device=dev)  # B belongs to the pair's current curve
         lam = torch.full((n,), 1e-6, dtype=dt, device=dev)
         conv = E <= 0  # identical endpoints: nothing to do
         iters = torch.zeros(n, dtype=torch.long, device=dev)
+        evals = torch.zeros(n, dtype=torch.long, device=dev)
         dead = ~torch.isfinite(E)
         for i in torch.nonzero(dead).reshape(-1).tolist():
             reasons[i] = "the energy of the initial curve is not finite"
@@ -414,19 +466,40 @@ def minimize_spectral_energy(
             if act.numel() == 0 or _expired(deadline):
                 break
             iters[act] += 1
-            s, q, ok = damped_step(H[act], G[act], lam[act])
+            use = hasB[act]
+            if newton and bool(use.any()):
+                # Newton steps where the damped exact Hessian is positive definite, Gauss–Newton
+                # steps elsewhere
+                s, q, ok = damped_step(torch.where(use[:, None, None], _with_curvature(H[act], B[act]), H[act]),
+                                       G[act], lam[act])
+                if not bool(ok.all()):
+                    s2, q2, ok2 = damped_step(H[act], G[act], lam[act])
+                    s, q, ok = torch.where(ok[:, None], s, s2), torch.where(ok, q, q2), ok | ok2
+            else:
+                s, q, ok = damped_step(H[act], G[act], lam[act])
             pred = -2.0 * q  # E(c + s) ≈ E + 2 gᵀs + sᵀHs with the half-gradient and half-matrix
             ct = c[act].clone()
             ct[:, 1:-1] += s.reshape(-1, T - 2, d)
-            Et, Gt, Ht, _ = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act])
+            # Newton steps once few curves are active (see _NEWTON_ENERGY_ROWS); the next step of a
+            # pair whose trial is accepted uses the curvature evaluated there
+            curv = newton and act.numel() * (T - 2) <= _NEWTON_ENERGY_ROWS
+            evals[act] += T * (d if curv else 1)
+            if curv:
+                Et, Gt, Ht, _, Bt = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act], curvature=True)
+            else:
+                Et, Gt, Ht, _ = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act])
             Ea = E[act]
             gain = Ea - Et
             accept = ok & torch.isfinite(Et) & (gain > 0)
             rho = gain / pred.clamp_min(torch.finfo(dt).tiny)
             small = s.abs().amax(-1) <= 4 * float(torch.finfo(dt).eps) * scale[act]
-            done = (accept & (gain <= rtol * Ea)) | (ok & (pred <= rtol * Ea)) | (ok & small)
+            done = (accept & (gain <= rtol * Ea)) | (ok & (pred >= 0) & (pred <= rtol * Ea)) | (ok & small)
             ia = act[accept]
             c[ia], E[ia], G[ia], H[ia] = ct[accept], Et[accept], Gt[accept], Ht[accept]
+            if curv:
+                B[ia], hasB[ia] = Bt[accept], True
+            elif newton:
+                hasB[ia] = False
             la = update_damping(lam[act], accept, rho, down=5.0, up=3.0, reject=10.0, lo=1e-15, hi=1e15)
             lam[act] = la
             conv[act] = done
@@ -436,7 +509,7 @@ def minimize_spectral_energy(
                 dead[int(act[j])] = True
         for i in torch.nonzero(~conv & ~dead).reshape(-1).tolist():
             reasons[i] = f"spectral energy minimisation: no convergence in {int(max_iter)} iterations"
-    return SpectralEnergyResult(nodes=c, energy=E, converged=conv, iterations=iters, reasons=reasons)
+    return SpectralEnergyResult(nodes=c, energy=E, converged=conv, iterations=iters, reasons=reasons, evaluations=evals)
 
 
 # ----------------------------------------------------------------------------- stage 2
