@@ -493,7 +493,8 @@ def minimize_spectral_energy(
             accept = ok & torch.isfinite(Et) & (gain > 0)
             rho = gain / pred.clamp_min(torch.finfo(dt).tiny)
             small = s.abs().amax(-1) <= 4 * float(torch.finfo(dt).eps) * scale[act]
-            done = (accept & (gain <= rtol * Ea)) | (ok & (pred >= 0) & (pred <= rtol * Ea)) | (ok & small)
+            # (pred ≥ 0 whenever ok, Newton steps included: q = −½ sᵀ(H + λ·diag)s − ½ λ sᵀ diag s)
+            done = (accept & (gain <= rtol * Ea)) | (ok & (pred <= rtol * Ea)) | (ok & small)
             ia = act[accept]
             c[ia], E[ia], G[ia], H[ia] = ct[accept], Et[accept], Gt[accept], Ht[accept]
             if curv:
