@@ -126,10 +126,16 @@ class _Layout:
         sec = u[d + 1 :]
         if (owned and u._base is None and u.is_contiguous() and corr.dtype == u.dtype
                 and not (torch.is_grad_enabled() and (u.requires_grad or corr.requires_grad))
-                and torch.broadcast_shapes(corr.shape, sec.shape) == sec.shape):
+                and _broadcasts_to(corr.shape, sec.shape)):
             sec += corr
             return u
         return torch.cat([u[: d + 1], (sec + corr).expand(sec.shape)], 0)
+
+
+def _broadcasts_to(small, big) -> bool:
+    """Whether ``small`` broadcasts to ``big`` unchanged (``torch.broadcast_shapes`` is pure Python
+    over torch's reference implementation: 60 µs a call, 5 % of a k-means fit)."""
+    return len(small) <= len(big) and all(s == 1 or s == b for s, b in zip(reversed(small), reversed(big)))
 
 
 # ----------------------------------------------------------------------------- elementwise second derivatives

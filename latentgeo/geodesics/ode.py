@@ -65,6 +65,18 @@ def _metric_derivatives(mfn, z):
     return m, dm.permute(1, 0, 2, 3)
 
 
+def matvec(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a (N, K, d) @ x (N, d) -> (N, K)``, unrolled over ``d ≤ 4`` (in 2-D about 2× faster on CPU
+    than the batched matrix-vector product, whose per-matrix kernel dominates for ``d`` this small)."""
+    d = x.shape[-1]
+    if d > 4:
+        return (a @ x.unsqueeze(-1)).squeeze(-1)
+    y = a[..., 0] * x[:, :1]
+    for i in range(1, d):
+        y = y + a[..., i] * x[:, i : i + 1]
+    return y
+
+
 def acceleration_from_jet(jac: torch.Tensor, h: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """``γ'' = −(JᵀJ + ridge·I)⁻¹ Jᵀ h`` from ``J (N, K, d)`` and ``h = ∂²g[v, v] (N, K)``.
 
@@ -89,7 +101,7 @@ def acceleration_and_velocity_jacobian(jac: torch.Tensor, hv: torch.Tensor, v: t
     the acceleration is quadratic in ``v``, so one factorisation of ``J`` gives both. Returns
     ``(a (N, d), Av (N, d, d))``, ``Av[n, i, j] = ∂a_i/∂v_j``.
     """
-    rhs = torch.cat([hv @ v.unsqueeze(-1), 2.0 * hv], -1)  # (N, K, 1 + d)
+    rhs = torch.cat([matvec(hv, v).unsqueeze(-1), 2.0 * hv], -1)  # (N, K, 1 + d)
     if ridge > 0.0:
         jt = jac.transpose(1, 2)
         m = jt @ jac + ridge * torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)

@@ -70,7 +70,7 @@ from numpy.polynomial import legendre as npleg
 from ..metric import Metric
 from ._lm import damped_step, update_damping
 from .._autodiff import value_and_columns
-from .ode import acceleration_and_velocity_jacobian, acceleration_fn, acceleration_from_jet
+from .ode import acceleration_and_velocity_jacobian, acceleration_fn, acceleration_from_jet, matvec
 
 __all__ = [
     "lgl_nodes",
@@ -213,7 +213,8 @@ class _Norm:
 
     def __call__(self, x):  # x (P, d) -> (P,)
         if self.jac is not None:
-            s = (self.jac @ x.unsqueeze(-1)).squeeze(-1).pow(2).sum(-1)
+            y = matvec(self.jac, x)
+            s = (y * y).sum(-1)
             if self.ridge > 0:
                 s = s + self.ridge * x.pow(2).sum(-1)
         else:
