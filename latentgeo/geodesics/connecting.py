@@ -1050,7 +1050,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             reasons[i], how_cert[i] = "", "collocation"
 
     alt_curves = None
-    first_series = series  # (the first start's curves: a piecewise start if the graph start replaces them)
+    first_series = series  # the first start's curves, kept where the graph start's replace them (from_graph)
+    from_graph = torch.zeros(n, dtype=torch.bool, device=dev)
     retry = ~conv & ~kept_mask
     if graph is not None and init != "graph" and n:
         # the graph path is a competitor: certified pairs longer than it are re-solved from it too
@@ -1103,6 +1104,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             keep2 = ~fixed & ~was
             nf = bad[keep2]
             series[nf] = padk(ser2)[keep2]
+            from_graph[nf] = True
             for j in torch.nonzero(keep2).reshape(-1).tolist():
                 used[int(bad[j])] = "graph"
             alt = ~fixed & was  # certified from the first start; the graph start's curve is a competitor
@@ -1126,7 +1128,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             # piecewise starts (from them 34 of 58 certified, 2.5 s; preferring the first start's
             # curves 45 of 58, 2.0 s)
             K_ = series.shape[1]
-            if first_series is series:
+            third = bool(from_graph[pi].any())
+            if not third:
                 cands, names = [series[pi], _line_series_like(a_, b_, K_)], ["best curve", "line"]
             else:
                 cands = [first_series[pi], series[pi], _line_series_like(a_, b_, K_)]
@@ -1140,8 +1143,12 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             Ls.append(Ll)
             bound = torch.minimum(bound, Ll + El)  # the shortest curve found so far
             Lo = torch.stack(Ls, 1)
-            if len(cands) == 3:
-                Lo[:, 0] = -1.0  # (the first start's curve first, then the shorter of the others)
+            if third:
+                # the first start's curve first, then the shorter of the others; pairs without a
+                # graph start's curve (graph start certified, unavailable or out of time) have only
+                # the line after it
+                Lo[:, 0] = -1.0
+                Lo[:, 1] = torch.where(from_graph[pi], Lo[:, 1], torch.full_like(Lo[:, 1], float("inf")))
             order = torch.argsort(Lo, 1)  # (n, candidates)
             stack = torch.stack(cands, 1)  # (n, candidates, K, d)
             rows = torch.arange(len(pi), device=dev)
