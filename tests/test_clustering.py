@@ -242,6 +242,21 @@ def test_inertia_never_increases_on_the_sphere():
     assert sorted(np.bincount(km.labels_).tolist()) == [8, 8, 8]
 
 
+def test_carried_lower_bounds_stay_below_the_great_circle_distances_as_the_centres_move():
+    """Elkan bounds: a distance certified from a centre, less the length of each Karcher step the
+    centre took since, never exceeds the distance to where the centre ends up."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(_sphere))
+    g = torch.Generator().manual_seed(4)
+    caps = [torch.tensor(v, dtype=D64) for v in ([0.0, 0.0, 1.0], [0.9, 0.0, 0.4], [-0.3, 0.8, 0.5])]
+    pts = torch.cat([_cap_points(c, t, 6, rotate=float(torch.rand(1, generator=g))) for c in caps for t in (0.2, 0.5)])
+    X = _chart(pts)
+    km = lg.GeodesicKMeans(metric, n_clusters=3, init="random", random_state=1, max_iter=6, tol=1e-9,
+                           dtype=torch.float64).fit(X)
+    assert km.n_iter_ >= 2 and bool((km._lower > 0).any())
+    theta = torch.arccos((pts[:, None] * _sphere(km.cluster_centers_)[None]).sum(-1).clamp(-1, 1))
+    assert bool((km._lower <= theta * (1 + 1e-9) + 1e-12).all()), float((km._lower - theta).max())
+
+
 def test_working_dtype_auto_is_float32_at_the_default_tolerances_and_float64_below_1e_3():
     """``dtype="auto"``: float32 solves at the defaults' tol 1e-2 (the distances still great
     circles to 1e-4, returned in the codes' float64), float64 once a tolerance is below 1e-3."""
