@@ -108,6 +108,18 @@ def test_sharp_ring_agrees_with_scipy_and_refines_where_the_ring_is():
         assert float(step.max()) > 3 * float(step.min())
 
 
+def test_refinement_stops_after_newton_fails_on_two_meshes_in_a_row():
+    """One Newton iteration a mesh cannot solve the ring pairs from the straight line: the first
+    mesh is refined once, and when Newton fails there too the pair stops with that reason instead
+    of climbing to ``max_segments``."""
+    metric = ring_metric()
+    r = collocate_piecewise(metric, Z0, Z1, _line_series(Z0, Z1, 2), tol=1e-6, max_iter=1, max_segments=256)
+    assert not bool(r.converged.any())
+    for k in range(2):
+        assert "previous mesh either" in r.reasons[k], r.reasons[k]
+        assert 16 < int(r.segments[k]) < 256
+
+
 def test_warm_start_from_piecewise_solutions():
     """A warm start (``init=`` a result) re-solves the pairs its result certified by piecewise
     collocation from their moved paths (:func:`path_series`), without the global stages: the same
