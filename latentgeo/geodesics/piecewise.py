@@ -719,8 +719,9 @@ def collocate_piecewise(
                         continue  # (a finer mesh from a curve Newton could not move is not tried)
                     if bool(unconv[i]):
                         # (refining from a mesh state Newton did not reach, twice in a row, rarely
-                        # certifies: on the hard pairs of the digits k-means fits it certified 1 of
-                        # about 20 such pairs at a quarter of the piecewise stage's evaluations)
+                        # certifies: on the final batches of the digits k-means fits it certified 1
+                        # of about 20 such pairs, and those refinements were 16-25 % of the batches'
+                        # evaluations)
                         reasons[i] += "; not refined further (Newton did not converge on the previous mesh either)"
                         continue
                     unconv[i] = True
