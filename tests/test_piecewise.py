@@ -120,6 +120,26 @@ def test_refinement_stops_after_newton_fails_on_two_meshes_in_a_row():
         assert 16 < int(r.segments[k]) < 256
 
 
+def test_first_pass_resolution_hands_unresolved_pairs_to_the_piecewise_stage():
+    """A 100° arc needs 12 global nodes: the default first pass (up to max_nodes // 2 = 16) certifies
+    it by collocation; ``first_max_nodes=8`` stops the first pass at 8 nodes and the piecewise
+    stage certifies the same great circle. Out-of-range values are rejected."""
+    metric = lg.PullbackMetric(lg.DeterministicDecoder(stereo))
+    z0 = torch.tensor([[-0.8, 0.1]], dtype=D64)
+    z1 = torch.tensor([[0.9, 0.3]], dtype=D64)
+    wide = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=8, max_nodes=32), budget=None)
+    one = connecting_geodesic(metric, z0, z1, solver=Collocation(nodes=8, max_nodes=32, first_max_nodes=8), budget=None)
+    assert wide.method == ["collocation"] and int(wide.stats["nodes"][0]) > 8
+    assert one.method == ["piecewise collocation"]
+    torch.testing.assert_close(one.length, _angle(z0, z1), rtol=1e-10, atol=0)
+    torch.testing.assert_close(wide.length, _angle(z0, z1), rtol=1e-10, atol=0)
+    for bad in (4, 64):
+        with pytest.raises(ValueError, match="first_max_nodes"):
+            Collocation(nodes=8, max_nodes=32, first_max_nodes=bad)
+    with pytest.raises(TypeError):
+        Collocation(first_max_nodes=16.5)
+
+
 def test_warm_start_from_piecewise_solutions():
     """A warm start (``init=`` a result) re-solves the pairs its result certified by piecewise
     collocation from their moved paths (:func:`path_series`), without the global stages: the same

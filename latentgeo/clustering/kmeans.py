@@ -92,7 +92,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         geodesic_options: keyword options for :func:`latentgeo.geodesics.connecting_geodesic`
             used by the final assignment, ``transform`` and ``predict`` (``solver``, ``tol``,
             ``budget``, ...); defaults: ``tol=1e-2``, a lighter solver
-            (``Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12)``),
+            (``Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12, first_max_nodes=32)``: one first global pass, see :class:`~latentgeo.geodesics.Collocation`),
             ``budget=1.0`` s per pair, and the codes' graph as a competitor (``graph=graph_``: a
             certified distance is never longer than the graph path). ``tol`` bounds the ODE
             residual; the length's error is second order in it. Measured on the {0, 1, 2} digits
@@ -245,7 +245,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         # curve (an upper bound) instead of the whole pipeline, and the final assignment solves it.
         # The iterations keep each pair's Newton Jacobian with its curve: the next solve of the
         # pair (after the centre moved a little) starts with chord steps on it
-        solver = Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12,
+        solver = Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12, first_max_nodes=32,
                              warm_fallback="solve" if final else "keep",
                              keep_jacobians=not final and (d is None or d <= self._JAC_MAX_DIM))
         opts = {"tol": 1e-2, "budget": 1.0, "progress": False, "solver": solver}

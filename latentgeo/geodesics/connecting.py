@@ -866,7 +866,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # piecewise stage (block systems per segment) is the cheaper way to resolve a pair
     if solver.piecewise:
         max_nodes = min(max_nodes, max(nodes, _GLOBAL_UNKNOWNS // d))
-    first_max = max(nodes, max_nodes // 2)  # the first pass stops at half the finest resolution
+    # the first pass stops at half the finest resolution (or the solver's first_max_nodes)
+    first_max = max(nodes, max_nodes // 2) if solver.first_max_nodes is None else min(solver.first_max_nodes, max_nodes)
     energy_max_iter, max_steps = solver.energy_max_iter, 10_000
     dt, dev = z0.dtype, z0.device
     t_lgl = lgl_nodes(degree, dt, dev)
