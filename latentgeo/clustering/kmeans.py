@@ -544,11 +544,9 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         # lower bounds carried from earlier assignments (Elkan 2003, *Using the triangle inequality
         # to accelerate k-means*): a distance certified from a centre, less the length of every
         # step the centre has taken since (d(x, c') ≥ d(x, c) − d(c, c'))
-        lower = getattr(self, "_lower", None)
-        if lower is not None and lower.shape != (n, k):
-            lower = None
+        carried = getattr(self, "_lower", None)  # (n, k) float64 during a fit; None in predict
+        lower = None if carried is None else carried.to(dist.dtype).to(dist.device)
         if lower is not None:
-            lower = lower.to(dist.dtype).to(dist.device)
             low = lower if low is None else torch.maximum(low, lower)
         cc = cc_ok = None
         if chord is not None:
@@ -574,10 +572,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             d2, c2, v2 = self._pairs(C, X, pj, pi, final=final)
             D[pi, pj], CV[pi, pj], V[pi, pj] = d2, c2, v2
         self._n_open += len(pi)
-        if getattr(self, "_lower", None) is not None and self._lower.shape == (n, k):
+        if carried is not None:
             # the certified distances solved here are lower bounds (to their length accuracy tol²)
             slack = 1 - (self._opts if final else self._opts_iter).get("tol", 1e-6) ** 2
-            self._lower = torch.where(CV, torch.maximum(self._lower, D.to(torch.float64).cpu() * slack), self._lower)
+            self._lower = torch.where(CV, torch.maximum(carried, D.to(torch.float64).cpu() * slack), carried)
         lab = torch.argmin(D, 1)
         self._proven = self._labels_proven(D, CV, lab, low, cc, cc_ok)
         return lab, D[idx, lab], CV[idx, lab], V[idx, lab]
