@@ -618,6 +618,24 @@ def test_newton_that_stalls_above_one_half_is_stopped_early(monkeypatch):
     assert int(early["evals"][0]) < 0.7 * int(late["evals"][0])
 
 
+def test_a_failed_newton_solve_is_refined_only_when_asked():
+    """A start outside Newton's basin stalls at 32 nodes: by default the pair is retried at twice
+    the nodes; ``refine_failed=False`` (the first global pass of ``connecting_geodesic``, which
+    hands such pairs to the piecewise stage) stops it at 32 nodes with the stall as its reason."""
+    Q = 32
+    start = S._line_series(LONG_Z0, LONG_Z1, Q + 2).clone()
+    g = torch.Generator().manual_seed(1)
+    start[:, 2:8] += torch.randn(start[:, 2:8].shape, generator=g, dtype=D64)
+    z0, z1, start = LONG_Z0[2:], LONG_Z1[2:], start[2:]
+    kw = dict(tol=1e-6, nodes=Q, max_nodes=2 * Q, newton=True)
+    retried = S.collocate(SPHERE, z0, z1, start, **kw)
+    stopped = S.collocate(SPHERE, z0, z1, start, refine_failed=False, **kw)
+    assert int(retried.nodes[0]) == 2 * Q
+    assert int(stopped.nodes[0]) == Q and not bool(stopped.converged[0])
+    assert "Newton stalled" in stopped.reasons[0], stopped.reasons[0]
+    assert int(stopped.evaluations[0]) < int(retried.evaluations[0])
+
+
 def test_newton_started_from_stored_jacobians_takes_chord_steps_to_the_same_geodesic():
     """``collocate(start_jacobian=…)`` with the node blocks kept from a solve of the same pairs:
     Newton starts with chord steps instead of a fresh Jacobian (d + 1 evaluations per node: a

@@ -953,7 +953,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             ser = nodes_to_series(er.nodes)
             if colloc:
                 cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
-                               deadline=deadline, keep_jacobian=keep_jac)
+                               deadline=deadline, keep_jacobian=keep_jac, refine_failed=not solver.piecewise)
             else:
                 cr = not_collocated(k, ser, "energy curve only (a start of the piecewise stage)")
         evals[idx] += cr.evaluations + er.evaluations

@@ -52,7 +52,8 @@ class Collocation:
     Args:
         nodes: collocation nodes of the first attempt (≥ 4); unresolved pairs are re-solved
             at the resolution the decay of their Legendre coefficients and speed drift predicts
-            (on a grid of steps of √2), up to ``max_nodes // 2``. Pairs still not certified go to
+            (on a grid of steps of √2), up to ``max_nodes // 2``; with ``piecewise`` on, a pair
+            whose Newton solve fails there is not retried at twice the nodes. Pairs still not certified go to
             piecewise collocation (``piecewise``), then those it does not certify get one finer
             pass from their best curve: a degree-``2·degree`` energy minimisation, then
             collocation from ``2·nodes`` up to ``max_nodes`` nodes (when ``2·nodes ≤ max_nodes``).

@@ -1038,6 +1038,7 @@ def collocate(
     newton: bool = False,
     start_jacobian: Optional[torch.Tensor] = None,
     keep_jacobian: bool = False,
+    refine_failed: bool = True,
 ) -> CollocationResult:
     """Certify (and refine) connecting geodesics by Gauss–Legendre collocation.
 
@@ -1061,6 +1062,9 @@ def collocate(
             each pair at its ``start_nodes`` (NaN: none), e.g. the ``jacobian`` of a result for
             nearby pairs: Newton starts with chord steps instead of a fresh Jacobian.
         keep_jacobian: return each pair's last node blocks in ``jacobian``.
+        refine_failed: retry a pair whose Newton solve failed at twice the nodes (``False``: it
+            stops there, for a caller with a better route for such pairs, such as the piecewise
+            stage of :func:`~latentgeo.geodesics.connecting_geodesic`).
 
     Returns:
         :class:`CollocationResult`.
@@ -1134,6 +1138,8 @@ def collocate(
             # converged but unresolved: the resolution its coefficients' decay asks for (at least
             # the next step of the grid); Newton failed at this resolution (a curve with sharp
             # features the Q-node polynomial cannot follow): twice the nodes, from the kept curve
+            if not refine_failed and not bool(r["conv"][j]):
+                continue
             floor_q = 2 * Q if not bool(r["conv"][j]) else Q + 1
             q = max(floor_q, int(want[j]) if bool(r["conv"][j]) else 0)
             nq = next((g for g in grid if g >= q), None)
