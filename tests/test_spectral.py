@@ -618,6 +618,25 @@ def test_newton_that_stalls_above_one_half_is_stopped_early(monkeypatch):
     assert int(early["evals"][0]) < 0.7 * int(late["evals"][0])
 
 
+def test_fixed_point_iterations_before_newton_are_an_option():
+    """On pairs where the fixed-point iteration diverges, ``fixed_point_iter`` sets what it costs
+    before Newton takes over: ``k`` iterations at 64 nodes cost exactly ``64·k`` evaluations more
+    than none (Newton straight away), and Newton, starting from the curve it was given rather than
+    the diverging iterate, reaches the same great circles. Negative counts are refused."""
+    t = S.lgl_nodes(12)
+    er = S.minimize_spectral_energy(SPHERE, HARD_Z0[:, None] + t[None, :, None] * (HARD_Z1 - HARD_Z0)[:, None])
+    start = S.nodes_to_series(er.nodes)
+    exact = great_circle(stereo(HARD_Z0), stereo(HARD_Z1))
+    runs = {k: S.collocate(SPHERE, HARD_Z0, HARD_Z1, start, tol=1e-6, nodes=64, max_nodes=64, fixed_point_iter=k)
+            for k in (0, 2, 3)}
+    for k, r in runs.items():
+        assert bool(r.converged.all()), (k, r.reasons)
+        torch.testing.assert_close(r.length, exact, rtol=1e-9, atol=0)
+        assert r.evaluations.tolist() == (runs[0].evaluations + 64 * k).tolist(), (k, r.evaluations)
+    with pytest.raises(ValueError, match="fixed_point_iter"):
+        lg.geodesics.Collocation(fixed_point_iter=-1)
+
+
 def test_a_failed_newton_solve_is_refined_only_when_asked():
     """A start outside Newton's basin stalls at 32 nodes: by default the pair is retried at twice
     the nodes; ``refine_failed=False`` (the first global pass of ``connecting_geodesic``, which

@@ -953,7 +953,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             ser = nodes_to_series(er.nodes)
             if colloc:
                 cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
-                               deadline=deadline, keep_jacobian=keep_jac, refine_failed=not solver.piecewise)
+                               deadline=deadline, keep_jacobian=keep_jac, refine_failed=not solver.piecewise,
+                               fixed_point_iter=solver.fixed_point_iter)
             else:
                 cr = not_collocated(k, ser, "energy curve only (a start of the piecewise stage)")
         evals[idx] += cr.evaluations + er.evaluations
@@ -1204,7 +1205,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                                            rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
             ser3 = nodes_to_series(er3.nodes)
             cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
-                            max_iter=max_iter, deadline=deadline, keep_jacobian=keep_jac)
+                            max_iter=max_iter, deadline=deadline, keep_jacobian=keep_jac,
+                            fixed_point_iter=solver.fixed_point_iter)
         evals[ei] += cr3.evaluations + er3.evaluations
         budget[ei] |= cr3.budget
         iters[ei] += cr3.iterations

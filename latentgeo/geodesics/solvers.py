@@ -16,7 +16,7 @@ Pass one as ``solver=`` to :func:`~latentgeo.geodesics.connecting_geodesic`,
 Example:
     >>> from latentgeo.geodesics import Collocation, Shooting
     >>> Collocation(max_nodes=128)
-    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, piecewise=True, stages=4, max_segments=256, shooting_fallback=False, warm_fallback='solve', keep_jacobians=False, first_max_nodes=None)
+    Collocation(nodes=32, max_nodes=128, degree=24, max_iter=20, energy_max_iter=100, energy_rtol=1e-08, starts=3, piecewise=True, stages=4, max_segments=256, shooting_fallback=False, warm_fallback='solve', keep_jacobians=False, first_max_nodes=None, fixed_point_iter=1)
     >>> Shooting().n_points
     17
 """
@@ -63,7 +63,17 @@ class Collocation:
             digits VAE, 20 pairs without a budget took a median of 1.8 s and a p90 of 5.1 s with
             the cap (128 nodes) and 2.7 s and 14.2 s without it (512), 17 certified either way.
         degree: polynomial degree of the energy-minimising starting curve (≥ 4).
-        max_iter: fixed-point (or Newton) iterations per collocation attempt.
+        max_iter: Newton iterations per collocation attempt.
+        fixed_point_iter: Anderson-accelerated fixed-point iterations a pair gets first at each
+            resolution (≥ 0, at most ``max_iter``); those it does not settle take Newton at the
+            same resolution, from the better of their start and the last iterate (``0``: Newton
+            straight away). One step settles a start that already solves the equations, as
+            near-linear decoders' lines do; elsewhere the iteration needs 5–10 steps or diverges
+            (demo VAE, tol 1e-6: 4 of 65 pairs settled at 32 nodes within 10), where Newton takes
+            2–3. With ``1`` instead of ``10``, one batched call needed 12 % fewer evaluations on the
+            demo VAE (65 pairs) and 10 % fewer on the variance-preserving MLP (40), with the same
+            pairs certified; the digits k-means fits certified as many distances or more for 2–6 %
+            fewer evaluations, with the same labels.
         energy_max_iter: Levenberg–Marquardt iterations of the energy minimisation.
         energy_rtol: the energy minimisation stops when a step lowers the energy by less than
             ``energy_rtol`` relative (it only finds the starting curve; collocation certifies it:
@@ -130,6 +140,7 @@ class Collocation:
     warm_fallback: str = "solve"
     keep_jacobians: bool = False
     first_max_nodes: Optional[int] = None
+    fixed_point_iter: int = 1
 
     def __post_init__(self):
         check_int(self.nodes, "nodes", minimum=4)
@@ -154,6 +165,7 @@ class Collocation:
         check_choice(self.warm_fallback, "warm_fallback", ("solve", "keep"))
         if not isinstance(self.keep_jacobians, bool):
             raise TypeError(f"keep_jacobians must be a bool, got {self.keep_jacobians!r}")
+        check_int(self.fixed_point_iter, "fixed_point_iter", minimum=0)
         if self.first_max_nodes is not None:
             check_int(self.first_max_nodes, "first_max_nodes", minimum=4)
             if not self.nodes <= self.first_max_nodes <= self.max_nodes:

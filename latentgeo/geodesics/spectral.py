@@ -758,6 +758,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
     drift = torch.full((n,), float("nan"), dtype=dt, device=dev)
     tail = torch.full((n,), float("nan"), dtype=dt, device=dev)
     best = torch.full((n,), float("inf"), dtype=dt, device=dev)
+    first_rel = torch.full((n,), float("inf"), dtype=dt, device=dev)  # the starting curve's residual
     conv = torch.zeros(n, dtype=torch.bool, device=dev)
     dead = torch.zeros(n, dtype=torch.bool, device=dev)
     iters = torch.zeros(n, dtype=torch.long, device=dev)
@@ -870,6 +871,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
         # truncation estimate: the last two Legendre coefficients, in the metric at the middle node
         tnorm = _Norm(jac=norm.jac[mid::Q], ridge=norm.ridge) if norm.jac is not None else _Norm(m=norm.m[mid::Q])
         tail[act] = torch.maximum(tnorm(coef[:, -2]), tnorm(coef[:, -1])) / L.clamp_min(tiny)
+        first_rel[act] = torch.where(iters[act] == 1, change[act], first_rel[act])
         worse = rel > best[act]
         grow[act] = torch.where(worse, grow[act] + 1, torch.zeros_like(grow[act]))
         best[act] = torch.minimum(best[act], rel)
@@ -965,7 +967,7 @@ def _picard(metric, acc, mfn, z0, z1, series, Q, tol, max_iter, memory=6, newton
             f"collocation: no convergence in {int(max_iter)} {'Newton' if newton else 'fixed-point'} iterations at {Q} nodes "
             f"(relative residual {float(change[i]):.2e})"
         )
-    return dict(series=out_series, length=length, v0=v0, residual=change_e, rel=change, drift=drift,
+    return dict(series=out_series, length=length, v0=v0, residual=change_e, rel=change, rel0=first_rel, drift=drift,
                 tail=tail, conv=conv, dead=dead, iters=iters, reasons=reasons, evals=evals, budget=budget,
                 jac=JAC if newton and keep_jac else None)
 
@@ -1039,6 +1041,7 @@ def collocate(
     start_jacobian: Optional[torch.Tensor] = None,
     keep_jacobian: bool = False,
     refine_failed: bool = True,
+    fixed_point_iter: int = 10,
 ) -> CollocationResult:
     """Certify (and refine) connecting geodesics by Gauss–Legendre collocation.
 
@@ -1051,7 +1054,9 @@ def collocate(
         nodes: collocation nodes ``Q`` of the first attempt; unresolved pairs are retried at the
             resolution :func:`_predict_nodes` gives them (at least the next step of a grid
             ``nodes·2^(k/2)``; ``2Q`` after a failed Newton solve), up to ``max_nodes``.
-        max_iter: fixed-point iterations per resolution.
+        max_iter: Newton iterations per resolution.
+        fixed_point_iter: fixed-point iterations of a pair's first attempt at a resolution (at most
+            ``max_iter``); a pair they do not settle is solved by Newton at the same resolution.
         deadline: ``time.perf_counter()`` time after which the pairs still unsolved stop
             (``budget`` marks them).
         start_nodes: ``(n,)`` per-pair nodes of the first attempt (overrides ``nodes`` there; a warm
@@ -1098,15 +1103,18 @@ def collocate(
                 jac = torch.where(use[:, None, None, None, None], start_jacobian[sel, :Q].to(dt), float("nan"))
         if mode:
             first[sel] = False
-        # the fixed-point iteration gets a few iterations (it needs 1-3 where it contracts well);
-        # pairs it does not settle go to Newton at the same resolution
-        r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, 10), newton=mode,
+        # the fixed-point iteration gets a few iterations (fixed_point_iter): where it contracts
+        # well it needs 1-2; pairs it does not settle go to Newton at the same resolution
+        r = _picard(metric, acc, mfn, z0[sel], z1[sel], start, Q, tol, max_iter if mode else min(max_iter, fixed_point_iter), newton=mode,
                     deadline=deadline, jac=jac, keep_jac=keep_jacobian)
         if keep_jacobian:  # (the blocks belong to this attempt's resolution, which out["nodes"] records)
             out["jacobian"][sel] = float("nan") if r["jac"] is None else _pad_nodes(r["jac"], int(max_nodes))
         ok = r["conv"] & (r["tail"] <= tol) & (r["drift"] <= drift_tol)
-        # a diverged attempt keeps its starting curve (the diverged iterate is worthless)
-        keep = ~r["dead"] | ok
+        # a diverged attempt keeps its starting curve (the diverged iterate is worthless), and so
+        # does a fixed-point attempt that ends above its starting residual: Newton, next, starts
+        # from the better of the two (measured: from a diverging iterate it can fail where it
+        # converges from the start)
+        keep = (~r["dead"] & (mode | (r["rel"] <= r["rel0"]))) | ok
         out["series"][sel] = torch.where(keep[:, None, None], _pad(r["series"], Kmax), start)
         out["length"][sel] = r["length"]
         out["velocity0"][sel] = r["v0"]
@@ -1153,7 +1161,7 @@ def collocate(
     else:
         for i, q in enumerate(torch.as_tensor(start_nodes).reshape(-1).tolist()):
             pending.setdefault(int(min(max(int(q), 4), max_nodes)), []).append(i)
-    if newton:
+    if newton or fixed_point_iter <= 0:
         newt[:] = True
     with torch.no_grad():
         while pending:
