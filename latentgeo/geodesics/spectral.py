@@ -1057,6 +1057,10 @@ def collocate(
         max_iter: Newton iterations per resolution.
         fixed_point_iter: fixed-point iterations of a pair's first attempt at a resolution (at most
             ``max_iter``); a pair they do not settle is solved by Newton at the same resolution.
+            From a poor start (the straight line of a 2.8-rad arc on the sphere) Anderson mixing
+            converges where damped Newton's line search stalls, hence 10 here;
+            :func:`~latentgeo.geodesics.connecting_geodesic`, which collocates energy-minimised
+            curves, passes its solver's ``fixed_point_iter`` (1 by default).
         deadline: ``time.perf_counter()`` time after which the pairs still unsolved stop
             (``budget`` marks them).
         start_nodes: ``(n,)`` per-pair nodes of the first attempt (overrides ``nodes`` there; a warm
