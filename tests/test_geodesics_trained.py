@@ -175,3 +175,27 @@ def test_uncertified_pair_reports_the_graph_path_when_it_is_shorter():
     t = torch.linspace(0, 1, 2049, dtype=D64)
     dense = metric.length(res.curve(t))
     torch.testing.assert_close(dense, res.length, rtol=2e-3, atol=0)
+
+
+def test_only_the_shortest_start_goes_on_after_the_pick(monkeypatch):
+    """The energy stage chooses the shortest of its three starts after ``_PICK_AT`` iterations and
+    continues only that one: on the RBF ring (pairs across it and random pairs) the certified
+    lengths are those of choosing after all 100 iterations, for fewer energy iterations and
+    evaluations."""
+    import latentgeo.geodesics.connecting as C
+
+    metric = ring_metric()
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.cat([Z0, torch.randn(6, 2, generator=g, dtype=D64)])
+    z1 = torch.cat([Z1, torch.randn(6, 2, generator=g, dtype=D64)])
+    assert C._PICK_AT == 20
+    early = lg.connecting_geodesic(metric, z0, z1, budget=None)
+    monkeypatch.setattr(C, "_PICK_AT", 100)
+    late = lg.connecting_geodesic(metric, z0, z1, budget=None)
+    assert bool(early.converged.all()) and bool(late.converged.all()), (early.message, late.message)
+    torch.testing.assert_close(early.length, late.length, rtol=1e-10, atol=0)
+    ie, il = early.stats["energy_iterations"], late.stats["energy_iterations"]
+    assert bool((ie <= il).all()) and int((ie < il).sum()) >= 4, (ie, il)
+    # (a pair whose starts took ≤ 20 iterations in all settled before the pick: nothing changes)
+    assert bool((ie[il <= 20] == il[il <= 20]).all()) and bool((il <= 20).any())
+    assert int(early.stats["evaluations"].sum()) < int(late.stats["evaluations"].sum())

@@ -769,12 +769,12 @@ def test_shortest_start_wins_and_the_line_on_ties():
     er = S.SpectralEnergyResult(nodes=torch.arange(starts * n, dtype=D64)[:, None, None].expand(-1, 4, 2),
                                 energy=E, converged=torch.ones(starts * n, dtype=torch.bool),
                                 iterations=torch.ones(starts * n, dtype=torch.long), reasons=[""] * (starts * n))
-    best = _shortest_start(er, n, starts, L.reshape(-1))
+    best, pick = _shortest_start(er, n, starts, L.reshape(-1))
     # pair 0: the second bulge (1.5); pair 1: the first bulge (0.5); pair 2: the line's length is
     # NaN -> the shortest finite one (3.0, second bulge)
-    assert best.nodes[:, 0, 0].tolist() == [6.0, 4.0, 8.0]
+    assert best.nodes[:, 0, 0].tolist() == [6.0, 4.0, 8.0] and pick.tolist() == [6, 4, 8]
     assert best.iterations.tolist() == [3, 3, 3]
-    tie = _shortest_start(er, n, starts, torch.tensor([[1.0, 1, 1], [1.0, 1, 1], [1.0, 1, 1]], dtype=D64).reshape(-1))
+    tie, _ = _shortest_start(er, n, starts, torch.tensor([[1.0, 1, 1], [1.0, 1, 1], [1.0, 1, 1]], dtype=D64).reshape(-1))
     assert tie.nodes[:, 0, 0].tolist() == [0.0, 1.0, 2.0]
 
 

@@ -776,16 +776,25 @@ def _empty_collocation(K, d, dt, dev, jac=None):
 
 def _shortest_start(er, n: int, starts: int, L):
     """Per pair, the stage-1 result of its ``starts`` curves whose length ``L (starts·n,)`` is the
-    shortest (finite lengths only; the line, first, wins ties within ``1e-9`` relative)."""
+    shortest (finite lengths only; the line, first, wins ties within ``1e-9`` relative), and the
+    indices ``(n,)`` of the chosen curves."""
     E = L.reshape(starts, n)
     inf = torch.full_like(E, float("inf"))
     score = torch.where(torch.isfinite(E), E, inf)
     score[0] = score[0] * (1 - 1e-9)
     pick = score.argmin(0) * n + torch.arange(n, device=E.device)
-    return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick],
+    return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick].clone(),
                     iterations=er.iterations.reshape(starts, n).sum(0),
                     reasons=[er.reasons[j] for j in pick.tolist()],
-                    evaluations=None if er.evaluations is None else er.evaluations.reshape(starts, n).sum(0))
+                    evaluations=None if er.evaluations is None else er.evaluations.reshape(starts, n).sum(0)), pick
+
+
+# Iterations of the energy stage after which the shortest of several starts is chosen and only it
+# goes on. Measured on the demo VAE (145 pairs, 3 starts, degree 24): the start chosen after 20
+# iterations, continued to convergence, was at most 5.2e-6 longer than the one chosen after 100
+# (after 10: 7.3e-4), and the certified lengths were the same to 2e-14; on the variance-preserving
+# MLP (200 pairs) the choice never changed from 15 iterations on.
+_PICK_AT = 20
 
 
 def _merge_direct(idx, di, cd, parts, K, d):
@@ -940,8 +949,11 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             bulges = how == "line" and solver.starts > 1 and k > 0
             if bulges:
                 c0 = torch.cat([c0, _bulged_curves(c0, t_lgl, solver.starts - 1)], 0)
-            er = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter, rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)),
-                                          deadline=deadline)
+            e_rtol = max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps))
+            # with several starts, the shortest is chosen after _PICK_AT iterations and only it
+            # goes on (the choice rarely changes later, see _PICK_AT)
+            first_iters = min(energy_max_iter, _PICK_AT) if bulges else energy_max_iter
+            er = minimize_spectral_energy(metric, c0, max_iter=first_iters, rtol=e_rtol, deadline=deadline)
             if bulges:
                 # the shortest of the starts (dense length) is collocated: not the lowest energy,
                 # which for curves the energy stage left unconverged (uneven speed, E > L²) often
@@ -949,7 +961,18 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                 sr = nodes_to_series(er.nodes)
                 Ls, _ = _dense_length(metric, z0[idx].repeat(solver.starts, 1), z1[idx].repeat(solver.starts, 1),
                                       lambda t: _eval_series(sr, t))
-                er = _shortest_start(er, k, solver.starts, Ls)
+                ran_out = ~er.converged & (er.iterations >= first_iters)
+                er, pick = _shortest_start(er, k, solver.starts, Ls)
+                go = torch.nonzero(ran_out[pick]).reshape(-1)
+                if energy_max_iter > first_iters and go.numel() and not _expired(deadline):
+                    er2 = minimize_spectral_energy(metric, er.nodes[go], max_iter=energy_max_iter - first_iters, rtol=e_rtol,
+                                                   deadline=deadline)
+                    er.nodes[go], er.energy[go], er.converged[go] = er2.nodes, er2.energy, er2.converged
+                    er.iterations[go] += er2.iterations
+                    if er.evaluations is not None:
+                        er.evaluations[go] += er2.evaluations
+                    for j, i in enumerate(go.tolist()):
+                        er.reasons[i] = er2.reasons[j]
             ser = nodes_to_series(er.nodes)
             if colloc:
                 cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,

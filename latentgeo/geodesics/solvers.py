@@ -81,7 +81,10 @@ class Collocation:
             ``1e-6`` fewer pairs).
         starts: starting curves of the energy minimisation from the straight line: ``1`` (the line)
             or an odd number: the line and ``±0.25k·|z1 − z0|`` sine bulges normal to it; the
-            shortest of them after the energy stage (dense length) is collocated. On the demo VAE
+            shortest of them (dense length) after 20 energy iterations goes on alone and is then
+            collocated: on 145 demo-VAE pairs the certified lengths were those of choosing after
+            all 100 iterations (to 2e-14), for 26 % fewer evaluations (one batched call, tol 1e-6:
+            34.2 → 27.5 ms/pair). On the demo VAE
             2 of 10 random pairs certified from the line alone were 2 % longer than stochman's
             curves; the bulged starts found geodesics shorter than both (stage 1 costs ``starts``
             times more; collocation runs once). Picking the shortest start rather than the one of
