@@ -635,6 +635,10 @@ def test_fixed_point_iterations_before_newton_are_an_option():
         assert r.evaluations.tolist() == (runs[0].evaluations + 64 * k).tolist(), (k, r.evaluations)
     with pytest.raises(ValueError, match="fixed_point_iter"):
         lg.geodesics.Collocation(fixed_point_iter=-1)
+    with pytest.raises(ValueError, match=r"fixed_point_iter \(21\) must be <= max_iter \(20\)"):
+        lg.geodesics.Collocation(fixed_point_iter=21)
+    with pytest.raises(TypeError, match="fixed_point_iter"):
+        lg.geodesics.Collocation(fixed_point_iter=1.5)
 
 
 def test_a_failed_newton_solve_is_refined_only_when_asked():

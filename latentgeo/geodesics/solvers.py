@@ -169,6 +169,8 @@ class Collocation:
         if not isinstance(self.keep_jacobians, bool):
             raise TypeError(f"keep_jacobians must be a bool, got {self.keep_jacobians!r}")
         check_int(self.fixed_point_iter, "fixed_point_iter", minimum=0)
+        if self.fixed_point_iter > self.max_iter:
+            raise ValueError(f"fixed_point_iter ({self.fixed_point_iter}) must be <= max_iter ({self.max_iter})")
         if self.first_max_nodes is not None:
             check_int(self.first_max_nodes, "first_max_nodes", minimum=4)
             if not self.nodes <= self.first_max_nodes <= self.max_nodes:
