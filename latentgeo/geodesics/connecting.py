@@ -971,8 +971,9 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
                     er.iterations[go] += er2.iterations
                     if er.evaluations is not None:
                         er.evaluations[go] += er2.evaluations
-                    for j, i in enumerate(go.tolist()):
-                        er.reasons[i] = er2.reasons[j]
+                    rest = f"no convergence in {energy_max_iter - first_iters} iterations"
+                    for j, i in enumerate(go.tolist()):  # (the count in a reason is the stage's total)
+                        er.reasons[i] = er2.reasons[j].replace(rest, f"no convergence in {energy_max_iter} iterations")
             ser = nodes_to_series(er.nodes)
             if colloc:
                 cr = collocate(metric, z0[idx], z1[idx], ser, tol=tol, nodes=nodes, max_nodes=first_max, max_iter=max_iter,
