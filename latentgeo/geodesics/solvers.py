@@ -66,8 +66,8 @@ class Collocation:
         max_iter: Newton iterations per collocation attempt.
         fixed_point_iter: Anderson-accelerated fixed-point iterations a pair gets first at each
             resolution (≥ 0, at most ``max_iter``); those it does not settle take Newton at the
-            same resolution, from the better of their start and the last iterate (``0``: Newton
-            straight away). One step settles a start that already solves the equations, as
+            same resolution, from the last iterate, or from their start where the iteration's
+            residual rose above the start's (``0``: Newton straight away). One step settles a start that already solves the equations, as
             near-linear decoders' lines do; elsewhere the iteration needs 5–10 steps or diverges
             (demo VAE, tol 1e-6: 4 of 65 pairs settled at 32 nodes within 10), where Newton takes
             2–3. With ``1`` instead of ``10``, one batched call needed 12 % fewer evaluations on the

@@ -1115,9 +1115,9 @@ def collocate(
             out["jacobian"][sel] = float("nan") if r["jac"] is None else _pad_nodes(r["jac"], int(max_nodes))
         ok = r["conv"] & (r["tail"] <= tol) & (r["drift"] <= drift_tol)
         # a diverged attempt keeps its starting curve (the diverged iterate is worthless), and so
-        # does a fixed-point attempt that ends above its starting residual: Newton, next, starts
-        # from the better of the two (measured: from a diverging iterate it can fail where it
-        # converges from the start)
+        # does a fixed-point attempt whose last residual rose above its start's: Newton, next,
+        # starts from the start there, else from the last iterate (measured: from a diverging
+        # iterate it can fail where it converges from the start)
         keep = (~r["dead"] & (mode | (r["rel"] <= r["rel0"]))) | ok
         out["series"][sel] = torch.where(keep[:, None, None], _pad(r["series"], Kmax), start)
         out["length"][sel] = r["length"]
