@@ -783,7 +783,7 @@ def _shortest_start(er, n: int, starts: int, L):
     score = torch.where(torch.isfinite(E), E, inf)
     score[0] = score[0] * (1 - 1e-9)
     pick = score.argmin(0) * n + torch.arange(n, device=E.device)
-    return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick].clone(),
+    return type(er)(nodes=er.nodes[pick], energy=er.energy[pick], converged=er.converged[pick],
                     iterations=er.iterations.reshape(starts, n).sum(0),
                     reasons=[er.reasons[j] for j in pick.tolist()],
                     evaluations=None if er.evaluations is None else er.evaluations.reshape(starts, n).sum(0)), pick
@@ -878,6 +878,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # the first pass stops at half the finest resolution (or the solver's first_max_nodes)
     first_max = max(nodes, max_nodes // 2) if solver.first_max_nodes is None else min(solver.first_max_nodes, max_nodes)
     energy_max_iter, max_steps = solver.energy_max_iter, 10_000
+    e_rtol = max(solver.energy_rtol, 100 * float(torch.finfo(z0.dtype).eps))  # (below rounding: no use)
     dt, dev = z0.dtype, z0.device
     t_lgl = lgl_nodes(degree, dt, dev)
     acc = acceleration_fn(metric)
@@ -949,7 +950,6 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             bulges = how == "line" and solver.starts > 1 and k > 0
             if bulges:
                 c0 = torch.cat([c0, _bulged_curves(c0, t_lgl, solver.starts - 1)], 0)
-            e_rtol = max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps))
             # with several starts, the shortest is chosen after _PICK_AT iterations and only it
             # goes on (the choice rarely changes later, see _PICK_AT)
             first_iters = min(energy_max_iter, _PICK_AT) if bulges else energy_max_iter
@@ -1226,7 +1226,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             c0 = _eval_series(series[ei], t2)
             c0[:, 0], c0[:, -1] = z0[ei], z1[ei]
             er3 = minimize_spectral_energy(metric, c0, max_iter=energy_max_iter,
-                                           rtol=max(solver.energy_rtol, 100 * float(torch.finfo(dt).eps)), deadline=deadline)
+                                           rtol=e_rtol, deadline=deadline)
             ser3 = nodes_to_series(er3.nodes)
             cr3 = collocate(metric, z0[ei], z1[ei], ser3, tol=tol, nodes=2 * nodes, max_nodes=max_nodes,
                             max_iter=max_iter, deadline=deadline, keep_jacobian=keep_jac,
