@@ -120,6 +120,25 @@ def test_refinement_stops_after_newton_fails_on_two_meshes_in_a_row():
         assert 16 < int(r.segments[k]) < 256
 
 
+def test_rejected_newton_steps_shrink_to_the_parabola_minimiser():
+    """Along a Newton direction ``‖F(t)‖² = f0 (1 − t)² + c t²`` (slope ``−2 f0`` at 0): the
+    parabola through ``f0`` and the rejected ``f(L)`` is exact, so the next length is its
+    minimiser ``f0 / (f0 + c)``, within ``[0.1, 0.5]·L``; a non-finite trial halves the step."""
+    from latentgeo.geodesics.piecewise import _shorter_step
+
+    f0 = torch.tensor([1.0, 1.0, 1.0, 2.0], dtype=D64)
+    c = torch.tensor([3.0, 0.5, 100.0, 6.0], dtype=D64)
+    L = torch.tensor([1.0, 1.0, 1.0, 0.5], dtype=D64)
+    fl = f0 * (1 - L) ** 2 + c * L**2
+    got = _shorter_step(f0, fl, L)
+    exact = f0 / (f0 + c)
+    torch.testing.assert_close(got, torch.minimum(torch.maximum(exact, 0.1 * L), 0.5 * L), rtol=1e-12, atol=0)
+    assert abs(float(got[0]) - 0.25) < 1e-12  # (inside the bounds: the exact minimiser)
+    assert float(got[1]) == 0.5 and float(got[2]) == 0.1  # (clamped above and below)
+    nan = _shorter_step(f0[:1], torch.tensor([float("nan")], dtype=D64), L[:1])
+    assert float(nan[0]) == 0.5
+
+
 def test_first_pass_resolution_hands_unresolved_pairs_to_the_piecewise_stage():
     """A 100° arc needs 12 global nodes: the default first pass (up to max_nodes // 2 = 16) certifies
     it by collocation; ``first_max_nodes=8`` stops the first pass at 8 nodes and the piecewise

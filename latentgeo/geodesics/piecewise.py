@@ -303,6 +303,14 @@ def _step(st, ev, z1, K):
 
 
 
+# The line search of the piecewise Newton iteration (see _newton). Measured on the piecewise calls
+# of two digits k-means fits ({0,1,2} and {3,4,7}, float32, tol 1e-2; 709 pairs, replayed): halving
+# from a full step every time and stopping below 1/64 certified 518 pairs with 1.79M evaluations;
+# starting each Newton step at twice the last accepted length, 523 with 1.44M; with the parabolic
+# shortening too, 509 with 1.00M at 1/64, 534 with 1.46M at 1/512 (528 / 1.27M at 1/200, 542 /
+# 1.93M at 1/5000). The pairs these fits' piecewise stages certified came out the same or more
+_LAMBDA_MIN = 1.0 / 512
+
 _GROWTH = 1e6  # largest fundamental-matrix entry the condensed recursion is trusted with
 
 
@@ -363,7 +371,12 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
     ``2d + 1`` otherwise) is refreshed only
     after a rejected step or a step that cut the residual by less than 4; the other steps reuse it
     (chord steps, one evaluation per stage point; Kelley, *Solving Nonlinear Equations with
-    Newton's Method*, SIAM 2003, §5.4). A step that does not lower the residual's 2-norm is halved.
+    Newton's Method*, SIAM 2003, §5.4). A step that does not lower the residual's 2-norm ``‖F‖`` is
+    shortened to the minimiser of the parabola through ``‖F‖²`` at ``0`` (slope ``−2‖F‖²``, that of a
+    Newton direction) and at the rejected length, kept within ``[0.1, 0.5]`` of it (Dennis &
+    Schnabel, *Numerical Methods for Unconstrained Optimization and Nonlinear Equations*, SIAM
+    1996, §6.3.2); a pair stops (stalled) once its step is below ``_LAMBDA_MIN``. A new Newton step
+    starts at twice the length last accepted (at most 1): see ``_LAMBDA_MIN``.
     ``rate`` (a dict) keeps the measured seconds per stage point of a Jacobian evaluation: a
     refresh that would end after the ``deadline`` is not started (the pairs stop with ``budget``).
     Returns ``(converged, stalled, budget, iterations, evaluations, merit)``."""
@@ -384,6 +397,7 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
     dead = ~torch.isfinite(merit)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
     lam = torch.ones(n, dtype=dt, device=dev)
+    lam_ok = torch.ones(n, dtype=dt, device=dev)  # the step length last accepted
     dg, dpp, dA = torch.zeros_like(B.g), torch.zeros_like(B.p), torch.zeros_like(B.A)
     need = torch.ones(n, dtype=torch.bool, device=dev)  # a new step from the current point
     fresh = torch.ones(n, dtype=torch.bool, device=dev)  # the Jacobian is the current point's
@@ -410,7 +424,7 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
             a1, a2, a3, ok = _step(sub, {k_: v[fr] for k_, v in E.items()}, z1[fr], K)
             dg[fr], dpp[fr], dA[fr] = a1, a2, a3
             dead[fr[~ok]] = True
-            lam[fr] = 1.0
+            lam[fr] = (2.0 * lam_ok[fr]).clamp_max(1.0)
             need[fr] = False
         act = act[~dead[act]]
         if act.numel() == 0:
@@ -430,15 +444,29 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
             merit[ar], l2[ar] = et["merit"][better], et["l2"][better]
             fresh[ar] = False
             refresh[ar] = slow
+            lam_ok[ar] = L[better]
             need[ar] = True
         rj = act[~better]
         stale = rj[~fresh[rj]]
         refresh[stale] = True  # a chord step failed: a fresh Jacobian and a full step next
-        lam[rj[fresh[rj]]] *= 0.5  # a Newton step failed: halve it
+        # a Newton step failed: shorten it (the parabola's minimiser, see _shorter_step)
+        rn = ~better & fresh[act]
+        if bool(rn.any()):
+            lam[act[rn]] = _shorter_step(l2[act][rn] ** 2, et["l2"][rn] ** 2, L[rn])
         conv |= merit <= target
-        dead |= (lam < 1.0 / 64) & ~conv
+        dead |= (lam < _LAMBDA_MIN) & ~conv
     stalled = dead & torch.isfinite(merit)
     return conv, stalled, budget, iters, evals, merit
+
+
+def _shorter_step(f0, fl, L):
+    """The next length of a rejected Newton step of length ``L``: the minimiser of the parabola
+    through ``f(0) = f0`` with slope ``−2·f0`` (``f = ‖F‖²`` along a Newton direction) and
+    ``f(L) = fl``, ``t* = f0·L² / (fl − f0 + 2·f0·L)``, kept within ``[0.1, 0.5]·L`` (``0.5·L`` where
+    ``fl`` is not finite or the parabola has no minimum)."""
+    den = fl - f0 + 2.0 * f0 * L
+    ts = torch.where(torch.isfinite(fl) & (den > 0), f0 * L * L / den.clamp_min(torch.finfo(L.dtype).tiny), 0.5 * L)
+    return torch.minimum(torch.maximum(ts, 0.1 * L), 0.5 * L)
 
 
 def _check(metric, acc, mfn, z0, z1, B, K):
