@@ -180,6 +180,14 @@ class Metric:
         s = _safe_sqrt(self.segment_sq_lengths(c)).sum(-1)
         return s[0] if single else s
 
+    def _richardson_length(self, curve: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chord sums of curves ``(N, T, d)`` (``T`` odd) at all ``T`` points and at every second
+        one, Richardson-extrapolated (chord sums converge as ``h²``): ``(estimate, error estimate)``,
+        each ``(N,)``. No input checks."""
+        L1, L0 = (_safe_sqrt(self.segment_sq_lengths(x)).sum(-1) for x in (curve, curve[:, ::2]))
+        diff = (L1 - L0) / 3
+        return L1 + diff, diff.abs()
+
 
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """``√x`` with a zero (not NaN/inf) gradient at ``x = 0``."""
@@ -387,13 +395,26 @@ class PullbackMetric(Metric):
         return g
 
     # -- curves ------------------------------------------------------------------------
-    def segment_sq_lengths(self, curve: torch.Tensor) -> torch.Tensor:
+    def _coords_of_curve(self, curve: torch.Tensor) -> torch.Tensor:
         n, t, d = curve.shape
         self.decoder.prepare(curve[:, 0], name="curve")
-        eta = self._coords_checked(curve.reshape(n * t, d)).reshape(n, t, -1)
+        return self._coords_checked(curve.reshape(n * t, d)).reshape(n, t, -1)
+
+    def _sq_chords(self, eta: torch.Tensor) -> torch.Tensor:
         if self.is_embedded:
             return (eta[:, 1:] - eta[:, :-1]).pow(2).sum(-1)
         return _hyperbolic_product_sq_dist(eta[:, :-1], eta[:, 1:])
+
+    def segment_sq_lengths(self, curve: torch.Tensor) -> torch.Tensor:
+        return self._sq_chords(self._coords_of_curve(curve))
+
+    def _richardson_length(self, curve):
+        # the segments' lengths depend only on the coordinates at the points: the coarse sum reuses
+        # the fine one's decoder evaluations (a third of the work of measuring a curve twice)
+        eta = self._coords_of_curve(curve)
+        L1, L0 = (_safe_sqrt(self._sq_chords(e)).sum(-1) for e in (eta, eta[:, ::2]))
+        diff = (L1 - L0) / 3
+        return L1 + diff, diff.abs()
 
 
 class MetricField(Metric):

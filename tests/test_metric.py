@@ -81,6 +81,34 @@ def test_curve_length_and_energy_conventions():
     assert metric.length(batch).shape == (2,)
 
 
+def test_richardson_length_reuses_the_decoder_points():
+    """The extrapolated length (chord sums at T and (T+1)/2 points) equals two ``length`` calls, and a
+    pullback metric evaluates its decoder once per point (the coarse sum reuses the fine points);
+    on the equator's half turn it is closer to π than either chord sum."""
+    calls = []
+
+    def counted(z):
+        calls.append(z.shape[0])
+        return inv_stereo(z)
+
+    dec = lg.GaussianDecoder(mean=lambda z: z[:, :1], std=lambda z: torch.exp(z[:, 1:2]))
+    t = torch.linspace(0, math.pi, 33, dtype=f64)
+    half = torch.stack([torch.cos(t), torch.sin(t)], 1)[None]
+    wavy = torch.stack([torch.linspace(-1, 1, 33, dtype=f64), 0.3 * torch.sin(3 * t)], 1)[None]
+    sphere = lg.PullbackMetric(lg.DeterministicDecoder(counted))
+    fisher = lg.PullbackMetric(dec, kind="fisher")
+    field = lg.MetricField(lambda z: (1 + (z * z).sum(-1))[:, None, None] * torch.eye(2, dtype=z.dtype))
+    for metric, curve in ((sphere, half), (fisher, wavy), (field, wavy)):
+        L1, L0 = metric.length(curve), metric.length(curve[:, ::2])
+        calls.clear()
+        est, err = metric._richardson_length(curve)
+        torch.testing.assert_close(est, L1 + (L1 - L0) / 3, rtol=1e-14, atol=0)
+        torch.testing.assert_close(err, (L1 - L0).abs() / 3, rtol=1e-12, atol=0)
+        if metric is sphere:
+            assert sum(calls) == 33  # (two length calls evaluate 33 + 17 points)
+            assert abs(float(est[0]) - math.pi) < 0.1 * abs(float(L1[0]) - math.pi)
+
+
 def test_metric_field_poincare_and_curves():
     def poincare(z):
         f = 2 / (1 - (z * z).sum(-1))
