@@ -180,11 +180,15 @@ class Metric:
         s = _safe_sqrt(self.segment_sq_lengths(c)).sum(-1)
         return s[0] if single else s
 
+    def _chord_sums(self, curve: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Discrete lengths of curves ``(N, T, d)`` at all ``T`` points and at every second one."""
+        return tuple(_safe_sqrt(self.segment_sq_lengths(x)).sum(-1) for x in (curve, curve[:, ::2]))
+
     def _richardson_length(self, curve: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chord sums of curves ``(N, T, d)`` (``T`` odd) at all ``T`` points and at every second
         one, Richardson-extrapolated (chord sums converge as ``h²``): ``(estimate, error estimate)``,
         each ``(N,)``. No input checks."""
-        L1, L0 = (_safe_sqrt(self.segment_sq_lengths(x)).sum(-1) for x in (curve, curve[:, ::2]))
+        L1, L0 = self._chord_sums(curve)
         diff = (L1 - L0) / 3
         return L1 + diff, diff.abs()
 
@@ -408,13 +412,11 @@ class PullbackMetric(Metric):
     def segment_sq_lengths(self, curve: torch.Tensor) -> torch.Tensor:
         return self._sq_chords(self._coords_of_curve(curve))
 
-    def _richardson_length(self, curve):
+    def _chord_sums(self, curve):
         # the segments' lengths depend only on the coordinates at the points: the coarse sum reuses
         # the fine one's decoder evaluations (a third of the work of measuring a curve twice)
         eta = self._coords_of_curve(curve)
-        L1, L0 = (_safe_sqrt(self._sq_chords(e)).sum(-1) for e in (eta, eta[:, ::2]))
-        diff = (L1 - L0) / 3
-        return L1 + diff, diff.abs()
+        return tuple(_safe_sqrt(self._sq_chords(e)).sum(-1) for e in (eta, eta[:, ::2]))
 
 
 class MetricField(Metric):
