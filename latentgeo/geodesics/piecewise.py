@@ -365,7 +365,7 @@ def _overruns(deadline, rate, points: int) -> bool:
     return time.perf_counter() + (0.0 if rate.get("jac") is None else rate["jac"] * points) > deadline
 
 
-def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
+def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, jac0=None):
     """Damped chord-Newton on the collocation system of the batch ``B`` (in place).
 
     The Jacobian (:func:`_accelerations`: ``d + 1`` jets per stage point for embedded metrics,
@@ -380,7 +380,11 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
     starts at twice the length last accepted (at most 1): see ``_LAMBDA_MIN``.
     ``rate`` (a dict) keeps the measured seconds per stage point of a Jacobian evaluation: a
     refresh that would end after the ``deadline`` is not started (the pairs stop with ``budget``).
-    Returns ``(converged, stalled, budget, iterations, evaluations, merit)``."""
+    ``jac0``: Jacobian blocks ``(Jz, Jv)`` ``(n, S, q, d, d)`` to start from instead of a fresh
+    evaluation (a refined mesh's, from :func:`_interpolate_jacobians`): the first steps are then
+    chord steps, and a fresh Jacobian follows as after any chord step that fails or is slow.
+    Returns ``(converged, stalled, budget, iterations, evaluations, merit, (Jz, Jv))``, the last
+    the Jacobian blocks the final steps used."""
     rate = {} if rate is None else rate
     n, S1, d = B.g.shape
     S, q = S1 - 1, K["c"].shape[0]
@@ -388,20 +392,30 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
     eps = float(torch.finfo(dt).eps)
     target = max(1e-3 * tol, 1e3 * eps)
     full, cheap = S * q * (d + 1 if metric.is_embedded else 2 * d + 1), S * q
-    t0 = time.perf_counter()
-    ev = _system(metric, acc, mfn, B, z1, K, jac=True)
-    rate["jac"] = (time.perf_counter() - t0) / (n * S * q)
-    evals = torch.full((n,), full, dtype=torch.long, device=dev)
+    if jac0 is not None:
+        ev = _system(metric, acc, mfn, B, z1, K, jac=False)
+        ev["Jz"], ev["Jv"] = jac0
+        evals = torch.full((n,), cheap, dtype=torch.long, device=dev)
+        fresh0 = False
+    else:
+        t0 = time.perf_counter()
+        ev = _system(metric, acc, mfn, B, z1, K, jac=True)
+        rate["jac"] = (time.perf_counter() - t0) / (n * S * q)
+        evals = torch.full((n,), full, dtype=torch.long, device=dev)
+        fresh0 = True
     iters = torch.zeros(n, dtype=torch.long, device=dev)
     merit, l2 = ev["merit"].clone(), ev["l2"].clone()
-    conv = merit <= target
+    # (on a refined mesh at least one step is taken: the mesh was refined because the curve fell
+    # short of the certificate, and a residual already below the target (float32: 1e3·eps) does not
+    # mean the refined system is solved to the certificate's accuracy)
+    conv = (merit <= target) & fresh0
     dead = ~torch.isfinite(merit)
     budget = torch.zeros(n, dtype=torch.bool, device=dev)
     lam = torch.ones(n, dtype=dt, device=dev)
     lam_ok = torch.ones(n, dtype=dt, device=dev)  # the step length last accepted
     dg, dpp, dA = torch.zeros_like(B.g), torch.zeros_like(B.p), torch.zeros_like(B.A)
     need = torch.ones(n, dtype=torch.bool, device=dev)  # a new step from the current point
-    fresh = torch.ones(n, dtype=torch.bool, device=dev)  # the Jacobian is the current point's
+    fresh = torch.full((n,), fresh0, dtype=torch.bool, device=dev)  # the Jacobian is the current point's
     refresh = torch.zeros(n, dtype=torch.bool, device=dev)
     E = {k_: ev[k_].clone() for k_ in ("h", "Fst", "Fc", "Jz", "Jv")}
     for _ in range(int(max_iter)):
@@ -414,7 +428,9 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
             break
         iters[act] += 1
         if rf.numel():
+            t0 = time.perf_counter()
             e = _system(metric, acc, mfn, _Batch(B.tau[rf], B.g[rf], B.p[rf], B.A[rf]), z1[rf], K, jac=True)
+            rate["jac"] = (time.perf_counter() - t0) / (rf.numel() * S * q)
             evals[rf] += full
             for k_ in E:
                 E[k_][rf] = e[k_]
@@ -457,7 +473,7 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None):
         conv |= merit <= target
         dead |= (lam < _LAMBDA_MIN) & ~conv
     stalled = dead & torch.isfinite(merit)
-    return conv, stalled, budget, iters, evals, merit
+    return conv, stalled, budget, iters, evals, merit, (E["Jz"], E["Jv"])
 
 
 def _shorter_step(f0, fl, L):
@@ -571,6 +587,23 @@ def _remesh(B, eta, S_new, K):
     return _Batch(tau, y, yp, A.reshape(n, S_new, q, d))
 
 
+def _interpolate_jacobians(old, J, new, K):
+    """The Jacobian blocks ``J = (Jz, Jv)`` ``(n, S, q, d, d)`` at the stage points of the batch
+    ``old``, interpolated along the curve (in ``τ``, by each old segment's Lagrange polynomials of its
+    Gauss nodes) to the stage points of the batch ``new`` (the same curves on another mesh)."""
+    n, S1 = old.tau.shape
+    h = new.tau[:, 1:] - new.tau[:, :-1]
+    ts = (new.tau[:, :-1, None] + h[..., None] * K["c"]).reshape(n, -1)
+    j = (torch.searchsorted(old.tau.contiguous(), ts.contiguous(), right=True) - 1).clamp(0, S1 - 2)
+    ta = old.tau.gather(1, j)
+    ho = old.tau.gather(1, j + 1) - ta
+    u = (ts - ta) / ho.clamp_min(torch.finfo(ts.dtype).tiny)
+    ell = _bases(u, K["Lc"])[0]  # (n, M, q)
+    r = torch.arange(n, device=ts.device)[:, None]
+    q = K["c"].shape[0]
+    return tuple(torch.einsum("nmk,nmkab->nmab", ell, x[r, j]).reshape(n, -1, q, *x.shape[-2:]) for x in J)
+
+
 def _from_series(z0, z1, series, S, K):
     """The batch of the Legendre-series curves ``series (n, K, d)``, reparametrised to constant
     Euclidean speed, on uniform ``S``-segment meshes."""
@@ -679,7 +712,10 @@ def collocate_piecewise(
         max_segments: the finest mesh tried; a pair not certified there is reported as not
             resolved. A pair whose Newton iteration did not converge on two meshes in a row (nor
             stalled, which ends it at once) is not refined further.
-        max_iter: (chord-)Newton iterations per mesh.
+        max_iter: (chord-)Newton iterations per mesh. On a refined mesh Newton starts from the
+            previous mesh's Jacobian blocks interpolated along the curve, not from a fresh
+            Jacobian (``d + 1`` jets a stage point: in 10-D, 0.45 of a pair's 0.6 s on its final
+            248-segment mesh; benchmarks/RESULTS.md, session 21).
         deadline: ``time.perf_counter()`` time after which unsolved pairs stop (``budget``).
 
     Returns:
@@ -702,19 +738,20 @@ def collocate_piecewise(
     knots = [None] * n
     unconv = torch.zeros(n, dtype=torch.bool)  # Newton did not converge on the pair's last mesh
     rate = {}  # seconds per stage point of a Jacobian evaluation, as last measured
-    pending = {int(segments): (torch.arange(n, device=dev), _from_series(z0, z1, series, int(segments), K))}
+    pending = {int(segments): (torch.arange(n, device=dev), _from_series(z0, z1, series, int(segments), K), None)}
     with torch.no_grad():
         while pending:
             S = min(pending)
-            idx, B = pending.pop(S)
-            if _overruns(deadline, rate, idx.numel() * S * q):
+            idx, B, J0 = pending.pop(S)
+            # (with interpolated Jacobians the first evaluation is a plain one, ~1/(d+1) of a Jacobian)
+            if _overruns(deadline, rate, idx.numel() * S * q // (1 if J0 is None else d + 1)):
                 # (its first Jacobian alone would end after the deadline: not started)
                 out["budget"][idx] = True
                 for i in idx.tolist():
                     reasons[i] = f"time budget exhausted before piecewise collocation on {S} segments"
                 continue
-            conv, stalled, budget, it, ev, merit = _newton(metric, acc, mfn, z0[idx], z1[idx], B, K, tol, max_iter,
-                                                           deadline, rate)
+            conv, stalled, budget, it, ev, merit, Jl = _newton(metric, acc, mfn, z0[idx], z1[idx], B, K, tol, max_iter,
+                                                               deadline, rate, jac0=J0)
             ck = _check(metric, acc, mfn, z0[idx], z1[idx], B, K)
             out["iterations"][idx] += it
             out["evaluations"][idx] += ev + ck["evals"]
@@ -765,12 +802,14 @@ def collocate_piecewise(
                 jj = torch.tensor(js, dtype=torch.long, device=dev)
                 sub = _Batch(B.tau[jj], B.g[jj], B.p[jj], B.A[jj])
                 nb = _remesh(sub, ck["eta"][jj], Sn, K)
+                nj = _interpolate_jacobians(sub, (Jl[0][jj], Jl[1][jj]), nb, K)
                 if Sn in pending:
-                    i0, b0 = pending[Sn]
+                    i0, b0, j0 = pending[Sn]
                     nb = _Batch(*(torch.cat([x, y], 0) for x, y in zip((b0.tau, b0.g, b0.p, b0.A), (nb.tau, nb.g, nb.p, nb.A))))
-                    pending[Sn] = (torch.cat([i0, idx[jj]]), nb)
+                    nj = None if j0 is None else tuple(torch.cat([x, y], 0) for x, y in zip(j0, nj))
+                    pending[Sn] = (torch.cat([i0, idx[jj]]), nb, nj)
                 else:
-                    pending[Sn] = (idx[jj], nb)
+                    pending[Sn] = (idx[jj], nb, nj)
     for i, k in enumerate(knots):
         if k is None:  # stopped before any mesh was solved: the straight line's knots (never reported)
             t = z0.new_tensor([0.0, 1.0])
