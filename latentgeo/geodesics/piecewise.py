@@ -714,8 +714,8 @@ def collocate_piecewise(
             stalled, which ends it at once) is not refined further.
         max_iter: (chord-)Newton iterations per mesh. On a refined mesh Newton starts from the
             previous mesh's Jacobian blocks interpolated along the curve, not from a fresh
-            Jacobian (``d + 1`` jets a stage point: in 10-D, 0.45 of a pair's 0.6 s on its final
-            248-segment mesh; benchmarks/RESULTS.md, session 21).
+            Jacobian (``d + 1`` jets a stage point: on a 10-D pair's final 248-segment mesh the
+            fresh Jacobian was 0.45 s of the mesh's 0.6 s; benchmarks/RESULTS.md, session 21).
         deadline: ``time.perf_counter()`` time after which unsolved pairs stop (``budget``).
 
     Returns:
