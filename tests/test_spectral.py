@@ -317,20 +317,41 @@ def test_energy_curvature_term_gives_the_exact_hessian():
         assert float((Hx - H).detach().abs().max()) > 1e-3 * float(H.detach().abs().max())
 
 
-def test_newton_energy_stage_needs_fewer_iterations_than_gauss_newton(monkeypatch):
-    """2-D embedded metrics take Newton steps: on the sphere, from bulged starts, the same
-    minimum (the great-circle energy) in far fewer iterations than Gauss–Newton steps."""
-    z0, z1 = SPH_Z0[:3], SPH_Z1[:3]
+@pytest.mark.parametrize("d", [2, 4])
+def test_newton_energy_stage_needs_fewer_iterations_than_gauss_newton(monkeypatch, d):
+    """Embedded metrics take Newton steps once few nodes are active: on the sphere (S^d through the
+    inverse stereographic chart), from bulged starts, the same minimum (the great-circle energy) in
+    far fewer iterations than Gauss–Newton steps. In 4-D the curvature term is evaluated every
+    second iteration (``⌈d/2⌉``) and held in between."""
+    if d == 2:
+        z0, z1 = SPH_Z0[:3], SPH_Z1[:3]
+    else:
+        g = torch.Generator().manual_seed(3)
+        z0, z1 = torch.randn(3, d, generator=g, dtype=D64), torch.randn(3, d, generator=g, dtype=D64)
     t = S.lgl_nodes(16, D64)
     start = line_at(z0, z1, t) + 0.3 * torch.sin(math.pi * t)[None, :, None]
+    calls = []
+    terms = S._energy_terms
+
+    def counted(*a, curvature=False, **k):
+        calls.append(bool(curvature))
+        return terms(*a, curvature=curvature, **k)
+
+    monkeypatch.setattr(S, "_energy_terms", counted)
     newton = S.minimize_spectral_energy(SPHERE, start, max_iter=200)
-    monkeypatch.setattr(S, "_NEWTON_ENERGY_DIM", 0)
+    n_curv, n_calls = sum(calls), len(calls)
+    monkeypatch.setattr(S, "_NEWTON_ENERGY_JETS", 0)
     gn = S.minimize_spectral_energy(SPHERE, start, max_iter=200)
     assert bool(newton.converged.all()) and bool(gn.converged.all()), (newton.reasons, gn.reasons)
     arc = great_circle(stereo(z0), stereo(z1))
     torch.testing.assert_close(newton.energy.sqrt(), arc, rtol=1e-6, atol=0)
     torch.testing.assert_close(newton.energy, gn.energy, rtol=1e-8, atol=0)
     assert int(newton.iterations.sum()) * 2 <= int(gn.iterations.sum()), (newton.iterations, gn.iterations)
+    # (calls: the initial terms, then one per iteration)
+    if d == 2:
+        assert n_curv == n_calls - 1
+    else:
+        assert 0 < n_curv <= (n_calls - 1) // 2 + 2, (n_curv, n_calls)
 
 
 def test_linear_decoder_converges_to_evenly_parameterised_line():

@@ -265,16 +265,19 @@ def _mixed_second_order(metric, y, yp):
 #: over all rows is faster (the interpreter's per-call cost; 2-D digits VAE, float32: break-even
 #: near 500 mixed points)
 _SPLIT_ROWS = 1024
-# Newton steps in the energy stage: for embedded metrics up to this latent dimension, once at most
-# _NEWTON_ENERGY_ROWS interior nodes (active curves x nodes) are left. The curvature term costs d
-# mixed jets a node, about 4x a Gauss–Newton iteration's arithmetic in 2-D (in 10-D it would be
-# ~20x), and cuts the iterations 3-5x (demo VAE: a median of 40 a start to ~10). Small calls are
-# bound by per-iteration overhead, so there fewer iterations win (a pair alone: 3 curves x 23
-# nodes); large batches are bound by arithmetic and keep Gauss–Newton steps until few curves
-# remain (session 16, benchmarks/RESULTS.md: the VP MLP batched 4.0 ms/pair with Gauss–Newton,
-# 6.6 with Newton throughout, 4.4 with this rule)
-_NEWTON_ENERGY_DIM = 2
-_NEWTON_ENERGY_ROWS = 256
+# Newton steps in the energy stage (embedded metrics), once the active curves' interior nodes times
+# the latent dimension (the mixed jets of one curvature evaluation) are at most _NEWTON_ENERGY_JETS.
+# The curvature term costs d mixed jets a node, about 4x a Gauss–Newton iteration's arithmetic in
+# 2-D, and cuts the iterations 3-5x (demo VAE: a median of 40 a start to ~10). Small calls are bound
+# by per-iteration overhead, so there fewer iterations win (a pair alone: 3 curves x 23 nodes);
+# large batches are bound by arithmetic and keep Gauss–Newton steps until few curves remain
+# (session 16, benchmarks/RESULTS.md: the VP MLP batched 4.0 ms/pair with Gauss–Newton, 6.6 with
+# Newton throughout, 4.4 with this rule, then 256 nodes in 2-D). In d dimensions a curvature
+# evaluation costs ~2d Gauss–Newton iterations, so it is refreshed every ceil(d/2) iterations and
+# held in between (2-D: every iteration). On a 10-D digits VAE, Gauss–Newton steps needed 770-970
+# iterations on some pairs' chosen starts (energy_max_iter=1000), these Newton steps ~100 (session
+# 21); the 3 starts together (69 nodes x 10) stay with Gauss–Newton until one is chosen.
+_NEWTON_ENERGY_JETS = 512
 
 
 def _jets_with_velocity_jacobian(metric, y, yp, m: int):
@@ -428,10 +431,10 @@ def minimize_spectral_energy(
             rounding level — the curve is then as accurate as ``N`` nodes allow).
         deadline: ``time.perf_counter()`` value after which no further iteration starts.
 
-    Steps are Gauss–Newton steps, except for embedded metrics of latent dimension ≤ 2 once few
-    curves are left active (see ``_NEWTON_ENERGY_ROWS``): Newton steps on the exact Hessian
-    (the Gauss–Newton matrix plus ``Σ_K cc_kK ∇²g_K`` at each node, from mixed jets) wherever
-    its damped matrix is positive definite.
+    Steps are Gauss–Newton steps, except for embedded metrics once few curves are left active
+    (see ``_NEWTON_ENERGY_JETS``): Newton steps on the exact Hessian (the Gauss–Newton matrix plus
+    ``Σ_K cc_kK ∇²g_K`` at each node, from mixed jets; in ``d > 2`` dimensions that curvature term
+    is re-evaluated every ``⌈d/2⌉`` iterations) wherever its damped matrix is positive definite.
 
     Returns:
         :class:`SpectralEnergyResult`.
@@ -448,9 +451,11 @@ def minimize_spectral_energy(
     c = nodes.detach().clone()
     reasons = [""] * n
     with torch.no_grad():
-        # Newton steps (the exact Hessian) for embedded metrics of small latent dimension; see
-        # _NEWTON_ENERGY_DIM
-        newton = metric.is_embedded and d <= _NEWTON_ENERGY_DIM
+        # Newton steps (the exact Hessian) for embedded metrics once few nodes are active; see
+        # _NEWTON_ENERGY_JETS
+        newton = metric.is_embedded and _NEWTON_ENERGY_JETS > 0
+        lag = (d + 1) // 2  # iterations between curvature evaluations (see _NEWTON_ENERGY_JETS)
+        since = lag  # iterations since the last one
         E, G, H, ends = _energy_terms(metric, mfn, D, w, A, c)
         B = H.new_zeros(n, T - 2, d, d) if newton else None
         hasB = torch.zeros(n, dtype=torch.bool, device=dev)  # B belongs to the pair's current curve
@@ -481,9 +486,12 @@ def minimize_spectral_energy(
             pred = -2.0 * q  # E(c + s) ≈ E + 2 gᵀs + sᵀHs with the half-gradient and half-matrix
             ct = c[act].clone()
             ct[:, 1:-1] += s.reshape(-1, T - 2, d)
-            # Newton steps once few curves are active (see _NEWTON_ENERGY_ROWS); the next step of a
-            # pair whose trial is accepted uses the curvature evaluated there
-            curv = newton and act.numel() * (T - 2) <= _NEWTON_ENERGY_ROWS
+            # Newton steps once few curves are active (see _NEWTON_ENERGY_JETS); the next step of a
+            # pair whose trial is accepted uses the curvature evaluated there (in more than 2
+            # dimensions, also the next steps until the next evaluation)
+            curv = (newton and act.numel() * (T - 2) * d <= _NEWTON_ENERGY_JETS
+                    and (since >= lag or not bool(hasB[act].all())))
+            since = 1 if curv else since + 1
             evals[act] += T * (d if curv else 1)
             if curv:
                 Et, Gt, Ht, _, Bt = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act], curvature=True)
@@ -500,7 +508,7 @@ def minimize_spectral_energy(
             c[ia], E[ia], G[ia], H[ia] = ct[accept], Et[accept], Gt[accept], Ht[accept]
             if curv:
                 B[ia], hasB[ia] = Bt[accept], True
-            elif newton:
+            elif newton and lag == 1:
                 hasB[ia] = False
             la = update_damping(lam[act], accept, rho, down=5.0, up=3.0, reject=10.0, lo=1e-15, hi=1e15)
             lam[act] = la
