@@ -458,7 +458,7 @@ def minimize_spectral_energy(
         since = lag  # iterations since the last one
         E, G, H, ends = _energy_terms(metric, mfn, D, w, A, c)
         B = H.new_zeros(n, T - 2, d, d) if newton else None
-        hasB = torch.zeros(n, dtype=torch.bool, device=dev)  # B belongs to the pair's current curve
+        hasB = torch.zeros(n, dtype=torch.bool, device=dev)  # B is the pair's current curve's (d > 2: or a recent one's)
         lam = torch.full((n,), 1e-6, dtype=dt, device=dev)
         conv = E <= 0  # identical endpoints: nothing to do
         iters = torch.zeros(n, dtype=torch.long, device=dev)
