@@ -278,3 +278,33 @@ def test_refined_meshes_start_from_interpolated_jacobians(monkeypatch):
     assert bool(r0.converged.all())
     torch.testing.assert_close(r.length, r0.length, rtol=1e-6, atol=0)
     assert int(r.evaluations.sum()) < int(r0.evaluations.sum())
+
+
+def test_stalled_line_search_is_retried_with_damped_stage_blocks(monkeypatch):
+    """Newton with damped stage blocks and full steps (the retry of a stalled line search) solves
+    the collocation system where the line search does (the ring's second pair, from the straight
+    line, 16 segments). With the line search made to stall at its first rejected step,
+    that pair stalls on the first mesh; the retry carries it on to finer meshes."""
+    from latentgeo.geodesics import piecewise as PW
+    from latentgeo.geodesics.ode import acceleration_fn
+
+    metric = ring_metric()
+    a, b = Z0[1:], Z1[1:]
+    start = _line_series(a, b, 2)
+    K = PW._consts(4, D64, "cpu")
+    acc, mfn = acceleration_fn(metric), metric.tensor_fn()
+    runs = []
+    for damping in (False, True):
+        B = PW._from_series(a, b, start, 16, K)
+        conv, stalled, _, it, _, merit, _ = PW._newton(metric, acc, mfn, a, b, B, K, 1e-6, 40, None, damping=damping)
+        assert bool(conv.all()) and not bool(stalled.any()), (damping, merit)
+        runs.append(B)
+    for B in runs:  # (both roots of the discrete system; they need not be the same one)
+        assert float(PW._system(metric, acc, mfn, B, b, K, jac=False)["merit"].max()) <= 1e-9
+    monkeypatch.setattr(PW, "_LAMBDA_MIN", 0.9)
+    off = collocate_piecewise(metric, a, b, start, tol=1e-6, stall_retry=False)
+    assert "stalled on 16 segments" in off.reasons[0], off.reasons
+    on = collocate_piecewise(metric, a, b, start, tol=1e-6)
+    assert int(on.segments[0]) > 16, on.reasons
+    with pytest.raises(TypeError, match="stall_retry"):
+        Collocation(stall_retry=1)

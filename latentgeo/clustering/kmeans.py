@@ -92,7 +92,7 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         geodesic_options: keyword options for :func:`latentgeo.geodesics.connecting_geodesic`
             used by the final assignment, ``transform`` and ``predict`` (``solver``, ``tol``,
             ``budget``, ...); defaults: ``tol=1e-2``, a lighter solver
-            (``Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12, first_max_nodes=32)``: one first global pass, see :class:`~latentgeo.geodesics.Collocation`),
+            (``Collocation(nodes=32, max_nodes=128, degree=16, energy_max_iter=20, max_iter=12, first_max_nodes=32, stall_retry=False)``: one first global pass, see :class:`~latentgeo.geodesics.Collocation`),
             ``budget=1.0`` s per pair, and the codes' graph as a competitor (``graph=graph_``: a
             certified distance is never longer than the graph path). ``tol`` bounds the ODE
             residual; the length's error is second order in it. Measured on the {0, 1, 2} digits
@@ -251,8 +251,10 @@ class GeodesicKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         # pair (after the centre moved a little) starts with chord steps on it. The iterations also
         # skip the finer global pass (64-128 nodes, after the piecewise stage): on the first
         # assignment of the {3,4,7} digits fit it certified 5 of 28 pairs for 0.5 of 3.1 s
+        # (stall_retry off: on the digits fits it certified more distances, 98.0 -> 99.1 % on
+        # {3,4,7}, with a lower inertia, but made a fit ~3 s slower; benchmarks/RESULTS.md, session 21)
         solver = Collocation(nodes=32, max_nodes=128 if final else 32, degree=16, energy_max_iter=20, max_iter=12, first_max_nodes=32,
-                             warm_fallback="solve" if final else "keep",
+                             stall_retry=False, warm_fallback="solve" if final else "keep",
                              keep_jacobians=not final and (d is None or d <= self._JAC_MAX_DIM))
         opts = {"tol": 1e-2, "budget": 1.0, "progress": False, "solver": solver}
         if final:

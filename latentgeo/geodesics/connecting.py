@@ -1010,7 +1010,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             starts = warm.pseries[pi].to(dt)
             with torch.no_grad():
                 pr = collocate_piecewise(metric, z0[pi], z1[pi], starts, tol=tol,
-                                         max_segments=solver.max_segments, max_iter=2 * solver.max_iter, deadline=deadline)
+                                         max_segments=solver.max_segments, max_iter=2 * solver.max_iter, deadline=deadline,
+                                         stall_retry=solver.stall_retry)
             evals[pi] += pr.evaluations
             pok = pr.converged.clone()
             preasons = list(pr.reasons)
@@ -1181,7 +1182,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             todo = torch.arange(len(pi), device=dev)
             for attempt_no in range(2):
                 pr = collocate_piecewise(metric, a_[todo], b_[todo], starts[todo], tol=tol, max_segments=solver.max_segments,
-                                         max_iter=2 * solver.max_iter, deadline=deadline)
+                                         max_iter=2 * solver.max_iter, deadline=deadline, stall_retry=solver.stall_retry)
                 ok = pr.converged & (pr.length <= bound[todo] * (1 + tol))
                 evals[pi[todo]] += pr.evaluations
                 iters[pi[todo]] += pr.iterations

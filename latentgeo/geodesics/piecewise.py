@@ -248,7 +248,7 @@ def _system(metric, acc, mfn, st, z1, K, jac=True):
 
 
 
-def _step(st, ev, z1, K):
+def _step(st, ev, z1, K, mu=None):
     """The Newton correction ``(δg, δp, δA)`` (condensed; see the module docstring)."""
     S1, d = st.g.shape[1:]
     S, q = S1 - 1, K["c"].shape[0]
@@ -261,6 +261,8 @@ def _step(st, ev, z1, K):
     Km = (torch.eye(q * d, dtype=dt, device=dev)
           - (hh * hh * torch.einsum("ij,nsiab->nsiajb", K["abar"], Jz)).reshape(k, S, q * d, q * d)
           - (hh * torch.einsum("ij,nsiab->nsiajb", K["a"], Jv)).reshape(k, S, q * d, q * d))
+    if mu is not None:  # (damped stage blocks, see _newton's damping)
+        Km = Km + mu[:, None, None, None] * torch.eye(q * d, dtype=dt, device=dev)
     P = torch.cat([Jz, (K["c"][None, None, :, None, None] * h[..., None, None, None]) * Jz + Jv], -1)  # (k,S,q,d,2d)
     rhs = torch.cat([-ev["Fst"].reshape(k, S, q * d, 1), P.reshape(k, S, q * d, 2 * d)], -1)
     X = torch.linalg.solve(Km, rhs)
@@ -311,6 +313,9 @@ def _step(st, ev, z1, K):
 # 1.93M at 1/5000). In the fits themselves the certified final distances went 96.1 -> 96.5 % and
 # stayed at 98.0 %, with 13 % / 17 % fewer geodesic evaluations (benchmarks/RESULTS.md, session 20)
 _LAMBDA_MIN = 1.0 / 512
+
+# the damped retry of a pair whose Newton iteration stalled (see _newton's damping)
+_MU_DOWN, _MU_UP, _MU_MIN, _MU_MAX = 0.3, 4.0, 1e-3, 1e8
 
 _GROWTH = 1e6  # largest fundamental-matrix entry the condensed recursion is trusted with
 
@@ -365,7 +370,7 @@ def _overruns(deadline, rate, points: int) -> bool:
     return time.perf_counter() + (0.0 if rate.get("jac") is None else rate["jac"] * points) > deadline
 
 
-def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, jac0=None):
+def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, jac0=None, damping=False):
     """Damped chord-Newton on the collocation system of the batch ``B`` (in place).
 
     The Jacobian (:func:`_accelerations`: ``d + 1`` jets per stage point for embedded metrics,
@@ -418,6 +423,7 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, 
     fresh = torch.full((n,), fresh0, dtype=torch.bool, device=dev)  # the Jacobian is the current point's
     refresh = torch.zeros(n, dtype=torch.bool, device=dev)
     E = {k_: ev[k_].clone() for k_ in ("h", "Fst", "Fc", "Jz", "Jv")}
+    mu = torch.zeros(n, dtype=dt, device=dev)  # (damping: the stage blocks' shift)
     for _ in range(int(max_iter)):
         act = torch.nonzero(~conv & ~dead).reshape(-1)
         if act.numel() == 0:
@@ -438,10 +444,10 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, 
         fr = act[need[act]]
         if fr.numel():
             sub = _Batch(B.tau[fr], B.g[fr], B.p[fr], B.A[fr])
-            a1, a2, a3, ok = _step(sub, {k_: v[fr] for k_, v in E.items()}, z1[fr], K)
+            a1, a2, a3, ok = _step(sub, {k_: v[fr] for k_, v in E.items()}, z1[fr], K, mu=mu[fr] if damping else None)
             dg[fr], dpp[fr], dA[fr] = a1, a2, a3
             dead[fr[~ok]] = True
-            lam[fr] = (2.0 * lam_ok[fr]).clamp_max(1.0)
+            lam[fr] = 1.0 if damping else (2.0 * lam_ok[fr]).clamp_max(1.0)
             need[fr] = False
         act = act[~dead[act]]
         if act.numel() == 0:
@@ -468,10 +474,19 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, 
         refresh[stale] = True  # a chord step failed: a fresh Jacobian and a full step next
         # a Newton step failed: shorten it (the parabola's minimiser, see _shorter_step)
         rn = ~better & fresh[act]
-        if bool(rn.any()):
-            lam[act[rn]] = _shorter_step(l2[act][rn] ** 2, et["l2"][rn] ** 2, L[rn])
-        conv |= merit <= target
-        dead |= (lam < _LAMBDA_MIN) & ~conv
+        if damping:
+            # a rejected step is recomputed with the stage blocks shifted further, an accepted one
+            # lowers the shift (full steps throughout)
+            mu[ar] = mu[ar] * _MU_DOWN
+            mu[act[rn]] = mu[act[rn]].clamp_min(_MU_MIN) * _MU_UP
+            need[act[rn]] = True
+            conv |= merit <= target
+            dead |= (mu > _MU_MAX) & ~conv
+        else:
+            if bool(rn.any()):
+                lam[act[rn]] = _shorter_step(l2[act][rn] ** 2, et["l2"][rn] ** 2, L[rn])
+            conv |= merit <= target
+            dead |= (lam < _LAMBDA_MIN) & ~conv
     stalled = dead & torch.isfinite(merit)
     return conv, stalled, budget, iters, evals, merit, (E["Jz"], E["Jv"])
 
@@ -698,6 +713,7 @@ def collocate_piecewise(
     max_segments: int = 256,
     max_iter: int = 30,
     deadline: Optional[float] = None,
+    stall_retry: bool = True,
 ) -> PiecewiseResult:
     """Certify connecting geodesics by piecewise Gauss collocation on adaptive meshes.
 
@@ -717,6 +733,12 @@ def collocate_piecewise(
             Jacobian (``d + 1`` jets a stage point: on a 10-D pair's final 248-segment mesh the
             fresh Jacobian was 0.45 s of the mesh's 0.6 s; benchmarks/RESULTS.md, session 21).
         deadline: ``time.perf_counter()`` time after which unsolved pairs stop (``budget``).
+        stall_retry: a pair whose Newton line search stalls on a mesh is solved once more from the
+            mesh's start by Newton steps with damped stage blocks (``δ_ij(1 + μ)I − …``: ``μ``
+            raised 4x after a rejected step, lowered 0.3x after an accepted one; full steps). On a
+            10-D digits VAE the line search stalled on 4 of 20 pairs (the system is so nonlinear
+            that a step of 1e-4 along the Newton direction already leaves its linear range);
+            damping certified 2 of them (benchmarks/RESULTS.md, session 21).
 
     Returns:
         :class:`PiecewiseResult`.
@@ -750,8 +772,21 @@ def collocate_piecewise(
                 for i in idx.tolist():
                     reasons[i] = f"time budget exhausted before piecewise collocation on {S} segments"
                 continue
+            B_in = _Batch(B.tau.clone(), B.g.clone(), B.p.clone(), B.A.clone())
             conv, stalled, budget, it, ev, merit, Jl = _newton(metric, acc, mfn, z0[idx], z1[idx], B, K, tol, max_iter,
                                                                deadline, rate, jac0=J0)
+            st_ = torch.nonzero(stalled & ~budget).reshape(-1) if stall_retry else idx[:0]
+            if st_.numel() and not _expired(deadline):
+                # the line search stalled: again from the mesh's start, with damped stage blocks
+                # instead of shorter steps
+                Bs = _Batch(B_in.tau[st_], B_in.g[st_], B_in.p[st_], B_in.A[st_])
+                c2, s2, b2, it2, ev2, m2, J2 = _newton(metric, acc, mfn, z0[idx[st_]], z1[idx[st_]], Bs, K, tol, max_iter,
+                                                       deadline, rate, damping=True)
+                B.g[st_], B.p[st_], B.A[st_] = Bs.g, Bs.p, Bs.A
+                conv[st_], stalled[st_], budget[st_], merit[st_] = c2, s2, b2, m2
+                it[st_] += it2
+                ev[st_] += ev2
+                Jl[0][st_], Jl[1][st_] = J2[0], J2[1]
             ck = _check(metric, acc, mfn, z0[idx], z1[idx], B, K)
             out["iterations"][idx] += it
             out["evaluations"][idx] += ev + ck["evals"]
