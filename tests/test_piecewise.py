@@ -294,7 +294,7 @@ def test_stalled_line_search_is_retried_with_damped_stage_blocks(monkeypatch):
     K = PW._consts(4, D64, "cpu")
     acc, mfn = acceleration_fn(metric), metric.tensor_fn()
     runs = []
-    for damping in (False, True):
+    for damping in (None, 0.0):
         B = PW._from_series(a, b, start, 16, K)
         conv, stalled, _, it, _, merit, _ = PW._newton(metric, acc, mfn, a, b, B, K, 1e-6, 40, None, damping=damping)
         assert bool(conv.all()) and not bool(stalled.any()), (damping, merit)
