@@ -478,8 +478,7 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, 
         rj = act[~better]
         stale = rj[~fresh[rj]]
         refresh[stale] = True  # a chord step failed: a fresh Jacobian and a full step next
-        # a Newton step failed: shorten it (the parabola's minimiser, see _shorter_step)
-        rn = ~better & fresh[act]
+        rn = ~better & fresh[act]  # a Newton step (fresh Jacobian) failed
         if damping is not None:
             # a rejected step is recomputed with the stage blocks shifted further, an accepted one
             # lowers the shift (full steps throughout)
@@ -489,6 +488,7 @@ def _newton(metric, acc, mfn, z0, z1, B, K, tol, max_iter, deadline, rate=None, 
             conv |= merit <= target
             dead |= (mu > _MU_MAX) & ~conv
         else:
+            # a failed Newton step is shortened (the parabola's minimiser, see _shorter_step)
             if bool(rn.any()):
                 lam[act[rn]] = _shorter_step(l2[act][rn] ** 2, et["l2"][rn] ** 2, L[rn])
             conv |= merit <= target
@@ -779,7 +779,8 @@ def collocate_piecewise(
                 for i in idx.tolist():
                     reasons[i] = f"time budget exhausted before piecewise collocation on {S} segments"
                 continue
-            B_in = _Batch(B.tau.clone(), B.g.clone(), B.p.clone(), B.A.clone())
+            # (the mesh's start, kept for the damped retries: _newton works in place)
+            B_in = _Batch(B.tau, B.g.clone(), B.p.clone(), B.A.clone()) if stall_retry else None
             conv, stalled, budget, it, ev, merit, Jl = _newton(metric, acc, mfn, z0[idx], z1[idx], B, K, tol, max_iter,
                                                                deadline, rate, jac0=J0)
             st_ = torch.nonzero(stalled & ~budget).reshape(-1) if stall_retry else idx[:0]
