@@ -371,11 +371,21 @@ class PullbackMetric(Metric):
             r = self.decoder.embedding_jet(z, v, self.kind, mixed=True) if mixed else self.decoder.embedding_jet(z, v, self.kind)
             if r is not None:
                 return r
-        g, jac = value_and_columns(self.embedding, z)
-        if mixed:
-            emb = self.embedding
-            return g, jac, value_and_columns(lambda x: jvp(emb, (x,), (v,))[1], z)[1]
-        return g, jac, second_directional(self.embedding, z, v)
+        try:
+            g, jac = value_and_columns(self.embedding, z)
+            if mixed:
+                emb = self.embedding
+                return g, jac, value_and_columns(lambda x: jvp(emb, (x,), (v,))[1], z)[1]
+            return g, jac, second_directional(self.embedding, z, v)
+        except NotImplementedError as exc:
+            if "forward AD" not in str(exc):
+                raise
+            raise NotImplementedError(
+                f"second derivatives of the {type(self.decoder).__name__}'s embedding by nested torch.func.jvp "
+                f"failed: {exc} (torch has no forward-mode derivative of that op's backward, e.g. of SiLU, Mish "
+                "and Hardsigmoid under no_grad). latentgeo's traced path has closed forms for them: write the "
+                "decoder as an nn.Module that torch.fx can trace (see latentgeo._autodiff.unsupported_reason)"
+            ) from exc
 
     def _raw_tensor(self, z):
         kind = self.kind

@@ -196,9 +196,15 @@ def _rules(L: _Layout) -> dict:
             name = fo._UNARY_NAMES.get(step.target)
         else:
             name = None
+        closed = fo.elementwise_derivs(step, root, a, kw)  # (before the call: it may be in place)
+        xd, pu = L.xd(u, D), L.pair(u, D)
         y = _call(step, root, a, kw)
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             raise _Decline
+        if closed is not None:
+            d1, d2 = closed
+            uy = u * d1
+            return y, (uy if d2 is None else L.add(uy, d2 * xd * pu, D, owned=True))
         ders = fo._unary_derivs(name, x, y, a) if name is not None and not kw else None
         if ders is None:
             def f(w):

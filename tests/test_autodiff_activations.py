@@ -1,0 +1,179 @@
+"""Closed-form first and second derivatives of the unary activations (SiLU, Mish, GELU, ...).
+
+torch has no forward-mode derivative of ``silu_backward``, ``mish_backward`` or
+``hardsigmoid_backward``: nested ``torch.func.jvp`` through those modules raises, so decoders with
+SiLU or Mish layers could not be analysed at all (``connecting_geodesic`` raised
+``NotImplementedError``). The references here are the same functions written with elementwise ops
+that torch differentiates twice (``x * sigmoid(x)``, ...), differentiated by nested jvp.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import jvp
+
+import latentgeo as lg
+from latentgeo._autodiff import mixed_second_order, second_order
+from latentgeo._autodiff._first_order import _elementwise_derivs
+
+DT = torch.float64
+SCALE, ALPHA = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
+
+# kind, params, a formula torch differentiates twice in forward mode
+REFERENCES = [
+    ("silu", {}, lambda x: x * torch.sigmoid(x)),
+    ("mish", {}, lambda x: x * torch.tanh(torch.log1p(torch.exp(x)))),
+    ("gelu", {"approximate": "none"}, lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))),
+    ("gelu", {"approximate": "tanh"}, lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))),
+    ("softsign", {}, lambda x: x / (1 + x.abs())),
+    ("selu", {}, lambda x: SCALE * torch.where(x > 0, x, ALPHA * (torch.exp(x) - 1))),
+    ("celu", {"alpha": 0.7}, lambda x: torch.where(x > 0, x, 0.7 * (torch.exp(x / 0.7) - 1))),
+    ("logsigmoid", {}, lambda x: -torch.log1p(torch.exp(-x))),
+    ("hardsigmoid", {}, lambda x: torch.clamp(x / 6 + 0.5, 0, 1)),
+    ("hardswish", {}, lambda x: x * torch.clamp(x + 3, 0, 6) / 6),
+    ("tanhshrink", {}, lambda x: x - torch.tanh(x)),
+    ("softshrink", {"lambd": 0.3}, lambda x: torch.where(x > 0.3, x - 0.3, torch.where(x < -0.3, x + 0.3, 0 * x))),
+    ("hardshrink", {"lambd": 0.3}, lambda x: torch.where(x.abs() > 0.3, x, 0 * x)),
+    ("relu6", {}, lambda x: torch.clamp(x, 0, 6)),
+]
+
+
+def _points():
+    # away from the kinks (0, ±0.3, ±3, 6) where one-sided derivatives differ
+    x = torch.linspace(-7.9, 7.9, 301, dtype=DT)
+    kinks = torch.tensor([0.0, 0.3, -0.3, 3.0, -3.0, 6.0], dtype=DT)
+    return x[(x[:, None] - kinks).abs().amin(1) > 1e-3]
+
+
+@pytest.mark.parametrize("kind,params,ref", REFERENCES, ids=lambda p: p if isinstance(p, str) else "")
+def test_closed_forms_match_nested_jvp(kind, params, ref):
+    x = _points()
+    one = torch.ones_like(x)
+    (_, d1), (_, d2) = jvp(lambda w: jvp(ref, (w,), (one,)), (x,), (one,))
+    full = {"approximate": "none", "alpha": 1.0, "lambd": 0.5, **params}
+    c1, c2 = _elementwise_derivs(kind, full, x)
+    assert torch.allclose(c1, d1, atol=1e-12, rtol=1e-12)
+    assert torch.allclose(torch.zeros_like(x) if c2 is None else c2, d2, atol=1e-12, rtol=1e-12)
+    assert d1.abs().max() > 0.1  # (the reference is not trivially zero)
+
+
+@pytest.mark.parametrize("f", [F.silu, F.mish, F.hardsigmoid], ids=lambda f: f.__name__)
+def test_torch_cannot_nest_jvp_through_them(f):
+    """Why the closed forms are needed: under ``no_grad`` (how the solvers run) torch cannot take
+    a nested jvp through these (if torch learns it, this test says so)."""
+    x = torch.randn(5, 3, dtype=DT)
+    one = torch.ones_like(x)
+    with torch.no_grad(), pytest.raises(NotImplementedError, match="_backward"):
+        jvp(lambda w: jvp(f, (w,), (one,))[1], (x,), (one,))
+
+
+class Functional(nn.Module):
+    """The functional forms, with keyword arguments, in one network."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 12), nn.Linear(12, 12), nn.Linear(12, 4)
+
+    def forward(self, z):
+        h = F.silu(self.a(z))
+        h = F.gelu(self.b(h), approximate="tanh") + F.mish(h) + F.celu(h, alpha=0.5)
+        return self.c(F.logsigmoid(h) + F.tanhshrink(h))
+
+
+class Decomposed(nn.Module):
+    """Functional's twin written with elementwise ops (products, sigmoid, tanh, exp)."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.a, self.b, self.c = f.a, f.b, f.c
+
+    def forward(self, z):
+        x = self.a(z)
+        h = x * torch.sigmoid(x)
+        u = self.b(h)
+        g = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u * u * u)))
+        m = h * torch.tanh(torch.log1p(torch.exp(h)))
+        ce = torch.where(h > 0, h, 0.5 * (torch.exp(h / 0.5) - 1))
+        h = g + m + ce
+        return self.c(-torch.log1p(torch.exp(-h)) + h - torch.tanh(h))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_networks_second_order_and_mixed(inplace):
+    """Modules (in place too: the derivatives are taken before the call) and functional forms,
+    Taylor and mixed modes, against nested jvp of a decomposed twin."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 16), nn.SiLU(inplace=inplace), nn.Linear(16, 16), nn.Mish(inplace=inplace),
+                        nn.Linear(16, 16), nn.Hardswish(inplace=inplace), nn.Linear(16, 5)).to(DT)
+
+    def twin(z):
+        h = net[0](z)
+        h = h * torch.sigmoid(h)
+        h = net[2](h)
+        h = h * torch.tanh(torch.log1p(torch.exp(h)))
+        h = net[4](h)
+        return net[6](h * torch.clamp(h + 3, 0, 6) / 6)
+
+    f = Functional().to(DT)
+    for module, ref in ((net, twin), (f, Decomposed(f))):
+        z = torch.randn(7, 3, dtype=DT)
+        v = torch.randn(7, 3, dtype=DT)
+        out, cols, h = second_order(module, z, v)
+        r_out, r_h = jvp(lambda x: jvp(ref, (x,), (v,))[1], (z,), (v,))
+        _, r_out0 = jvp(ref, (z,), (v,))
+        assert torch.allclose(h, r_h, atol=1e-11, rtol=1e-10)
+        assert torch.allclose(torch.einsum("dnk,nd->nk", cols, v), r_out0, atol=1e-12, rtol=1e-10)
+        _, _, mix = mixed_second_order(module, z, v)
+        for i in range(3):
+            e = torch.zeros_like(z)
+            e[:, i] = 1.0
+            ri = jvp(lambda x: jvp(ref, (x,), (v,))[1], (z,), (e,))[1]
+            assert torch.allclose(mix[i], ri, atol=1e-11, rtol=1e-10)
+
+
+def test_silu_decoder_geodesic():
+    """A SiLU decoder (with the RBF variance) used to raise NotImplementedError; its certified
+    lengths equal those of the decomposed twin's (a different path through the interpreter)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 24), nn.SiLU(), nn.Linear(24, 24), nn.SiLU(), nn.Linear(24, 10)).to(DT)
+
+    def twin(z):
+        h = net[0](z)
+        h = net[2](h * torch.sigmoid(h))
+        h = h * torch.sigmoid(h)
+        return net[4](h)
+
+    codes = torch.randn(120, 2, dtype=DT)
+    with torch.no_grad():
+        data = net(codes) + 0.05 * torch.randn(120, 10, dtype=DT)
+    dec = lg.fit_rbf_variance(net, codes, data, n_centers=6)
+    dec_twin = lg.GaussianDecoder(mean=twin, std=dec.std, latent_dim=2)
+    z0, z1 = codes[:3], codes[3:6]
+    r = lg.connecting_geodesic(lg.PullbackMetric(dec), z0, z1, progress=False)
+    r2 = lg.connecting_geodesic(lg.PullbackMetric(dec_twin), z0, z1, progress=False)
+    assert bool(r.converged.all()) and bool(r2.converged.all())
+    assert torch.allclose(r.length, r2.length, rtol=1e-7)
+
+
+class UntraceableSiLU(nn.Module):
+    """Data-dependent control flow: no fx trace, so the generic nested-jvp path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 8), nn.Linear(8, 4)
+
+    def forward(self, z):
+        if bool(z.abs().sum() > -1.0):
+            return self.b(F.silu(self.a(z)))
+        return self.b(self.a(z))
+
+
+def test_untraceable_silu_decoder_gets_a_clear_error():
+    torch.manual_seed(0)
+    m = lg.PullbackMetric(lg.DeterministicDecoder(UntraceableSiLU().to(DT), latent_dim=2))
+    z0, z1 = torch.zeros(1, 2, dtype=DT), torch.ones(1, 2, dtype=DT)
+    with pytest.raises(NotImplementedError, match="nested torch.func.jvp failed.*silu_backward.*traced path"):
+        lg.connecting_geodesic(m, z0, z1, progress=False)
