@@ -177,3 +177,40 @@ def test_untraceable_silu_decoder_gets_a_clear_error():
     z0, z1 = torch.zeros(1, 2, dtype=DT), torch.ones(1, 2, dtype=DT)
     with pytest.raises(NotImplementedError, match="nested torch.func.jvp failed.*silu_backward.*traced path"):
         lg.connecting_geodesic(m, z0, z1, progress=False)
+
+
+def test_nonsmooth_ops():
+    from latentgeo._autodiff import nonsmooth_ops
+
+    assert nonsmooth_ops(nn.Sequential(nn.Linear(2, 4), nn.ELU(), nn.Linear(4, 2))) == ["nn.ELU (its second derivative jumps at 0)"]
+    assert nonsmooth_ops(nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=0.5), nn.ReLU6())) == [
+        "nn.ELU (its derivative jumps at 0)", "nn.ReLU6 (its derivative jumps at its clamp limits)"]
+    smooth = [nn.Tanh(), nn.Sigmoid(), nn.Softplus(), nn.SiLU(), nn.GELU(), nn.Mish(), nn.LogSigmoid(), nn.Tanhshrink()]
+    assert nonsmooth_ops(nn.Sequential(nn.Linear(2, 4), *smooth)) == []
+
+    class Fn(nn.Module):
+        def forward(self, z):
+            return F.relu(z) + z.abs() + F.softsign(z) + F.elu(z, alpha=2.0) + torch.clamp(z, min=-1e9)
+
+    assert nonsmooth_ops(Fn()) == ["F.relu (its derivative jumps at 0)", "Tensor.abs (its derivative jumps at 0)",
+                                   "F.softsign (its second derivative jumps at 0)", "F.elu (its derivative jumps at 0)"]
+    assert nonsmooth_ops(UntraceableSiLU()) is None
+
+
+def test_uncertified_pairs_name_the_kinked_activation():
+    """An ELU decoder: the pairs that are not certified say why certificates are out of reach;
+    the same pairs on its Softplus twin (stopped by a tiny budget) say nothing of the kind."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(2, 32), nn.ELU(), nn.Linear(32, 32), nn.ELU(), nn.Linear(32, 20)]
+    net = nn.Sequential(*layers).to(DT)
+    z = 2 * torch.randn(12, 2, dtype=DT)
+    budget = lg.geodesics.Collocation(max_nodes=64, max_segments=32)
+    r = lg.connecting_geodesic(lg.PullbackMetric(lg.DeterministicDecoder(net, latent_dim=2)), z[:6], z[6:],
+                               progress=False, solver=budget)
+    bad = [m for m in r.messages if m]
+    assert bad and all("not twice continuously differentiable: nn.ELU (its second derivative jumps at 0)" in m for m in bad)
+    assert all(not m for m, c in zip(r.messages, r.converged.tolist()) if c)
+    smooth = nn.Sequential(*[nn.Softplus() if isinstance(m, nn.ELU) else m for m in layers]).to(DT)
+    r2 = lg.connecting_geodesic(lg.PullbackMetric(lg.DeterministicDecoder(smooth, latent_dim=2)), z[:6], z[6:],
+                                progress=False, budget=1e-6)
+    assert any(r2.messages) and not any("continuously differentiable" in m for m in r2.messages)

@@ -109,7 +109,7 @@ from ._generic import (
 )
 from ._interpreter import run
 from ._taylor import MIXED, TAYLOR
-from ._trace import _entry, _transforms_active, unsupported_reason
+from ._trace import _entry, _transforms_active, nonsmooth_ops, unsupported_reason
 
 __all__ = [
     "jacobian_columns",
@@ -119,6 +119,7 @@ __all__ = [
     "compose_mixed_second_order",
     "function_module",
     "unsupported_reason",
+    "nonsmooth_ops",
     "transforms_active",
     "rowwise_jacobian",
     "rowwise_gram",

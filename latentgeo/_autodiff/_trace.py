@@ -500,3 +500,73 @@ def unsupported_reason(module: nn.Module) -> Optional[str]:
         return next(reversed(entry.failed.values()))
     return None
 
+
+
+# ----------------------------------------------------------------------------- smoothness
+# Activations whose derivatives jump: "C0" (the first derivative jumps: the pullback metric is
+# discontinuous) or "C1" (the second derivative jumps: the metric is continuous but the geodesic
+# equation's right-hand side, which holds its derivatives, jumps where a unit switches)
+_KINKED_MODULES = (
+    (nn.ReLU, "C0", "0"), (nn.LeakyReLU, "C0", "0"), (nn.PReLU, "C0", "0"), (nn.RReLU, "C0", "0"),
+    (nn.Hardtanh, "C0", "its clamp limits"), (nn.Threshold, "C0", "its threshold"),
+    (nn.Hardsigmoid, "C0", "±3"), (nn.Softshrink, "C0", "±lambd"), (nn.Hardshrink, "C0", "±lambd"),
+    (nn.SELU, "C0", "0"), (nn.CELU, "C1", "0"), (nn.Softsign, "C1", "0"), (nn.Hardswish, "C1", "±3"),
+)
+_KINKED_FUNCTIONS = {
+    F.relu: ("C0", "0"), torch.relu: ("C0", "0"), F.relu6: ("C0", "0 and 6"), F.leaky_relu: ("C0", "0"),
+    F.prelu: ("C0", "0"), F.hardtanh: ("C0", "its clamp limits"), F.threshold: ("C0", "its threshold"),
+    F.selu: ("C0", "0"), F.hardsigmoid: ("C0", "±3"), F.softshrink: ("C0", "±lambd"), F.hardshrink: ("C0", "±lambd"),
+    torch.abs: ("C0", "0"), F.celu: ("C1", "0"), F.softsign: ("C1", "0"), F.hardswish: ("C1", "±3"),
+}
+_KINKED_METHODS = {"relu": ("C0", "0"), "abs": ("C0", "0")}
+
+
+def _describe_kink(what: str, level: str, where: str) -> str:
+    jump = "derivative" if level == "C0" else "second derivative"
+    return f"{what} (its {jump} jumps at {where})"
+
+
+def nonsmooth_ops(module: nn.Module) -> Optional[list]:
+    """The operations of ``module``'s traced graph that are not twice continuously differentiable.
+
+    Each entry names the operation and what jumps, e.g. ``"nn.ELU (its second derivative jumps at
+    0)"``. The geodesic equation of a pullback metric holds the decoder's second derivatives, so
+    where one of them jumps (a unit switching sign along the curve) its right-hand side jumps and
+    polynomial collocation cannot reach tight tolerances; where a first derivative jumps (ReLU) the
+    metric itself is discontinuous. ``[]``: none found; ``None``: the module cannot be traced
+    (unknown). Guards such as ``clamp`` and ``where`` are not listed: they are usually inactive.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> nonsmooth_ops(nn.Sequential(nn.Linear(2, 8), nn.ELU(), nn.Linear(8, 3), nn.Softplus()))
+        ['nn.ELU (its second derivative jumps at 0)']
+        >>> nonsmooth_ops(nn.Sequential(nn.Linear(2, 8), nn.SiLU(), nn.Linear(8, 3)))
+        []
+    """
+    entry = _entry(module)
+    if isinstance(entry, str):
+        return None
+    out = []
+    for st in entry.steps:
+        found = None
+        if st.op == "call_module":
+            mod = _resolve(module, st.path)
+            if isinstance(mod, nn.ELU):
+                found = _describe_kink("nn.ELU", "C1" if float(mod.alpha) == 1.0 else "C0", "0")
+            for cls, level, where in _KINKED_MODULES:
+                if found is None and isinstance(mod, cls):
+                    found = _describe_kink(f"nn.{type(mod).__name__}", level, where)
+        elif st.op == "call_function":
+            if st.target is F.elu:
+                alpha = st.args[1] if len(st.args) > 1 else st.kwargs.get("alpha", 1.0)
+                found = _describe_kink("F.elu", "C1" if not isinstance(alpha, _Ref) and float(alpha) == 1.0 else "C0", "0")
+            elif st.target in _KINKED_FUNCTIONS:
+                level, where = _KINKED_FUNCTIONS[st.target]
+                found = _describe_kink(f"{getattr(st.target, '__module__', 'torch').replace('torch.nn.functional', 'F')}."
+                                       f"{st.target.__name__}", level, where)
+        elif st.op == "call_method" and st.target in _KINKED_METHODS:
+            found = _describe_kink(f"Tensor.{st.target}", *_KINKED_METHODS[st.target])
+        if found is not None and found not in out:
+            out.append(found)
+    return out

@@ -117,6 +117,42 @@ def _modules_of(obj, depth=4, seen=None):
     return out
 
 
+def _decoder_kinks(metric) -> list:
+    """What makes the metric's decoder not twice continuously differentiable
+    (:func:`latentgeo._autodiff.nonsmooth_ops` over its traced callables; ``[]`` if nothing or
+    unknown)."""
+    from .._autodiff import function_module, nonsmooth_ops
+
+    dec = getattr(metric, "decoder", None)
+    out = []
+    for f in ([] if dec is None else list(vars(dec).values())):
+        if not callable(f) or isinstance(f, type):
+            continue
+        try:
+            m = function_module(f)
+            found = None if m is None else nonsmooth_ops(m)
+        except Exception:  # noqa: BLE001 - a diagnosis only: an untraceable callable is "unknown"
+            found = None
+        out += [k for k in (found or []) if k not in out]
+    return out
+
+
+def _note_kinks(res, metric):
+    """Append to the reasons of the pairs not certified what makes the decoder non-smooth."""
+    bad = [i for i, s in enumerate(res.status.tolist()) if s in (int(GeodesicStatus.NOT_CONVERGED), int(GeodesicStatus.BUDGET))]
+    if not bad:
+        return res
+    kinks = _decoder_kinks(metric)
+    if kinks:
+        note = ("; the decoder is not twice continuously differentiable: " + ", ".join(kinks)
+                + ". The geodesic equation holds its second derivatives, so its right-hand side jumps where a unit "
+                "switches along the curve and collocation rarely reaches tol (smooth activations such as Softplus, "
+                "SiLU, GELU or tanh avoid this); the length is the shortest curve found, an upper bound")
+        for i in bad:
+            res.reasons[i] = res.reasons[i] + note
+    return res
+
+
 def _probe_dtype(metric, z):
     with torch.no_grad():
         try:
@@ -406,6 +442,7 @@ def connecting_geodesic(
             parts.append(_line_result(metric, a[done:], b[done:], n_points, GeodesicStatus.STOPPED,
                                       "stopped by the user (KeyboardInterrupt)"))
     res = parts[0] if len(parts) == 1 else _concat(parts)
+    res = _note_kinks(res, metric)
     if out_dtype != wdt and out_dtype.is_floating_point:
         res = _cast(res, out_dtype)
     return res
