@@ -40,7 +40,8 @@ import torch
 from torch.func import jvp
 
 from ._autodiff import (
-    auto_chunk_rows, rowwise_gram, rowwise_jacobian, second_directional, transforms_active, value_and_columns,
+    auto_chunk_rows, nested_forward_hazard, rowwise_gram, rowwise_jacobian, second_directional, transforms_active,
+    value_and_columns,
 )
 from ._validation import as_latent_batch, check_finite, describe_bad_rows, model_dtype
 from .decoders import Decoder
@@ -371,6 +372,13 @@ class PullbackMetric(Metric):
             r = self.decoder.embedding_jet(z, v, self.kind, mixed=True) if mixed else self.decoder.embedding_jet(z, v, self.kind)
             if r is not None:
                 return r
+        hazard = nested_forward_hazard(self.decoder)
+        if hazard:
+            raise NotImplementedError(
+                f"second derivatives of the {type(self.decoder).__name__}'s embedding: {hazard}. latentgeo's traced "
+                "path decomposes that layer, but it is not available here ("
+                + ("inside torch.func transforms" if transforms_active() else
+                   "the decoder cannot be traced, or fast_path is off") + ")")
         try:
             g, jac = value_and_columns(self.embedding, z)
             if mixed:

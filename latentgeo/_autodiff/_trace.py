@@ -570,3 +570,29 @@ def nonsmooth_ops(module: nn.Module) -> Optional[list]:
         if found is not None and found not in out:
             out.append(found)
     return out
+
+
+def nested_forward_hazard(decoder) -> Optional[str]:
+    """Why nested forward-mode derivatives (``jvp`` of ``jvp``) of ``decoder``'s callables would be
+    wrong, or ``None``: torch 2.13 gets the second forward-mode derivative of ``nn.LayerNorm``
+    (``native_layer_norm``) and of instance statistics wrong (~40 % off; the first derivative is
+    right). latentgeo's traced path decomposes those layers (see
+    :func:`latentgeo._autodiff._first_order._decomposed`); the paths that nest ``torch.func.jvp``
+    over the whole decoder (untraceable decoders, derivatives of ``Metric.tensor_fn``) cannot, and
+    refuse such decoders with this reason instead of returning wrong numbers."""
+    from . import function_module
+
+    for f in ([] if decoder is None else list(vars(decoder).values())):
+        if not callable(f) or isinstance(f, type):
+            continue
+        try:
+            m = function_module(f)
+        except Exception:  # noqa: BLE001 - not wrappable: nothing to inspect
+            m = None
+        for mod in ([] if m is None else m.modules()):
+            if isinstance(mod, nn.LayerNorm) or (
+                isinstance(mod, nn.modules.instancenorm._InstanceNorm) and (mod.training or not mod.track_running_stats)
+            ):
+                return (f"the decoder has a {type(mod).__name__}, whose second forward-mode derivatives torch "
+                        f"{torch.__version__} gets wrong (nested jvp through layer_norm is ~40 % off finite differences)")
+    return None

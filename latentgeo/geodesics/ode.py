@@ -130,6 +130,12 @@ def acceleration_fn(metric: Metric) -> Callable[[torch.Tensor, torch.Tensor], to
 
         return acc
 
+    from .._autodiff import nested_forward_hazard
+
+    hazard = nested_forward_hazard(getattr(metric, "decoder", None))
+    if hazard:
+        raise NotImplementedError(f"the geodesic acceleration of a {type(metric).__name__} ({metric.kind!r}) takes "
+                                  f"forward-mode derivatives of its tensor: {hazard}")
     mfn = metric.tensor_fn()
 
     def acc_general(z, v):

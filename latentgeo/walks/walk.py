@@ -120,6 +120,12 @@ def random_walk(
 
     if metric is not None:
         tfn = metric.tensor_fn()
+        if method == "mmala":  # (its drift takes forward-mode derivatives of the tensor)
+            from .._autodiff import nested_forward_hazard
+
+            hazard = nested_forward_hazard(getattr(metric, "decoder", None))
+            if hazard:
+                raise NotImplementedError(f"method='mmala' differentiates the metric tensor in forward mode: {hazard}")
     terms = brownian_terms_fn(metric) if method == "brownian" else None
     state = None
     if method == "mmala":
