@@ -17,6 +17,9 @@ Workloads (all in one run, float64, ``torch.set_num_threads(2)``):
     pairs ``z ~ N(0, 1.5²)``; and the near-linear PyTorch-default-initialised net (``U[-2, 2]²``).
 (d) (a) with the decoder given as plain functions (lambdas around the same modules).
 (e) the inverse stereographic sphere (plain function), great-circle arcs up to 170°; closed form.
+(f) what users have: digits VAEs trained with plain PyTorch outside latentgeo (float32, fixed seed;
+    decoder activations tanh, SiLU and ELU), analysed as the README says
+    (``lg.fit_rbf_variance(net, codes, data, n_centers=16)``, defaults); random pairs of data codes.
 
 Per workload: certified fraction, status counts, median / 90 % / max time per pair (each pair
 timed alone: ``connecting_geodesic`` on one pair, after one untimed batched solve of the same
@@ -71,6 +74,37 @@ def data_pairs(codes, labels, n, seed=0, centres=True):
         a, b = torch.triu_indices(len(cls), len(cls), 1)
         z0, z1 = torch.cat([z0, c[a]]), torch.cat([z1, c[b]])
     return z0, z1
+
+
+def train_plain_vae(act="tanh", epochs=200, seed=0, latent_dim=2):
+    """A digits VAE as a user trains it without latentgeo: plain PyTorch, float32, Gaussian
+    likelihood with a fixed σ = 0.1 (a scaled MSE), Adam, no KL warm-up; the decoder is
+    ``2→64→64→64`` with the activation ``act``. Returns ``(decoder, codes, data, labels)``, the codes
+    being the encoder means."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    torch.manual_seed(seed)
+    A = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU, "elu": torch.nn.ELU}[act]
+    enc = torch.nn.Sequential(torch.nn.Linear(64, 64), A(), torch.nn.Linear(64, 64), A(), torch.nn.Linear(64, 2 * latent_dim))
+    dec = torch.nn.Sequential(torch.nn.Linear(latent_dim, 64), A(), torch.nn.Linear(64, 64), A(), torch.nn.Linear(64, 64))
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(X.shape[0], generator=g)
+        for i in range(0, X.shape[0], 128):
+            xb = X[perm[i:i + 128]]
+            h = enc(xb)
+            mu, lv = h[:, :latent_dim], h[:, latent_dim:]
+            z = mu + torch.randn(mu.shape, generator=g) * (0.5 * lv).exp()
+            loss = (((dec(z) - xb) ** 2).sum(1) / (2 * 0.1**2) + 0.5 * (mu**2 + lv.exp() - 1 - lv).sum(1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        codes = enc(X)[:, :latent_dim]
+    return dec.eval().requires_grad_(False), codes, X, y
 
 
 def vp_mlp(seed=0, near_linear=False):
@@ -219,7 +253,7 @@ def main():
     rows, results = [], {}
     print(f"latentgeo {lg.__version__}, torch {torch.__version__}, {platform.machine()}, threads {args.threads}", flush=True)
 
-    if set("abdfm") & set(args.only):
+    if set("abdm") & set(args.only):
         t = time.perf_counter()
         vae, codes, labels = train_demo_vae(2)
         print(f"(a) demo VAE trained in {time.perf_counter() - t:.1f} s", flush=True)
@@ -367,6 +401,21 @@ def main():
         okm = out["status"] == 0
         err = float(np.max(np.abs(out["length"][okm] - ang.numpy()[okm]) / ang.numpy()[okm], initial=0))
         results["e"] = summary("(e) stereographic sphere, arcs 5°-170°, tol 1e-6", out, rows, f"max rel error vs arc {err:.1e}")
+    if "f" in args.only:
+        # what users have: a VAE trained outside latentgeo, analysed as the README says
+        # (lg.fit_rbf_variance(net, codes, data, n_centers=16), float32 model, default solver)
+        for act in ("tanh", "silu", "elu"):
+            t = time.perf_counter()
+            net, codes_f, X_f, y_f = train_plain_vae(act)
+            dec_f = lg.fit_rbf_variance(net, codes_f, X_f, n_centers=16)
+            metric_f = lg.PullbackMetric(dec_f)
+            print(f"(f) plain-PyTorch {act} VAE trained and its variance fitted in {time.perf_counter() - t:.1f} s", flush=True)
+            z0f, z1f = data_pairs(codes_f, y_f, n_small, centres=False)
+            warm_up(metric_f, z0f, z1f)
+            out = solve_each(metric_f, z0f, z1f)
+            bt, br = solve_batch(metric_f, z0f, z1f)
+            results[f"f_{act}"] = summary(f"(f) plain-PyTorch digits VAE ({act}), README recipe, tol 1e-6", out, rows,
+                                          f"one batched call {bt / len(z0f) * 1e3:.1f} ms/pair, {int(br.converged.sum())} certified")
     if "m" in args.only:
         nm = 12 if q else 20
         A = codes[torch.randperm(codes.shape[0], generator=torch.Generator().manual_seed(3))[:nm]]
