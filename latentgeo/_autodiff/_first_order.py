@@ -486,7 +486,22 @@ def _decomposed(step, root):
         return lambda aa, kk: _layer_norm(*aa, **kk)
     if step.op == "call_function" and step.target is F.instance_norm:
         return lambda aa, kk: _instance_norm(*aa, **kk)
+    if step.op == "call_function" and step.target is torch.cdist:
+        return lambda aa, kk: _cdist(*aa, **kk)
     return None
+
+
+def _cdist(x1, x2, p=2.0, compute_mode=None):
+    """``torch.cdist`` by broadcasting (torch has no forward-mode derivative of ``_cdist_forward``:
+    RBF layers written with it could not be differentiated at all)."""
+    diff = x1.unsqueeze(-2) - x2.unsqueeze(-3)
+    if p == 2:
+        return (diff * diff).sum(-1).sqrt()
+    if p == 1:
+        return diff.abs().sum(-1)
+    if p == float("inf"):
+        return diff.abs().amax(-1)
+    return diff.abs().pow(p).sum(-1).pow(1.0 / p)
 
 
 def _node_as_function(step, root, a, at, kw, kwt=None):

@@ -1,4 +1,4 @@
-"""Decoders with LayerNorm: torch's nested forward-mode derivatives of ``layer_norm`` are wrong.
+"""Ops whose derivatives torch gets wrong or lacks: LayerNorm (wrong nested jvp), cdist (no jvp).
 
 In torch 2.13 a jvp of a jvp through ``native_layer_norm`` (``nn.LayerNorm``, ``F.layer_norm``)
 and through the instance statistics of ``F.instance_norm`` is ~40 % off (its first derivatives
@@ -104,3 +104,39 @@ def test_paths_that_nest_forward_mode_refuse_layer_norm():
         lg.connecting_geodesic(lg.PullbackMetric(dec, kind="fisher"), codes[:1], codes[1:2], progress=False)
     r = lg.connecting_geodesic(lg.PullbackMetric(dec), codes[:2], codes[2:4], progress=False)
     assert bool(r.converged.all())
+
+
+class RBFStd(nn.Module):
+    """An RBF std head written with ``torch.cdist`` (or, as its twin, by broadcasting)."""
+
+    def __init__(self, cdist=True):
+        super().__init__()
+        self.c = nn.Parameter(torch.randn(5, 2, dtype=DT))
+        self.w = nn.Parameter(torch.rand(5, 8, dtype=DT))
+        self.cdist = cdist
+
+    def forward(self, z):
+        d2 = torch.cdist(z, self.c) ** 2 if self.cdist else ((z[:, None] - self.c[None]) ** 2).sum(-1)
+        return (torch.exp(-d2) @ self.w + 0.01).rsqrt()
+
+
+def test_cdist_rbf_head():
+    """torch has no forward-mode derivative of ``_cdist_forward`` (a geodesic on such a decoder
+    raised NotImplementedError): the interpreter broadcasts instead; same jets and lengths as the
+    broadcasting twin."""
+    torch.manual_seed(0)
+    z, v = torch.randn(4, 2, dtype=DT), torch.randn(4, 2, dtype=DT)
+    with pytest.raises(NotImplementedError, match="_cdist_forward"):
+        jvp(lambda x: torch.cdist(x, z), (z,), (v,))
+    mean = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 8)).to(DT)
+    std, twin = RBFStd(), RBFStd(cdist=False)
+    twin.load_state_dict(std.state_dict())
+    for a, b in zip(mixed_second_order(std, z, v), mixed_second_order(twin, z, v)):
+        assert torch.allclose(a, b, atol=1e-12)
+    lengths = []
+    for s in (std, twin):
+        r = lg.connecting_geodesic(lg.PullbackMetric(lg.GaussianDecoder(mean=mean, std=s, latent_dim=2)), z[:2], z[2:],
+                                   progress=False)
+        assert bool(r.converged.all())
+        lengths.append(r.length)
+    assert torch.allclose(lengths[0], lengths[1], rtol=1e-9)
