@@ -268,6 +268,11 @@ class Decoder:
 def _as_callable(f, what: str) -> Callable:
     if f is None or not callable(f):
         raise ValueError(f"{what} must be a callable (an nn.Module or a function), got {type(f).__name__}")
+    orig = getattr(f, "_orig_mod", None)
+    if type(f).__name__ == "OptimizedModule" and isinstance(orig, nn.Module):
+        # torch.compile'd: the module it wraps (same function; compiled code is retraced for every
+        # new batch shape, ~0.7 s a geodesic, and cannot be traced for derivatives)
+        return orig
     return f
 
 

@@ -364,7 +364,10 @@ def function_module(fn: Callable) -> Optional[nn.Module]:
         True
     """
     if isinstance(fn, nn.Module):
-        return fn
+        # a torch.compile'd module: trace the module it wraps (a trace of the wrapper fails, and
+        # the generic path through compiled code took ~1 s a pair)
+        orig = getattr(fn, "_orig_mod", None)
+        return orig if type(fn).__name__ == "OptimizedModule" and isinstance(orig, nn.Module) else fn
     mods = _captured(fn)
     try:
         cached = _WRAPPERS.get(fn)

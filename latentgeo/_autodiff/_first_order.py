@@ -16,8 +16,8 @@ from torch.utils import _pytree as pytree
 
 from ._interpreter import Mode
 from ._trace import (
-    _ACT, _NO, _tangent_tree, _Decline, _Unsupported, _arg, _call, _fit, _has_tangent, _lift, _resolve, _shift_dim,
-    _zeros_like_tangent,
+    _ACT, _NO, _frozen_batch_norm, _tangent_tree, _Decline, _Unsupported, _arg, _call, _fit, _has_tangent, _lift,
+    _resolve, _shift_dim, _zeros_like_tangent,
 )
 
 
@@ -132,6 +132,8 @@ def _elementwise_kind(step, root, a, kw):
     (:func:`_elementwise_derivs`), or ``None``."""
     if step.op == "call_module":
         mod = _resolve(root, step.path)
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            return ("batchnorm", {"module": mod}) if _frozen_batch_norm(mod) else None
         kind = _ELEMENTWISE_MODULES.get(type(mod))
         if kind is None:
             return None
@@ -204,6 +206,14 @@ def _elementwise_derivs(kind, params, x):
         return (x.abs() > params["lambd"]).to(x.dtype), None
     if kind == "relu6":
         return ((x > 0.0) & (x < 6.0)).to(x.dtype), None
+    if kind == "batchnorm":  # eval mode: (x − mean)·w/√(var + eps) + b per channel (axis 1)
+        mod = params["module"]
+        scale = torch.rsqrt(mod.running_var.to(x.dtype) + mod.eps)
+        if mod.weight is not None:
+            scale = scale * mod.weight.to(x.dtype)
+        if x.dim() < 2 or x.shape[1] != scale.shape[0]:
+            return None
+        return scale.reshape((1, -1) + (1,) * (x.dim() - 2)).expand(x.shape), None
     return None  # pragma: no cover - every kind of the tables is listed
 
 

@@ -334,13 +334,18 @@ def _check_inplace(nd: Node):
         raise _Unsupported(f"in-place operation {nd.target!r} on a value that is used elsewhere")
 
 
+def _frozen_batch_norm(mod) -> bool:
+    """A batch-norm layer that normalises with its running statistics (eval mode): an affine map."""
+    return not mod.training and mod.track_running_stats and mod.running_var is not None
+
+
 def _module_rule(mod):
     if isinstance(mod, nn.Linear):
         return "linear_module", None
     for cls, kind, names in _ACT_MODULES:
         if isinstance(mod, cls):
             return "activation", (kind, names, True)
-    if isinstance(mod, _UNARY_MODULES):
+    if isinstance(mod, _UNARY_MODULES) or (isinstance(mod, nn.modules.batchnorm._BatchNorm) and _frozen_batch_norm(mod)):
         return "unary", None
     if isinstance(mod, (nn.Flatten, nn.Unflatten)):
         return "reshape", None

@@ -371,6 +371,9 @@ def exp_map(
         raise ValueError(f"t must be a scalar or have shape ({n},), got {tuple(tt.shape)}")
     if not bool(torch.isfinite(tt).all()):
         raise ValueError("t contains NaN/inf")
+    from .connecting import _modules_of, check_eval_mode
+
+    check_eval_mode(_modules_of(metric))
     if hasattr(metric, "_check_z"):
         metric._check_z(z)
     acc = acceleration_fn(metric)
