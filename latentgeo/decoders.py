@@ -111,10 +111,16 @@ def _outer_columns(outer, raw, cols):
     return vmap(lambda t: jvp(outer, (raw,), (t,)), out_dims=(None, 0))(cols)
 
 
+_DISTRIBUTION_HINT = ("; for a network that returns a torch.distributions.{0}, give the decoder its parameters as "
+                      "tensors (e.g. GaussianDecoder(mean=..., std=...) or BernoulliDecoder(logits=...) with functions "
+                      "that return the network's loc/scale or logits)")
+
+
 def _flat(out, n: int, what: str) -> torch.Tensor:
     """Flatten a decoder output to ``(n, K)``, checking the batch size."""
     if not isinstance(out, torch.Tensor):
-        raise ValueError(f"decoder {what} returned {type(out).__name__}, expected a tensor of shape (N, ...)")
+        raise ValueError(f"decoder {what} returned {type(out).__name__}, expected a tensor of shape (N, ...)"
+                         + _DISTRIBUTION_HINT.format(type(out).__name__) * isinstance(out, torch.distributions.Distribution))
     if out.dim() == 0 or out.shape[0] != n:
         raise ValueError(
             f"decoder {what} returned shape {tuple(out.shape)} for a batch of {n} latent codes; "
@@ -316,7 +322,8 @@ class GaussianDecoder(Decoder):
         if self.model is not None:
             out = self.model(z)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                raise ValueError("GaussianDecoder(model=...) must return a pair (mean, std)")
+                raise ValueError("GaussianDecoder(model=...) must return a pair (mean, std)"
+                                 + _DISTRIBUTION_HINT.format(type(out).__name__) * isinstance(out, torch.distributions.Distribution))
             mu, sd = out
         else:
             mu, sd = self.mean(z), self.std(z)

@@ -85,3 +85,22 @@ def test_one_time_costs_are_not_charged_to_the_budget():
     m.jet = slow_once
     r = lg.connecting_geodesic(m, torch.zeros(1, 2, dtype=DT), torch.ones(1, 2, dtype=DT), progress=False, budget=1.0)
     assert not state["first"] and bool(r.converged.all())
+
+
+class ReturnsNormal(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 8)
+
+    def forward(self, z):
+        h = self.lin(z)
+        return torch.distributions.Normal(h, nn.functional.softplus(h) + 0.1)
+
+
+@pytest.mark.parametrize("make", [lambda net: lg.GaussianDecoder(model=net, latent_dim=2),
+                                  lambda net: lg.DeterministicDecoder(net, latent_dim=2)])
+def test_a_network_returning_a_distribution_gets_a_hint(make):
+    dec = make(ReturnsNormal().to(DT))
+    with pytest.raises(ValueError, match="returns a torch.distributions.Normal, give the decoder its parameters"):
+        lg.connecting_geodesic(lg.PullbackMetric(dec), torch.zeros(1, 2, dtype=DT), torch.ones(1, 2, dtype=DT),
+                               progress=False)
