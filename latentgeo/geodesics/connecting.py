@@ -61,7 +61,7 @@ import torch
 from .._progress import progress_bar
 from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
-from .piecewise import collocate_piecewise
+from .piecewise import _kink_fn, collocate_piecewise
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
@@ -1095,10 +1095,14 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             _reject_longer_than_line(metric, z0[pi], z1[pi], pr.length, pok, preasons, tol)
             pre = (pi, pr, pok, preasons, starts)
     first = all_idx if pre is None else all_idx[~torch.isin(all_idx, pre[0][pre[2]])]
+    # a decoder with C¹ kinks (ELU, ...): a global polynomial does not resolve the jumps of the
+    # equations, so the energy curves go straight to the piecewise stage, whose meshes have a point
+    # at every kink (on a plain-PyTorch ELU digits VAE the global passes were most of the budget)
+    kinked = solver.piecewise and _kink_fn(metric) is not None
     if first.numel() == n:
-        er, ser, cr = attempt(all_idx, init)
+        er, ser, cr = attempt(all_idx, init, not kinked)
     else:
-        parts = [(first, *attempt(first, init))] if first.numel() else []
+        parts = [(first, *attempt(first, init, not kinked))] if first.numel() else []
         er, ser, cr = _merge_direct(all_idx, all_idx[:0], _empty_collocation(Kmax, d, dt, dev, no_jac(0)), parts, Kmax, d)
         if parts and parts[0][3].direct is not None:
             cr.direct[first] = parts[0][3].direct
@@ -1294,7 +1298,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # best curve — twice the degree and the first nodes, up to max_nodes (sharp features of RBF
     # variances need up to 512 nodes; most pairs never get here)
     esc = ~conv & ~budget & ~same & ~kept_mask
-    if bool(esc.any()) and 2 * nodes <= max_nodes and not _expired(deadline):
+    if bool(esc.any()) and 2 * nodes <= max_nodes and not kinked and not _expired(deadline):
         ei = torch.nonzero(esc).reshape(-1)
         with torch.no_grad():
             t2 = lgl_nodes(2 * degree, dt, dev)

@@ -608,6 +608,137 @@ def _remesh(B, eta, S_new, K):
     return _Batch(tau, y, yp, A.reshape(n, S_new, q, d))
 
 
+# Activations whose second derivative jumps (C¹ kinks) and the inputs at which it does: where a
+# unit's input crosses one of them along the curve, the geodesic equation's right-hand side jumps.
+# A mesh point there keeps every segment smooth (see _with_kinks); C⁰ kinks (ReLU: the metric
+# itself jumps, the geodesic refracts) are not handled this way.
+def _kink_points(mod):
+    if isinstance(mod, torch.nn.ELU):
+        return (0.0,) if float(mod.alpha) == 1.0 else ()
+    if isinstance(mod, (torch.nn.CELU, torch.nn.Softsign)):
+        return (0.0,)
+    if isinstance(mod, torch.nn.Hardswish):
+        return (-3.0, 3.0)
+    return ()
+
+
+def _kink_fn(metric):
+    """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activation modules minus
+    their kink points (the curve crosses a kink where a column changes sign), or ``None`` if the
+    decoder has none."""
+    from .connecting import _modules_of
+
+    mods = [(m, pts) for root in _modules_of(metric) for m in root.modules() for pts in [_kink_points(m)] if pts]
+    if not mods:
+        return None
+
+    def switching(y):
+        vals = []
+
+        def grab(mod, args, pts):
+            x = args[0].detach().reshape(args[0].shape[0], -1)
+            vals.extend(x - c for c in pts)
+
+        hooks = [m.register_forward_pre_hook(functools.partial(lambda mod, args, pts: grab(mod, args, pts), pts=pts))
+                 for m, pts in mods]
+        try:
+            metric.embedding(y) if metric.is_embedded else metric.tensor_fn()(y)
+        finally:
+            for hk in hooks:
+                hk.remove()
+        return torch.cat(vals, 1) if vals else y.new_zeros(y.shape[0], 0)
+
+    return switching
+
+
+_KINK_SAMPLES = 32  # sub-intervals per segment in which sign changes of the switching values are sought
+_KINK_MERGE = 1e-7  # kinks closer than this (in τ) to a mesh point or to each other are not added
+_KINK_RELOCATE_BELOW, _KINK_RELOCATIONS = 1e-2, 4  # Newton failures re-solved with realigned kinks
+_KINK_OFFSET = 10.0  # a certified curve's kinks lie within 0.1·tol (in τ) of mesh points
+
+
+def _locate_kinks(B, kfn, K):
+    """The kinks along the curves of ``B``: ``(pair index, τ)`` of every sign change of a column of
+    ``kfn``, located by linear interpolation between ``_KINK_SAMPLES`` samples per segment, then
+    one regula falsi step."""
+    n, S1, d = B.g.shape
+    m = _KINK_SAMPLES
+    dt, dev = B.g.dtype, B.g.device
+    h = B.tau[:, 1:] - B.tau[:, :-1]
+    u = torch.arange(m, dtype=dt, device=dev) / m
+    t = torch.cat([(B.tau[:, :-1, None] + h[..., None] * u).reshape(n, -1), B.tau[:, -1:]], 1)  # (n, S·m + 1)
+    M = t.shape[1]
+    y, _, _ = _evaluate(B.tau, B.g, B.p, B.A, t, K["Lc"])
+    sv = kfn(y.reshape(-1, d)).reshape(n, M, -1)
+    i, jm, uu = torch.nonzero(sv[:, :-1] * sv[:, 1:] < 0, as_tuple=True)
+    if i.numel() == 0:
+        return i, t.new_zeros(0)
+    ta, tb = t[i, jm], t[i, jm + 1]
+    sa, sb = sv[i, jm, uu], sv[i, jm + 1, uu]
+    tr = ta + (tb - ta) * sa / (sa - sb)
+    # one regula falsi step: the switching value at the estimate, then the bracket that keeps the sign change
+    yr, _, _ = _evaluate(B.tau[i], B.g[i], B.p[i], B.A[i], tr[:, None], K["Lc"])
+    sr = kfn(yr.reshape(-1, d))[torch.arange(i.numel(), device=dev), uu]
+    left = sa * sr < 0
+    ta2, sa2 = torch.where(left, ta, tr), torch.where(left, sa, sr)
+    tb2, sb2 = torch.where(left, tr, tb), torch.where(left, sr, sb)
+    den = sa2 - sb2
+    tr = torch.where(den != 0, ta2 + (tb2 - ta2) * sa2 / torch.where(den != 0, den, torch.ones_like(den)), tr)
+    return i, tr
+
+
+def _kink_offsets(B, kfn, K):
+    """``(n,)`` the largest distance (in ``τ``) from a kink along each curve of ``B`` to its nearest
+    mesh point (0 where there are none): a kink inside a segment is a jump of the equations there
+    that the certificate's check nodes may straddle unseen."""
+    n = B.g.shape[0]
+    out = B.g.new_zeros(n)
+    i, tr = _locate_kinks(B, kfn, K)
+    if i.numel():
+        tau = B.tau[i]
+        j = (torch.searchsorted(tau.contiguous(), tr[:, None].contiguous()) - 1).clamp(0, tau.shape[1] - 2)
+        dist = torch.minimum((tr - tau.gather(1, j)[:, 0]).abs(), (tau.gather(1, j + 1)[:, 0] - tr).abs())
+        out.scatter_reduce_(0, i, dist, reduce="amax")
+    return out
+
+
+def _with_kinks(B, kfn, K):
+    """The curves of ``B`` on meshes that also have a point at every kink along them
+    (:func:`_locate_kinks`). Pairs with fewer kinks get their longest segments halved, so that the
+    batch keeps one segment count. Returns ``(batch, kinks found)``."""
+    n, S1, d = B.g.shape
+    S, q = S1 - 1, K["c"].shape[0]
+    i, tr = _locate_kinks(B, kfn, K)
+    if i.numel() == 0:
+        return B, 0
+    taus = []
+    for k in range(n):
+        pts = torch.cat([B.tau[k], tr[i == k]]).sort().values
+        keep = torch.ones_like(pts, dtype=torch.bool)
+        keep[1:] = (pts[1:] - pts[:-1]) > _KINK_MERGE
+        keep[-1] = True
+        pts = pts[keep]
+        pts[-1] = 1.0
+        taus.append(pts)
+    found = sum(x.numel() for x in taus) - n * S1
+    Sk = max(x.numel() for x in taus) - 1
+    for k in range(n):  # halve the longest segments until every pair has Sk
+        pts = taus[k]
+        while pts.numel() - 1 < Sk:
+            hk = pts[1:] - pts[:-1]
+            extra = min(Sk - (pts.numel() - 1), hk.numel())
+            top = hk.topk(extra).indices
+            pts = torch.cat([pts, pts[top] + 0.5 * hk[top]]).sort().values
+        taus[k] = pts
+    tau = torch.stack(taus)
+    hn = tau[:, 1:] - tau[:, :-1]
+    ts = (tau[:, :-1, None] + hn[..., None] * K["c"]).reshape(n, -1)
+    yn, ypn, _ = _evaluate(B.tau, B.g, B.p, B.A, tau, K["Lc"])
+    _, _, An = _evaluate(B.tau, B.g, B.p, B.A, ts, K["Lc"])
+    yn[:, 0], yn[:, -1] = B.g[:, 0], B.g[:, -1]
+    return _Batch(tau, yn, ypn, An.reshape(n, Sk, q, d)), found
+
+
 def _interpolate_jacobians(old, J, new, K):
     """The Jacobian blocks ``J = (Jz, Jv)`` ``(n, S, q, d, d)`` at the stage points of the batch
     ``old``, interpolated along the curve (in ``τ``, by each old segment's Lagrange polynomials of its
@@ -766,8 +897,14 @@ def collocate_piecewise(
                                reasons=reasons, **out)
     knots = [None] * n
     unconv = torch.zeros(n, dtype=torch.bool)  # Newton did not converge on the pair's last mesh
+    base = torch.full((n,), int(segments), dtype=torch.long)  # segments of the pair's mesh before its kink points
+    reloc = torch.zeros(n, dtype=torch.long)  # re-solves on a mesh with realigned kinks
     rate = {}  # seconds per stage point of a Jacobian evaluation, as last measured
-    pending = {int(segments): (torch.arange(n, device=dev), _from_series(z0, z1, series, int(segments), K), None)}
+    kfn = _kink_fn(metric)  # (C¹ kinks of the decoder: each mesh also gets a point at every kink)
+    B0 = _from_series(z0, z1, series, int(segments), K)
+    if kfn is not None:
+        B0, _ = _with_kinks(B0, kfn, K)
+    pending = {B0.tau.shape[1] - 1: (torch.arange(n, device=dev), B0, None)}
     with torch.no_grad():
         while pending:
             S = min(pending)
@@ -804,6 +941,9 @@ def collocate_piecewise(
             out["segments"][idx] = S
             out["budget"][idx] |= budget
             ok = conv & (ck["rel"] <= tol) & (ck["drift"] <= drift_tol)
+            off = _kink_offsets(B, kfn, K) if kfn is not None and bool(ok.any()) else None
+            if off is not None:  # (a kink off its mesh point: a jump inside a segment, see _kink_offsets)
+                ok &= off <= _KINK_OFFSET * tol
             for key, src in (("length", "L"), ("velocity0", "v0"), ("residual", "resid"), ("rel_residual", "rel"),
                              ("speed_drift", "drift")):
                 out[key][idx] = ck[src]
@@ -813,7 +953,7 @@ def collocate_piecewise(
             err = torch.maximum(ck["rel"], ck["drift"]) / tol
             # the next mesh: the error of an order-q defect falls like S^-q at a fixed distribution
             grow = (err.clamp_min(1.0) * 4.0) ** (1.0 / q)
-            want = torch.ceil(S * grow.clamp(1.5, 4.0) / 8).long() * 8
+            want = torch.ceil(base[idx].to(grow.dtype) * grow.clamp(1.5, 4.0) / 8).long() * 8
             nxt = {}
             for j, i in enumerate(idx.tolist()):
                 if bool(conv[j]):
@@ -827,6 +967,14 @@ def collocate_piecewise(
                 if not bool(conv[j]):
                     reasons[i] = (f"piecewise collocation Newton " + ("stalled" if bool(stalled[j]) else "did not converge")
                                   + f" on {S} segments (residual {float(merit[j]):.2e})")
+                    if (kfn is not None and bool(torch.isfinite(merit[j])) and float(merit[j]) < _KINK_RELOCATE_BELOW
+                            and int(reloc[i]) < _KINK_RELOCATIONS):
+                        # kinks that moved off their mesh points while Newton moved the curve put stage
+                        # points on both sides of a jump of the equations: the same resolution again,
+                        # with the kinks of the current iterate
+                        reloc[i] += 1
+                        nxt.setdefault(int(base[i]), []).append(j)
+                        continue
                     if bool(stalled[j]) or not torch.isfinite(merit[j]):
                         continue  # (a finer mesh from a curve Newton could not move is not tried)
                     if bool(unconv[i]):
@@ -840,14 +988,24 @@ def collocate_piecewise(
                 else:
                     reasons[i] = (f"piecewise collocation not resolved on {S} segments (residual "
                                   f"{float(ck['rel'][j]):.2e}, speed drift {float(ck['drift'][j]):.2e}; tol {tol:g})")
-                if S >= max_segments:
+                    if off is not None and float(off[j]) > _KINK_OFFSET * tol:
+                        reasons[i] += f"; a kink {float(off[j]):.1e} off its mesh point"
+                        if int(reloc[i]) < _KINK_RELOCATIONS:  # (the same resolution, the kinks realigned)
+                            reloc[i] += 1
+                            nxt.setdefault(int(base[i]), []).append(j)
+                            continue
+                if int(base[i]) >= max_segments:
                     continue
-                Sn = int(min(max(int(want[j]), S + 8), max_segments))
+                Sn = int(min(max(int(want[j]), int(base[i]) + 8), max_segments))
                 nxt.setdefault(Sn, []).append(j)
             for Sn, js in nxt.items():
                 jj = torch.tensor(js, dtype=torch.long, device=dev)
                 sub = _Batch(B.tau[jj], B.g[jj], B.p[jj], B.A[jj])
                 nb = _remesh(sub, ck["eta"][jj], Sn, K)
+                base[idx[jj]] = Sn
+                if kfn is not None:
+                    nb, _ = _with_kinks(nb, kfn, K)
+                    Sn = nb.tau.shape[1] - 1
                 nj = _interpolate_jacobians(sub, (Jl[0][jj], Jl[1][jj]), nb, K)
                 if Sn in pending:
                     i0, b0, j0 = pending[Sn]
