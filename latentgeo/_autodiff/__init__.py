@@ -120,6 +120,7 @@ __all__ = [
     "function_module",
     "unsupported_reason",
     "nonsmooth_ops",
+    "decoder_modules",
     "nested_forward_hazard",
     "transforms_active",
     "rowwise_jacobian",
@@ -343,6 +344,22 @@ def _captured(fn) -> tuple:
 
 
 _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def decoder_modules(decoder) -> list:
+    """The ``nn.Module`` s a decoder's callables are, or wrap (:func:`function_module`: the modules
+    a plain function uses become submodules): what its ``.modules()`` must be searched for."""
+    out = []
+    for f in ([] if decoder is None else list(vars(decoder).values())):
+        if not callable(f) or isinstance(f, type):
+            continue
+        try:
+            m = function_module(f)
+        except Exception:  # noqa: BLE001 - not wrappable (some builtins): nothing to inspect
+            m = None
+        if m is not None and all(m is not x for x in out):
+            out.append(m)
+    return out
 
 
 def function_module(fn: Callable) -> Optional[nn.Module]:

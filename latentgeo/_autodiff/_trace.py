@@ -585,16 +585,10 @@ def nested_forward_hazard(decoder) -> Optional[str]:
     :func:`latentgeo._autodiff._first_order._decomposed`); the paths that nest ``torch.func.jvp``
     over the whole decoder (untraceable decoders, derivatives of ``Metric.tensor_fn``) cannot, and
     refuse such decoders with this reason instead of returning wrong numbers."""
-    from . import function_module
+    from . import decoder_modules
 
-    for f in ([] if decoder is None else list(vars(decoder).values())):
-        if not callable(f) or isinstance(f, type):
-            continue
-        try:
-            m = function_module(f)
-        except Exception:  # noqa: BLE001 - not wrappable: nothing to inspect
-            m = None
-        for mod in ([] if m is None else m.modules()):
+    for m in decoder_modules(decoder):
+        for mod in m.modules():
             if isinstance(mod, nn.LayerNorm) or (
                 isinstance(mod, nn.modules.instancenorm._InstanceNorm) and (mod.training or not mod.track_running_stats)
             ):

@@ -121,16 +121,12 @@ def _decoder_kinks(metric) -> list:
     """What makes the metric's decoder not twice continuously differentiable
     (:func:`latentgeo._autodiff.nonsmooth_ops` over its traced callables; ``[]`` if nothing or
     unknown)."""
-    from .._autodiff import function_module, nonsmooth_ops
+    from .._autodiff import decoder_modules, nonsmooth_ops
 
-    dec = getattr(metric, "decoder", None)
     out = []
-    for f in ([] if dec is None else list(vars(dec).values())):
-        if not callable(f) or isinstance(f, type):
-            continue
+    for m in decoder_modules(getattr(metric, "decoder", None)):
         try:
-            m = function_module(f)
-            found = None if m is None else nonsmooth_ops(m)
+            found = nonsmooth_ops(m)
         except Exception:  # noqa: BLE001 - a diagnosis only: an untraceable callable is "unknown"
             found = None
         out += [k for k in (found or []) if k not in out]
@@ -144,10 +140,14 @@ def _note_kinks(res, metric):
         return res
     kinks = _decoder_kinks(metric)
     if kinks:
-        note = ("; the decoder is not twice continuously differentiable: " + ", ".join(kinks)
-                + ". The geodesic equation holds its second derivatives, so its right-hand side jumps where a unit "
-                "switches along the curve and collocation rarely reaches tol (smooth activations such as Softplus, "
-                "SiLU, GELU or tanh avoid this); the length is the shortest curve found, an upper bound")
+        c0 = any("its derivative jumps" in k for k in kinks)
+        note = "; the decoder is not twice continuously differentiable: " + ", ".join(kinks) + ". " + (
+            "Where a first derivative jumps the metric itself jumps and the geodesic refracts, which the "
+            "solvers do not model; smooth activations such as Softplus, SiLU, GELU or tanh avoid this"
+            if c0 else
+            "The geodesic equation's right-hand side jumps where a unit switches along the curve; the "
+            "piecewise meshes put a point at each such kink of nn modules, and this pair was still not certified"
+        ) + "; the length is the shortest curve found, an upper bound"
         for i in bad:
             res.reasons[i] = res.reasons[i] + note
     return res

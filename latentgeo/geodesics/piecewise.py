@@ -626,9 +626,10 @@ def _kink_fn(metric):
     """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activation modules minus
     their kink points (the curve crosses a kink where a column changes sign), or ``None`` if the
     decoder has none."""
-    from .connecting import _modules_of
+    from .._autodiff import decoder_modules
 
-    mods = [(m, pts) for root in _modules_of(metric) for m in root.modules() for pts in [_kink_points(m)] if pts]
+    roots = decoder_modules(getattr(metric, "decoder", None))
+    mods = [(m, pts) for root in roots for m in root.modules() for pts in [_kink_points(m)] if pts]
     if not mods:
         return None
 
