@@ -246,3 +246,35 @@ def test_kinked_decoder_meshes_put_a_point_at_every_kink(monkeypatch):
     monkeypatch.setattr(cn, "_kink_fn", lambda metric: None)
     r0 = lg.connecting_geodesic(m, z0, z1, progress=False, budget=10.0)
     assert int(r0.converged.sum()) < int(r.converged.sum())
+
+
+class FunctionalELU(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z):
+        return self.net[4](F.elu(self.net[2](F.elu(self.net[0](z)))))
+
+
+def test_kink_points_of_functional_calls_and_plain_functions():
+    """``F.elu`` in a ``forward`` (found in the fx trace) and a lambda around the network (its
+    captured modules): the same switching values and the same certified lengths as the modules."""
+    import latentgeo.geodesics.piecewise as pw
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 32), nn.ELU(), nn.Linear(32, 32), nn.ELU(), nn.Linear(32, 20)).to(DT)
+    z = torch.randn(8, 2, dtype=DT)
+    decs = [lg.DeterministicDecoder(net, latent_dim=2), lg.DeterministicDecoder(FunctionalELU(net), latent_dim=2),
+            lg.DeterministicDecoder(lambda q: net(q), latent_dim=2)]
+    ref = None
+    for dec in decs:
+        m = lg.PullbackMetric(dec)
+        s = pw._kink_fn(m)(z)
+        r = lg.connecting_geodesic(m, z[:4], z[4:], progress=False, budget=10.0)
+        if ref is None:
+            ref = (s, r.length)
+            assert bool(r.converged.all())
+        assert torch.equal(s, ref[0]) and torch.allclose(r.length, ref[1], rtol=1e-9)
+    assert pw._kink_fn(lg.PullbackMetric(lg.DeterministicDecoder(
+        nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=0.5), nn.Tanh()).to(DT), latent_dim=2))) is None  # (C⁰: not handled)

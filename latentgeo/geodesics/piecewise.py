@@ -62,6 +62,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.fx
 from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
@@ -622,15 +623,60 @@ def _kink_points(mod):
     return ()
 
 
+def _node_kinks(gm, nd):
+    """The kink points of an fx node of ``gm`` (an activation module or function with C¹ kinks), or ``()``."""
+    if nd.op == "call_module":
+        return _kink_points(gm.get_submodule(nd.target))
+    if nd.op != "call_function":
+        return ()
+    if nd.target is torch.nn.functional.elu:
+        alpha = nd.args[1] if len(nd.args) > 1 else nd.kwargs.get("alpha", 1.0)
+        return (0.0,) if isinstance(alpha, (int, float)) and float(alpha) == 1.0 else ()
+    if nd.target in (torch.nn.functional.celu, torch.nn.functional.softsign):
+        return (0.0,)
+    if nd.target is torch.nn.functional.hardswish:
+        return (-3.0, 3.0)
+    return ()
+
+
+class _KinkRecorder(torch.fx.Interpreter):
+    """Runs a traced decoder callable, recording the inputs of its kinked nodes minus their kink points."""
+
+    def __init__(self, gm, kinks, out):
+        super().__init__(gm)
+        self.kinks, self.out = kinks, out
+
+    def run_node(self, n):
+        pts = self.kinks.get(n.name)
+        if pts:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            x = args[0].detach().reshape(args[0].shape[0], -1)
+            self.out.extend(x - c for c in pts)
+        return super().run_node(n)
+
+
 def _kink_fn(metric):
-    """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activation modules minus
-    their kink points (the curve crosses a kink where a column changes sign), or ``None`` if the
-    decoder has none."""
+    """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activations (modules and
+    functional calls, from each callable's fx trace; by forward pre-hooks on the modules of a
+    callable that cannot be traced) minus their kink points: the curve crosses a kink where a
+    column changes sign. ``None`` if the decoder has none."""
     from .._autodiff import decoder_modules
 
-    roots = decoder_modules(getattr(metric, "decoder", None))
-    mods = [(m, pts) for root in roots for m in root.modules() for pts in [_kink_points(m)] if pts]
-    if not mods:
+    progs = []
+    for root in decoder_modules(getattr(metric, "decoder", None)):
+        try:
+            gm = torch.fx.symbolic_trace(root)
+        except Exception:  # noqa: BLE001 - untraceable: its modules are hooked instead
+            gm = None
+        if gm is not None:
+            kinks = {nd.name: pts for nd in gm.graph.nodes for pts in [_node_kinks(gm, nd)] if pts}
+            if kinks:
+                progs.append((root, gm, kinks))
+        else:
+            mods = [(m, pts) for m in root.modules() for pts in [_kink_points(m)] if pts]
+            if mods:
+                progs.append((root, None, mods))
+    if not progs:
         return None
 
     def switching(y):
@@ -640,13 +686,17 @@ def _kink_fn(metric):
             x = args[0].detach().reshape(args[0].shape[0], -1)
             vals.extend(x - c for c in pts)
 
-        hooks = [m.register_forward_pre_hook(functools.partial(lambda mod, args, pts: grab(mod, args, pts), pts=pts))
-                 for m, pts in mods]
-        try:
-            metric.embedding(y) if metric.is_embedded else metric.tensor_fn()(y)
-        finally:
-            for hk in hooks:
-                hk.remove()
+        for root, gm, kinks in progs:
+            if gm is not None:
+                _KinkRecorder(gm, kinks, vals).run(y)
+                continue
+            hooks = [m.register_forward_pre_hook(functools.partial(lambda mod, args, pts: grab(mod, args, pts), pts=pts))
+                     for m, pts in kinks]
+            try:
+                root(y)
+            finally:
+                for hk in hooks:
+                    hk.remove()
         return torch.cat(vals, 1) if vals else y.new_zeros(y.shape[0], 0)
 
     return switching
@@ -655,7 +705,7 @@ def _kink_fn(metric):
 _KINK_SAMPLES = 32  # sub-intervals per segment in which sign changes of the switching values are sought
 _KINK_MERGE = 1e-7  # kinks closer than this (in τ) to a mesh point or to each other are not added
 _KINK_RELOCATE_BELOW, _KINK_RELOCATIONS = 1e-2, 4  # Newton failures re-solved with realigned kinks
-_KINK_OFFSET = 10.0  # a certified curve's kinks lie within 0.1·tol (in τ) of mesh points
+_KINK_OFFSET = 1.0  # a certified curve's kinks lie within _KINK_OFFSET·tol (in τ) of mesh points
 
 
 def _locate_kinks(B, kfn, K):
