@@ -247,8 +247,8 @@ def test_kinked_decoder_meshes_put_a_point_at_every_kink(monkeypatch):
     e = lg.exp_map(m, z0[ok], r.initial_velocity[ok], rtol=1e-12, atol=1e-14, max_steps=100_000)
     miss = (e.z1 - z1[ok]).norm(dim=1) / (z1[ok] - z0[ok]).norm(dim=1)
     assert float(miss.max()) < 1e-5
-    monkeypatch.setattr(pw, "_kink_fn", lambda metric: None)
-    monkeypatch.setattr(cn, "_kink_fn", lambda metric: None)
+    monkeypatch.setattr(pw, "_kink_fn", lambda metric, c0=False: None)
+    monkeypatch.setattr(cn, "_kink_fn", lambda metric, c0=False: None)
     r0 = lg.connecting_geodesic(m, z0, z1, progress=False, budget=10.0)
     assert int(r0.converged.sum()) < int(r.converged.sum())
 
@@ -283,3 +283,41 @@ def test_kink_points_of_functional_calls_and_plain_functions():
         assert torch.equal(s, ref[0]) and torch.allclose(r.length, ref[1], rtol=1e-9)
     assert pw._kink_fn(lg.PullbackMetric(lg.DeterministicDecoder(
         nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=0.5), nn.Tanh()).to(DT), latent_dim=2))) is None  # (C⁰: not handled)
+
+
+def test_metric_jumps_energy_stage_only(monkeypatch):
+    """ReLU (C⁰: the metric jumps where a unit switches): pairs whose straight line crosses a kink
+    get the energy stage only (no collocation is attempted; on a ReLU digits VAE the other stages
+    took the 1 s budget and found the same lengths), pairs whose line crosses none are solved as
+    usual, and a certified curve that crosses a kink is not reported as certified."""
+    import latentgeo.geodesics.connecting as cn
+    import latentgeo.geodesics.spectral as sp
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 8)).to(DT)
+    m = lg.PullbackMetric(lg.DeterministicDecoder(net, latent_dim=2))
+    z = 2 * torch.randn(8, 2, dtype=DT)
+
+    def no_collocation(*a, **k):
+        raise AssertionError("collocation attempted")
+
+    monkeypatch.setattr(cn, "collocate", no_collocation)
+    monkeypatch.setattr(cn, "collocate_piecewise", no_collocation)
+    r = lg.connecting_geodesic(m, z[:4], z[4:], progress=False)
+    assert all("crosses a jump of the metric" in s and "energy minimisation only" in s for s in r.messages)
+    assert bool((r.length <= r.line_length * (1 + 1e-12)).all()) and bool((r.length < r.line_length).any())
+    monkeypatch.undo()
+    # saturating activations whose pairs stay in the linear range: certified as before
+    hs = nn.Sequential(nn.Linear(2, 16), nn.Hardsigmoid(), nn.Linear(16, 8)).to(DT)
+    with torch.no_grad():
+        hs[0].weight.mul_(0.3)
+        hs[0].bias.zero_()
+    r2 = lg.connecting_geodesic(lg.PullbackMetric(lg.DeterministicDecoder(hs, latent_dim=2)), z[:4] / 4, z[4:] / 4,
+                                progress=False)
+    assert bool(r2.converged.all())
+    # the post-check: curves certified on a smooth twin, judged on the ReLU decoder, cross kinks
+    twin = nn.Sequential(net[0], nn.Softplus(beta=50.0), net[2])
+    rt = lg.connecting_geodesic(lg.PullbackMetric(lg.DeterministicDecoder(twin, latent_dim=2)), z[:4], z[4:], progress=False)
+    assert bool(rt.converged.all())
+    out = cn._uncertify_kink_crossings(rt, m)
+    assert not bool(out.converged.any()) and all("crosses one" in s for s in out.reasons)

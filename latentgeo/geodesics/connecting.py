@@ -61,7 +61,7 @@ import torch
 from .._progress import progress_bar
 from .._validation import as_latent_batch, check_int, check_on_failure
 from .bvp import _merge_knots, shoot
-from .piecewise import _kink_fn, collocate_piecewise
+from .piecewise import _kink_fn, collocate_piecewise, crosses_kinks
 from .energy import minimize_discrete_energy
 from .ivp import _geodesic_rhs, _trace_to_padded, dopri5
 from .ode import _check_metric, acceleration_fn
@@ -131,6 +131,26 @@ def _decoder_kinks(metric) -> list:
             found = None
         out += [k for k in (found or []) if k not in out]
     return out
+
+
+def _uncertify_kink_crossings(res, metric):
+    """Certified curves of a decoder with C⁰ kinks that cross one (the metric jumps there: the
+    geodesic equation the certificate checks does not hold across it) are reported as not certified."""
+    ok = torch.nonzero(res.converged).reshape(-1)
+    if ok.numel() == 0:
+        return res
+    k0 = _kink_fn(metric, c0=True)
+    if k0 is None:
+        return res
+    with torch.no_grad():
+        t = torch.linspace(0, 1, 513, dtype=res.z0.dtype, device=res.z0.device)
+        cross = crosses_kinks(k0, res[ok].curve(t).to(res.z0.dtype))
+    for j in torch.nonzero(cross).reshape(-1).tolist():
+        i = int(ok[j])
+        res.status[i] = int(GeodesicStatus.NOT_CONVERGED)
+        res.reasons[i] = ("the curve solves the geodesic equation between the jumps of the metric but crosses one (a first "
+                          "derivative of the decoder jumps there), where the equation does not hold")
+    return res
 
 
 def _note_kinks(res, metric):
@@ -460,6 +480,7 @@ def connecting_geodesic(
             parts.append(_line_result(metric, a[done:], b[done:], n_points, GeodesicStatus.STOPPED,
                                       "stopped by the user (KeyboardInterrupt)"))
     res = parts[0] if len(parts) == 1 else _concat(parts)
+    res = _uncertify_kink_crossings(res, metric)
     res = _note_kinks(res, metric)
     if out_dtype != wdt and out_dtype.is_floating_point:
         res = _cast(res, out_dtype)
@@ -1099,13 +1120,31 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # equations, so the energy curves go straight to the piecewise stage, whose meshes have a point
     # at every kink (on a plain-PyTorch ELU digits VAE the global passes were most of the budget)
     kinked = solver.piecewise and _kink_fn(metric) is not None
-    if first.numel() == n:
-        er, ser, cr = attempt(all_idx, init, not kinked)
+    # a decoder with C⁰ kinks (ReLU, ...): its metric jumps where a unit switches, and a geodesic
+    # refracts there, which no stage models. Pairs whose straight line crosses such a kink get the
+    # energy stage only (its curve is the upper bound: on a plain-PyTorch ReLU digits VAE the other
+    # stages took the 1 s budget and found the same lengths); the others are solved as usual, and a
+    # certified curve that crosses a kink is not reported as certified (connecting_geodesic)
+    bound_only = torch.zeros(n, dtype=torch.bool, device=dev)
+    k0 = _kink_fn(metric, c0=True)
+    if k0 is not None and n:
+        tl = torch.linspace(0, 1, 257, dtype=dt, device=dev)[None, :, None]
+        with torch.no_grad():
+            bound_only = crosses_kinks(k0, z0[:, None] + tl * (z1 - z0)[:, None]) & ~same
+    groups = []
+    for sel, colloc in ((first[~bound_only[first]], not kinked), (first[bound_only[first]], False)):
+        if sel.numel():
+            groups.append((sel, *attempt(sel, init, colloc)))
+    if len(groups) == 1 and groups[0][0].numel() == n:
+        _, er, ser, cr = groups[0]
     else:
-        parts = [(first, *attempt(first, init, not kinked))] if first.numel() else []
-        er, ser, cr = _merge_direct(all_idx, all_idx[:0], _empty_collocation(Kmax, d, dt, dev, no_jac(0)), parts, Kmax, d)
-        if parts and parts[0][3].direct is not None:
-            cr.direct[first] = parts[0][3].direct
+        er, ser, cr = _merge_direct(all_idx, all_idx[:0], _empty_collocation(Kmax, d, dt, dev, no_jac(0)), groups, Kmax, d)
+        for g in groups:
+            if g[3].direct is not None:
+                cr.direct[g[0]] = g[3].direct
+    for i in torch.nonzero(bound_only).reshape(-1).tolist():
+        cr.reasons[i] = ("the straight line crosses a jump of the metric (a first derivative of the decoder jumps there): "
+                         "energy minimisation only")
     # pairs certified straight from a warm collocation curve compete with the graph path only
     # when it is strictly shorter (their curve was the shortest found for a nearby pair)
     warm_direct = cr.direct if cr.direct is not None else torch.zeros(n, dtype=torch.bool, device=dev)
@@ -1157,7 +1196,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     alt_curves = None
     first_series = series  # the first start's curves, kept where the graph start's replace them (from_graph)
     from_graph = torch.zeros(n, dtype=torch.bool, device=dev)
-    retry = ~conv & ~kept_mask
+    frozen = kept_mask | bound_only  # (not solved further)
+    retry = ~conv & ~frozen
     if graph is not None and init != "graph" and n:
         # the graph path is a competitor: certified pairs longer than it are re-solved from it too
         with torch.no_grad():
@@ -1220,7 +1260,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # reparametrised by arclength; see .piecewise) for the pairs still not certified, from their
     # best curves: it resolves the sharp features of RBF variances that a global polynomial needs
     # hundreds of nodes for
-    pwm = ~conv & ~budget & ~same & ~kept_mask
+    pwm = ~conv & ~budget & ~same & ~frozen
     if solver.piecewise and bool(pwm.any()) and not _expired(deadline):
         pi = torch.nonzero(pwm).reshape(-1)
         a_, b_ = z0[pi], z1[pi]
@@ -1297,7 +1337,7 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
     # escalation: pairs still not certified (and not out of time) get one finer pass from their
     # best curve — twice the degree and the first nodes, up to max_nodes (sharp features of RBF
     # variances need up to 512 nodes; most pairs never get here)
-    esc = ~conv & ~budget & ~same & ~kept_mask
+    esc = ~conv & ~budget & ~same & ~frozen
     if bool(esc.any()) and 2 * nodes <= max_nodes and not kinked and not _expired(deadline):
         ei = torch.nonzero(esc).reshape(-1)
         with torch.no_grad():
@@ -1332,8 +1372,8 @@ def _solve_spectral(metric, z0, z1, *, solver, tol, init, warm, graph, n_points,
             jacs[fi] = padj(cr3.jacobian)[fixed]
         rel[fi], drift[fi], resid[fi] = cr3.rel_residual[fixed], cr3.speed_drift[fixed], cr3.residual[fixed]
 
-    if solver.shooting_fallback and not bool((conv | kept_mask).all()) and not _expired(deadline):
-        bad = torch.nonzero(~conv & ~kept_mask).reshape(-1)
+    if solver.shooting_fallback and not bool((conv | frozen).all()) and not _expired(deadline):
+        bad = torch.nonzero(~conv & ~frozen).reshape(-1)
         with torch.no_grad():
             v_init = _eval_series(series[bad], torch.zeros(1, dtype=dt, device=dev), derivative=True)[:, 0]
             # a geodesic's initial speed is its length: rescale the best curve's γ'(0) to the curve's

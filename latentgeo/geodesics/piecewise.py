@@ -613,7 +613,23 @@ def _remesh(B, eta, S_new, K):
 # unit's input crosses one of them along the curve, the geodesic equation's right-hand side jumps.
 # A mesh point there keeps every segment smooth (see _with_kinks); C⁰ kinks (ReLU: the metric
 # itself jumps, the geodesic refracts) are not handled this way.
-def _kink_points(mod):
+def _kink_points(mod, c0=False):
+    """The inputs at which the activation module ``mod`` has a C¹ kink (its second derivative jumps),
+    or with ``c0`` a C⁰ kink (its first derivative jumps: the pullback metric itself jumps), or ``()``."""
+    if c0:
+        if isinstance(mod, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.PReLU, torch.nn.RReLU, torch.nn.SELU)):
+            return (0.0,)
+        if isinstance(mod, torch.nn.ELU):
+            return (0.0,) if float(mod.alpha) != 1.0 else ()
+        if isinstance(mod, torch.nn.Hardtanh):  # (ReLU6 too)
+            return (float(mod.min_val), float(mod.max_val))
+        if isinstance(mod, torch.nn.Hardsigmoid):
+            return (-3.0, 3.0)
+        if isinstance(mod, (torch.nn.Softshrink, torch.nn.Hardshrink)):
+            return (-float(mod.lambd), float(mod.lambd))
+        if isinstance(mod, torch.nn.Threshold):
+            return (float(mod.threshold),)
+        return ()
     if isinstance(mod, torch.nn.ELU):
         return (0.0,) if float(mod.alpha) == 1.0 else ()
     if isinstance(mod, (torch.nn.CELU, torch.nn.Softsign)):
@@ -623,18 +639,32 @@ def _kink_points(mod):
     return ()
 
 
-def _node_kinks(gm, nd):
-    """The kink points of an fx node of ``gm`` (an activation module or function with C¹ kinks), or ``()``."""
+def _node_kinks(gm, nd, c0=False):
+    """The kink points of an fx node of ``gm`` (an activation module or function; see
+    :func:`_kink_points`), or ``()``."""
+    F_ = torch.nn.functional
     if nd.op == "call_module":
-        return _kink_points(gm.get_submodule(nd.target))
+        return _kink_points(gm.get_submodule(nd.target), c0)
+    if nd.op == "call_method":
+        return (0.0,) if c0 and nd.target == "relu" else ()
     if nd.op != "call_function":
         return ()
-    if nd.target is torch.nn.functional.elu:
+    if nd.target is F_.elu:
         alpha = nd.args[1] if len(nd.args) > 1 else nd.kwargs.get("alpha", 1.0)
-        return (0.0,) if isinstance(alpha, (int, float)) and float(alpha) == 1.0 else ()
-    if nd.target in (torch.nn.functional.celu, torch.nn.functional.softsign):
+        if not isinstance(alpha, (int, float)):
+            return ()
+        return (0.0,) if (float(alpha) != 1.0) == bool(c0) else ()
+    if c0:
+        if nd.target in (F_.relu, torch.relu, F_.leaky_relu, F_.prelu, F_.selu):
+            return (0.0,)
+        if nd.target is F_.relu6:
+            return (0.0, 6.0)
+        if nd.target is F_.hardsigmoid:
+            return (-3.0, 3.0)
+        return ()
+    if nd.target in (F_.celu, F_.softsign):
         return (0.0,)
-    if nd.target is torch.nn.functional.hardswish:
+    if nd.target is F_.hardswish:
         return (-3.0, 3.0)
     return ()
 
@@ -655,11 +685,11 @@ class _KinkRecorder(torch.fx.Interpreter):
         return super().run_node(n)
 
 
-def _kink_fn(metric):
-    """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activations (modules and
-    functional calls, from each callable's fx trace; by forward pre-hooks on the modules of a
-    callable that cannot be traced) minus their kink points: the curve crosses a kink where a
-    column changes sign. ``None`` if the decoder has none."""
+def _kink_fn(metric, c0=False):
+    """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activations (with ``c0``: its
+    C⁰-kinked ones; modules and functional calls, from each callable's fx trace; by forward
+    pre-hooks on the modules of a callable that cannot be traced) minus their kink points: a curve
+    crosses a kink where a column changes sign. ``None`` if the decoder has none."""
     from .._autodiff import decoder_modules
 
     progs = []
@@ -669,11 +699,11 @@ def _kink_fn(metric):
         except Exception:  # noqa: BLE001 - untraceable: its modules are hooked instead
             gm = None
         if gm is not None:
-            kinks = {nd.name: pts for nd in gm.graph.nodes for pts in [_node_kinks(gm, nd)] if pts}
+            kinks = {nd.name: pts for nd in gm.graph.nodes for pts in [_node_kinks(gm, nd, c0)] if pts}
             if kinks:
                 progs.append((root, gm, kinks))
         else:
-            mods = [(m, pts) for m in root.modules() for pts in [_kink_points(m)] if pts]
+            mods = [(m, pts) for m in root.modules() for pts in [_kink_points(m, c0)] if pts]
             if mods:
                 progs.append((root, None, mods))
     if not progs:
@@ -700,6 +730,13 @@ def _kink_fn(metric):
         return torch.cat(vals, 1) if vals else y.new_zeros(y.shape[0], 0)
 
     return switching
+
+
+def crosses_kinks(kfn, curves: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` whether each curve sampled as ``(n, T, d)`` crosses a kink of ``kfn`` (a column changes sign)."""
+    n, T, d = curves.shape
+    s = kfn(curves.reshape(-1, d)).reshape(n, T, -1)
+    return (s[:, :-1] * s[:, 1:] < 0).flatten(1).any(1)
 
 
 _KINK_SAMPLES = 32  # sub-intervals per segment in which sign changes of the switching values are sought
