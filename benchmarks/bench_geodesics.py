@@ -18,7 +18,7 @@ Workloads (all in one run, float64, ``torch.set_num_threads(2)``):
 (d) (a) with the decoder given as plain functions (lambdas around the same modules).
 (e) the inverse stereographic sphere (plain function), great-circle arcs up to 170°; closed form.
 (f) what users have: digits VAEs trained with plain PyTorch outside latentgeo (float32, fixed seed;
-    decoder activations tanh, SiLU and ELU), analysed as the README says
+    decoder activations tanh, SiLU, ELU and ReLU), analysed as the README says
     (``lg.fit_rbf_variance(net, codes, data, n_centers=16)``, defaults); random pairs of data codes.
 
 Per workload: certified fraction, status counts, median / 90 % / max time per pair (each pair
@@ -86,7 +86,7 @@ def train_plain_vae(act="tanh", epochs=200, seed=0, latent_dim=2):
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32)
     torch.manual_seed(seed)
-    A = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU, "elu": torch.nn.ELU}[act]
+    A = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU, "elu": torch.nn.ELU, "relu": torch.nn.ReLU}[act]
     enc = torch.nn.Sequential(torch.nn.Linear(64, 64), A(), torch.nn.Linear(64, 64), A(), torch.nn.Linear(64, 2 * latent_dim))
     dec = torch.nn.Sequential(torch.nn.Linear(latent_dim, 64), A(), torch.nn.Linear(64, 64), A(), torch.nn.Linear(64, 64))
     opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
@@ -404,7 +404,7 @@ def main():
     if "f" in args.only:
         # what users have: a VAE trained outside latentgeo, analysed as the README says
         # (lg.fit_rbf_variance(net, codes, data, n_centers=16), float32 model, default solver)
-        for act in ("tanh", "silu", "elu"):
+        for act in ("tanh", "silu", "elu", "relu"):
             t = time.perf_counter()
             net, codes_f, X_f, y_f = train_plain_vae(act)
             dec_f = lg.fit_rbf_variance(net, codes_f, X_f, n_centers=16)
