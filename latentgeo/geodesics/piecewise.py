@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -685,6 +686,34 @@ class _KinkRecorder(torch.fx.Interpreter):
         return super().run_node(n)
 
 
+_KINK_PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _kink_program(root, c0: bool):
+    """``(fx graph module or None, kinks)`` of one decoder callable's kinked activations, or ``None``
+    if it has none; cached per module and structure (an fx trace costs ~3 ms, and every geodesic
+    call asks)."""
+    mods = list(root.modules())
+    key = (c0, tuple((type(m), m.training, _kink_points(m, c0)) for m in mods))
+    per = _KINK_PROGRAMS.setdefault(root, {})
+    if key not in per:
+        gm = None
+        # (torch.nn's own modules make no functional calls to kinked activations: their kinks are
+        # their modules', hooked without a trace; a working copy of such a decoder is not retraced)
+        if not all(type(m).__module__.startswith("torch.nn.") for m in mods):
+            try:
+                gm = torch.fx.symbolic_trace(root)
+            except Exception:  # noqa: BLE001 - untraceable: its modules are hooked instead
+                gm = None
+        if gm is not None:
+            kinks = {nd.name: pts for nd in gm.graph.nodes for pts in [_node_kinks(gm, nd, c0)] if pts}
+            per[key] = (gm, kinks) if kinks else None
+        else:
+            hooked = [(m, pts) for m in mods for pts in [_kink_points(m, c0)] if pts]
+            per[key] = (None, hooked) if hooked else None
+    return per[key]
+
+
 def _kink_fn(metric, c0=False):
     """``y (M, d) -> s (M, U)``: the inputs of the decoder's C¹-kinked activations (with ``c0``: its
     C⁰-kinked ones; modules and functional calls, from each callable's fx trace; by forward
@@ -694,18 +723,9 @@ def _kink_fn(metric, c0=False):
 
     progs = []
     for root in decoder_modules(getattr(metric, "decoder", None)):
-        try:
-            gm = torch.fx.symbolic_trace(root)
-        except Exception:  # noqa: BLE001 - untraceable: its modules are hooked instead
-            gm = None
-        if gm is not None:
-            kinks = {nd.name: pts for nd in gm.graph.nodes for pts in [_node_kinks(gm, nd, c0)] if pts}
-            if kinks:
-                progs.append((root, gm, kinks))
-        else:
-            mods = [(m, pts) for m in root.modules() for pts in [_kink_points(m, c0)] if pts]
-            if mods:
-                progs.append((root, None, mods))
+        prog = _kink_program(root, bool(c0))
+        if prog is not None:
+            progs.append((root, *prog))
     if not progs:
         return None
 
