@@ -47,7 +47,7 @@ from torch.func import jvp, vmap
 
 from ._autodiff import (
     compose_mixed_second_order, compose_second_order, function_module, jacobian_columns, mixed_second_order,
-    second_order,
+    second_order, uncompiled,
 )
 from ._validation import as_latent_batch, describe_bad_rows, infer_latent_dim, model_dtype, probe_decoder
 
@@ -274,12 +274,7 @@ class Decoder:
 def _as_callable(f, what: str) -> Callable:
     if f is None or not callable(f):
         raise ValueError(f"{what} must be a callable (an nn.Module or a function), got {type(f).__name__}")
-    orig = getattr(f, "_orig_mod", None)
-    if type(f).__name__ == "OptimizedModule" and isinstance(orig, nn.Module):
-        # torch.compile'd: the module it wraps (same function; compiled code is retraced for every
-        # new batch shape, ~0.7 s a geodesic, and cannot be traced for derivatives)
-        return orig
-    return f
+    return uncompiled(f)
 
 
 class GaussianDecoder(Decoder):

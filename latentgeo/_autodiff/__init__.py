@@ -121,6 +121,7 @@ __all__ = [
     "unsupported_reason",
     "nonsmooth_ops",
     "decoder_modules",
+    "uncompiled",
     "nested_forward_hazard",
     "transforms_active",
     "rowwise_jacobian",
@@ -346,6 +347,14 @@ def _captured(fn) -> tuple:
 _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def uncompiled(f):
+    """The module a ``torch.compile`` d module wraps, else ``f``: compiled code is retraced for every
+    new batch shape (~0.7 s a geodesic) and cannot be traced for derivatives; the wrapped module
+    is the same function."""
+    orig = getattr(f, "_orig_mod", None)
+    return orig if type(f).__name__ == "OptimizedModule" and isinstance(orig, nn.Module) else f
+
+
 def decoder_modules(decoder) -> list:
     """The ``nn.Module`` s a decoder's callables are, or wrap (:func:`function_module`: the modules
     a plain function uses become submodules): what its ``.modules()`` must be searched for."""
@@ -381,10 +390,7 @@ def function_module(fn: Callable) -> Optional[nn.Module]:
         True
     """
     if isinstance(fn, nn.Module):
-        # a torch.compile'd module: trace the module it wraps (a trace of the wrapper fails, and
-        # the generic path through compiled code took ~1 s a pair)
-        orig = getattr(fn, "_orig_mod", None)
-        return orig if type(fn).__name__ == "OptimizedModule" and isinstance(orig, nn.Module) else fn
+        return uncompiled(fn)
     mods = _captured(fn)
     try:
         cached = _WRAPPERS.get(fn)

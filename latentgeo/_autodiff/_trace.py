@@ -506,24 +506,57 @@ def unsupported_reason(module: nn.Module) -> Optional[str]:
     return None
 
 
-
 # ----------------------------------------------------------------------------- smoothness
 # Activations whose derivatives jump: "C0" (the first derivative jumps: the pullback metric is
 # discontinuous) or "C1" (the second derivative jumps: the metric is continuous but the geodesic
 # equation's right-hand side, which holds its derivatives, jumps where a unit switches)
+# (class, level, kink points, where); modules with attribute-dependent kinks are in op_kink
 _KINKED_MODULES = (
-    (nn.ReLU, "C0", "0"), (nn.LeakyReLU, "C0", "0"), (nn.PReLU, "C0", "0"), (nn.RReLU, "C0", "0"),
-    (nn.Hardtanh, "C0", "its clamp limits"), (nn.Threshold, "C0", "its threshold"),
-    (nn.Hardsigmoid, "C0", "±3"), (nn.Softshrink, "C0", "±lambd"), (nn.Hardshrink, "C0", "±lambd"),
-    (nn.SELU, "C0", "0"), (nn.CELU, "C1", "0"), (nn.Softsign, "C1", "0"), (nn.Hardswish, "C1", "±3"),
+    (nn.ReLU, "C0", (0.0,), "0"), (nn.LeakyReLU, "C0", (0.0,), "0"), (nn.PReLU, "C0", (0.0,), "0"),
+    (nn.RReLU, "C0", (0.0,), "0"), (nn.Hardsigmoid, "C0", (-3.0, 3.0), "±3"), (nn.SELU, "C0", (0.0,), "0"),
+    (nn.CELU, "C1", (0.0,), "0"), (nn.Softsign, "C1", (0.0,), "0"), (nn.Hardswish, "C1", (-3.0, 3.0), "±3"),
 )
+# function -> (level, kink points or None (their arguments: described, not located), where)
 _KINKED_FUNCTIONS = {
-    F.relu: ("C0", "0"), torch.relu: ("C0", "0"), F.relu6: ("C0", "0 and 6"), F.leaky_relu: ("C0", "0"),
-    F.prelu: ("C0", "0"), F.hardtanh: ("C0", "its clamp limits"), F.threshold: ("C0", "its threshold"),
-    F.selu: ("C0", "0"), F.hardsigmoid: ("C0", "±3"), F.softshrink: ("C0", "±lambd"), F.hardshrink: ("C0", "±lambd"),
-    torch.abs: ("C0", "0"), F.celu: ("C1", "0"), F.softsign: ("C1", "0"), F.hardswish: ("C1", "±3"),
+    F.relu: ("C0", (0.0,), "0"), torch.relu: ("C0", (0.0,), "0"), F.relu6: ("C0", (0.0, 6.0), "0 and 6"),
+    F.leaky_relu: ("C0", (0.0,), "0"), F.prelu: ("C0", (0.0,), "0"), F.hardtanh: ("C0", None, "its clamp limits"),
+    F.threshold: ("C0", None, "its threshold"), F.selu: ("C0", (0.0,), "0"), F.hardsigmoid: ("C0", (-3.0, 3.0), "±3"),
+    F.softshrink: ("C0", None, "±lambd"), F.hardshrink: ("C0", None, "±lambd"),
+    torch.abs: ("C0", None, "0"),  # (|x| inside smooth compositions, e.g. x/(1+|x|), is not a kink of the map)
+    F.celu: ("C1", (0.0,), "0"), F.softsign: ("C1", (0.0,), "0"), F.hardswish: ("C1", (-3.0, 3.0), "±3"),
 }
-_KINKED_METHODS = {"relu": ("C0", "0"), "abs": ("C0", "0")}
+_KINKED_METHODS = {"relu": ("C0", (0.0,), "0"), "abs": ("C0", None, "0")}
+
+
+def op_kink(op: str, target, args, kwargs, mod=None):
+    """``(level, points, where)`` of a graph node (``op``/``target`` as in ``torch.fx``; ``mod``: the
+    module of a ``call_module`` node) whose derivatives jump, or ``None``. ``level`` is ``"C0"``
+    (its first derivative jumps: the pullback metric is discontinuous) or ``"C1"`` (its second
+    derivative jumps: the geodesic equation's right-hand side jumps where a unit switches);
+    ``points`` the inputs at which it does (``None``: not known without its arguments); ``where``
+    in words. The one table behind :func:`nonsmooth_ops` and the piecewise stage's kink meshes."""
+    if op == "call_module":
+        if isinstance(mod, nn.ELU):
+            return ("C1" if float(mod.alpha) == 1.0 else "C0"), (0.0,), "0"
+        if isinstance(mod, nn.Hardtanh):  # (ReLU6 too)
+            return "C0", (float(mod.min_val), float(mod.max_val)), "its clamp limits"
+        if isinstance(mod, (nn.Softshrink, nn.Hardshrink)):
+            return "C0", (-float(mod.lambd), float(mod.lambd)), "±lambd"
+        if isinstance(mod, nn.Threshold):
+            return "C0", (float(mod.threshold),), "its threshold"
+        for cls, level, points, where in _KINKED_MODULES:
+            if isinstance(mod, cls):
+                return level, points, where
+        return None
+    if op == "call_function":
+        if target is F.elu:
+            alpha = args[1] if len(args) > 1 else kwargs.get("alpha", 1.0)
+            known = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+            return ("C1" if known and float(alpha) == 1.0 else "C0"), ((0.0,) if known else None), "0"
+        return _KINKED_FUNCTIONS.get(target)
+    if op == "call_method":
+        return _KINKED_METHODS.get(target)
+    return None
 
 
 def _describe_kink(what: str, level: str, where: str) -> str:
@@ -535,11 +568,11 @@ def nonsmooth_ops(module: nn.Module) -> Optional[list]:
     """The operations of ``module``'s traced graph that are not twice continuously differentiable.
 
     Each entry names the operation and what jumps, e.g. ``"nn.ELU (its second derivative jumps at
-    0)"``. The geodesic equation of a pullback metric holds the decoder's second derivatives, so
-    where one of them jumps (a unit switching sign along the curve) its right-hand side jumps and
-    polynomial collocation cannot reach tight tolerances; where a first derivative jumps (ReLU) the
-    metric itself is discontinuous. ``[]``: none found; ``None``: the module cannot be traced
-    (unknown). Guards such as ``clamp`` and ``where`` are not listed: they are usually inactive.
+    0)"`` (:func:`op_kink`). The geodesic equation of a pullback metric holds the decoder's second
+    derivatives, so where one of them jumps (a unit switching sign along the curve) its right-hand
+    side jumps; where a first derivative jumps (ReLU) the metric itself is discontinuous. ``[]``:
+    none found; ``None``: the module cannot be traced (unknown). Guards such as ``clamp`` and
+    ``where`` are not listed: they are usually inactive.
 
     Example:
         >>> import torch
@@ -554,25 +587,18 @@ def nonsmooth_ops(module: nn.Module) -> Optional[list]:
         return None
     out = []
     for st in entry.steps:
-        found = None
+        mod = _resolve(module, st.path) if st.op == "call_module" else None
+        k = op_kink(st.op, st.target, st.args, st.kwargs, mod)
+        if k is None:
+            continue
         if st.op == "call_module":
-            mod = _resolve(module, st.path)
-            if isinstance(mod, nn.ELU):
-                found = _describe_kink("nn.ELU", "C1" if float(mod.alpha) == 1.0 else "C0", "0")
-            for cls, level, where in _KINKED_MODULES:
-                if found is None and isinstance(mod, cls):
-                    found = _describe_kink(f"nn.{type(mod).__name__}", level, where)
-        elif st.op == "call_function":
-            if st.target is F.elu:
-                alpha = st.args[1] if len(st.args) > 1 else st.kwargs.get("alpha", 1.0)
-                found = _describe_kink("F.elu", "C1" if not isinstance(alpha, _Ref) and float(alpha) == 1.0 else "C0", "0")
-            elif st.target in _KINKED_FUNCTIONS:
-                level, where = _KINKED_FUNCTIONS[st.target]
-                found = _describe_kink(f"{getattr(st.target, '__module__', 'torch').replace('torch.nn.functional', 'F')}."
-                                       f"{st.target.__name__}", level, where)
-        elif st.op == "call_method" and st.target in _KINKED_METHODS:
-            found = _describe_kink(f"Tensor.{st.target}", *_KINKED_METHODS[st.target])
-        if found is not None and found not in out:
+            what = f"nn.{type(mod).__name__}"
+        elif st.op == "call_method":
+            what = f"Tensor.{st.target}"
+        else:
+            what = f"{getattr(st.target, '__module__', 'torch').replace('torch.nn.functional', 'F')}.{st.target.__name__}"
+        found = _describe_kink(what, k[0], k[2])
+        if found not in out:
             out.append(found)
     return out
 

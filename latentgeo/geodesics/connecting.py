@@ -166,7 +166,7 @@ def _note_kinks(res, metric):
             "solvers do not model; smooth activations such as Softplus, SiLU, GELU or tanh avoid this"
             if c0 else
             "The geodesic equation's right-hand side jumps where a unit switches along the curve; the "
-            "piecewise meshes put a point at each such kink of nn modules, and this pair was still not certified"
+            "piecewise meshes put a point at each such kink, and this pair was still not certified"
         ) + "; the length is the shortest curve found, an upper bound"
         for i in bad:
             res.reasons[i] = res.reasons[i] + note

@@ -66,6 +66,7 @@ import torch
 import torch.fx
 from numpy.polynomial import legendre as npleg
 
+from .._autodiff._trace import op_kink
 from ..metric import Metric
 from .ode import acceleration_fn
 from .spectral import (
@@ -610,64 +611,24 @@ def _remesh(B, eta, S_new, K):
     return _Batch(tau, y, yp, A.reshape(n, S_new, q, d))
 
 
-# Activations whose second derivative jumps (C¹ kinks) and the inputs at which it does: where a
-# unit's input crosses one of them along the curve, the geodesic equation's right-hand side jumps.
-# A mesh point there keeps every segment smooth (see _with_kinks); C⁰ kinks (ReLU: the metric
-# itself jumps, the geodesic refracts) are not handled this way.
+# Kinks (latentgeo._autodiff._trace.op_kink): where a unit's input crosses a C¹ kink along the
+# curve, the geodesic equation's right-hand side jumps, and a mesh point there keeps every segment
+# smooth (see _with_kinks); at a C⁰ kink (ReLU) the metric itself jumps and the geodesic refracts,
+# which is not modelled (connecting.py bounds such pairs).
+def _level_points(k, c0: bool):
+    """The kink points of an :func:`op_kink` entry of the wanted level (C⁰ with ``c0``, else C¹), or ``()``."""
+    return k[1] if k is not None and k[1] is not None and (k[0] == "C0") == bool(c0) else ()
+
+
 def _kink_points(mod, c0=False):
-    """The inputs at which the activation module ``mod`` has a C¹ kink (its second derivative jumps),
-    or with ``c0`` a C⁰ kink (its first derivative jumps: the pullback metric itself jumps), or ``()``."""
-    if c0:
-        if isinstance(mod, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.PReLU, torch.nn.RReLU, torch.nn.SELU)):
-            return (0.0,)
-        if isinstance(mod, torch.nn.ELU):
-            return (0.0,) if float(mod.alpha) != 1.0 else ()
-        if isinstance(mod, torch.nn.Hardtanh):  # (ReLU6 too)
-            return (float(mod.min_val), float(mod.max_val))
-        if isinstance(mod, torch.nn.Hardsigmoid):
-            return (-3.0, 3.0)
-        if isinstance(mod, (torch.nn.Softshrink, torch.nn.Hardshrink)):
-            return (-float(mod.lambd), float(mod.lambd))
-        if isinstance(mod, torch.nn.Threshold):
-            return (float(mod.threshold),)
-        return ()
-    if isinstance(mod, torch.nn.ELU):
-        return (0.0,) if float(mod.alpha) == 1.0 else ()
-    if isinstance(mod, (torch.nn.CELU, torch.nn.Softsign)):
-        return (0.0,)
-    if isinstance(mod, torch.nn.Hardswish):
-        return (-3.0, 3.0)
-    return ()
+    """The inputs at which the module ``mod`` has a C¹ kink (with ``c0``: a C⁰ kink), or ``()``."""
+    return _level_points(op_kink("call_module", None, (), {}, mod), c0)
 
 
 def _node_kinks(gm, nd, c0=False):
-    """The kink points of an fx node of ``gm`` (an activation module or function; see
-    :func:`_kink_points`), or ``()``."""
-    F_ = torch.nn.functional
-    if nd.op == "call_module":
-        return _kink_points(gm.get_submodule(nd.target), c0)
-    if nd.op == "call_method":
-        return (0.0,) if c0 and nd.target == "relu" else ()
-    if nd.op != "call_function":
-        return ()
-    if nd.target is F_.elu:
-        alpha = nd.args[1] if len(nd.args) > 1 else nd.kwargs.get("alpha", 1.0)
-        if not isinstance(alpha, (int, float)):
-            return ()
-        return (0.0,) if (float(alpha) != 1.0) == bool(c0) else ()
-    if c0:
-        if nd.target in (F_.relu, torch.relu, F_.leaky_relu, F_.prelu, F_.selu):
-            return (0.0,)
-        if nd.target is F_.relu6:
-            return (0.0, 6.0)
-        if nd.target is F_.hardsigmoid:
-            return (-3.0, 3.0)
-        return ()
-    if nd.target in (F_.celu, F_.softsign):
-        return (0.0,)
-    if nd.target is F_.hardswish:
-        return (-3.0, 3.0)
-    return ()
+    """The kink points of an fx node of ``gm`` (see :func:`_kink_points`), or ``()``."""
+    mod = gm.get_submodule(nd.target) if nd.op == "call_module" else None
+    return _level_points(op_kink(nd.op, nd.target, nd.args, nd.kwargs, mod), c0)
 
 
 class _KinkRecorder(torch.fx.Interpreter):
