@@ -109,7 +109,7 @@ from ._generic import (
 )
 from ._interpreter import run
 from ._taylor import MIXED, TAYLOR
-from ._trace import _entry, _transforms_active, nested_forward_hazard, nonsmooth_ops, unsupported_reason
+from ._trace import _entry, _transforms_active, nested_forward_hazard, nonsmooth_ops, op_kink, unsupported_reason
 
 __all__ = [
     "jacobian_columns",
@@ -120,6 +120,7 @@ __all__ = [
     "function_module",
     "unsupported_reason",
     "nonsmooth_ops",
+    "op_kink",
     "decoder_modules",
     "uncompiled",
     "nested_forward_hazard",

@@ -66,7 +66,7 @@ import torch
 import torch.fx
 from numpy.polynomial import legendre as npleg
 
-from .._autodiff._trace import op_kink
+from .._autodiff import op_kink
 from ..metric import Metric
 from .ode import acceleration_fn
 from .spectral import (
