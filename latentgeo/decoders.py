@@ -46,8 +46,8 @@ from torch.distributions import Bernoulli, Categorical, Independent, Normal
 from torch.func import jvp, vmap
 
 from ._autodiff import (
-    compose_mixed_second_order, compose_second_order, function_module, jacobian_columns, mixed_second_order,
-    second_order, uncompiled,
+    compose_hessian_second_order, compose_mixed_second_order, compose_second_order, function_module,
+    hessian_second_order, jacobian_columns, mixed_second_order, second_order, uncompiled,
 )
 from ._validation import as_latent_batch, describe_bad_rows, infer_latent_dim, model_dtype, probe_decoder
 
@@ -72,13 +72,28 @@ def _traced(f, z):
     return None if m is None else jacobian_columns(m, z)
 
 
-def _traced2(f, z, v, mixed: bool = False):
+def _traced2(f, z, v, mode: str = "taylor"):
     """``(f(z), columns (d, *out.shape), ∂²f[v, v])`` through the fx interpreter (Taylor mode), or
-    ``None``; with ``mixed``, ``∂²f[v, e_i]`` ``(d, *out.shape)`` in place of ``∂²f[v, v]``."""
+    ``None``; in mode ``"mixed"``, ``∂²f[v, e_i]`` ``(d, *out.shape)`` in place of ``∂²f[v, v]``;
+    in mode ``"hessian"`` (``v`` unused), ``∂²f[e_i, e_j]``, ``i ≤ j``, ``(m, *out.shape)``."""
     m = function_module(f)
     if m is None:
         return None
-    return mixed_second_order(m, z, v) if mixed else second_order(m, z, v)
+    if mode == "hessian":
+        return hessian_second_order(m, z)
+    return mixed_second_order(m, z, v) if mode == "mixed" else second_order(m, z, v)
+
+
+def _jet_mode(mixed) -> str:
+    return "mixed" if mixed else "taylor"
+
+
+#: the chain rule through a pure map, per jet mode: (outer, raw, cols, h, v) -> (out, cols', h')
+_COMPOSE = {
+    "taylor": compose_second_order,
+    "mixed": compose_mixed_second_order,
+    "hessian": lambda outer, raw, cols, h, v: compose_hessian_second_order(outer, raw, cols, h),
+}
 
 
 def _jet_flat(r, n: int, d: int):
@@ -89,13 +104,14 @@ def _jet_flat(r, n: int, d: int):
     out, cols, h = r
     if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
         return None  # the generic path raises the decoder's error message
-    h = h.reshape(d, n, -1) if h.dim() > out.dim() else h.reshape(n, -1)
+    h = h.reshape(h.shape[0], n, -1) if h.dim() > out.dim() else h.reshape(n, -1)
     return out.reshape(n, -1), cols.reshape(d, n, -1), h
 
 
 def _jet_cat(parts):
     """Concatenate flattened jets and return ``(g (N, K), J (N, K, d), h (N, K))`` (``None`` if any
-    is); mixed jets: ``h (N, K, d)``, ``h[n, k, i] = ∂²g_k[v_n, e_i]``."""
+    is); mixed jets: ``h (N, K, d)``, ``h[n, k, i] = ∂²g_k[v_n, e_i]``; Hessian-mode jets:
+    ``h (N, K, m)``."""
     if not parts or any(p is None for p in parts):
         return None
     g = torch.cat([p[0] for p in parts], 1)
@@ -182,6 +198,16 @@ class Decoder:
         third entry is the velocity's Hessian column ``H (N, K, d)``, ``H[n, :, i] = ∂²g[v_n, e_i]``
         (:func:`latentgeo._autodiff.mixed_second_order`). ``None`` means "use nested
         ``torch.func.jvp``" (untraceable callables, a non-embedded kind). No input checks.
+        """
+        return None
+
+    def embedding_hessian_jet(self, z: torch.Tensor, kind: Optional[str] = None):
+        """Fast path for Hessians of the embedding: ``(g (N, K), J (N, K, d), H (N, K, m))`` or ``None``.
+
+        ``H[n, :, k] = ∂²g(z_n)[e_I[k], e_J[k]]`` for the ``m = d(d+1)/2`` pairs ``i ≤ j`` of
+        :func:`latentgeo._autodiff.hessian_pairs`, in one Hessian-mode pass through the fx trace
+        (:func:`latentgeo._autodiff.hessian_second_order`). ``None`` means "no fast path"
+        (untraceable callables, a non-embedded kind, a decoder class without one). No input checks.
         """
         return None
 
@@ -367,19 +393,25 @@ class GaussianDecoder(Decoder):
         return (mu, sd), (tmu.reshape(d, n, -1), tsd.reshape(d, n, -1))
 
     def embedding_jet(self, z, v, kind=None, mixed=False):
+        return self._jet(z, v, kind, _jet_mode(mixed))
+
+    def embedding_hessian_jet(self, z, kind=None):
+        return self._jet(z, None, kind, "hessian")
+
+    def _jet(self, z, v, kind, mode):
         kind = self.resolve_kind(kind)
         if kind not in self.embedded_kinds:
             return None
         n, d = z.shape
         if self.model is not None:
-            r = _traced2(self.model, z, v, mixed)
+            r = _traced2(self.model, z, v, mode)
             if r is None or not (isinstance(r[0], (tuple, list)) and len(r[0]) == 2):
                 return None
             parts = [_jet_flat((r[0][k], r[1][k], r[2][k]), n, d) for k in range(2)]
         else:
-            parts = [_jet_flat(_traced2(self.mean, z, v, mixed), n, d)]
+            parts = [_jet_flat(_traced2(self.mean, z, v, mode), n, d)]
             if kind != "mean":
-                parts.append(_jet_flat(_traced2(self.std, z, v, mixed), n, d))
+                parts.append(_jet_flat(_traced2(self.std, z, v, mode), n, d))
         if kind == "mean":
             parts = parts[:1]
         if len(parts) == 2 and all(p is not None for p in parts) and parts[0][0].shape != parts[1][0].shape:
@@ -477,17 +509,22 @@ class BernoulliDecoder(Decoder):
         return (raw,), (cols,)
 
     def embedding_jet(self, z, v, kind=None, mixed=False):
+        return self._jet(z, v, kind, _jet_mode(mixed))
+
+    def embedding_hessian_jet(self, z, kind=None):
+        return self._jet(z, None, kind, "hessian")
+
+    def _jet(self, z, v, kind, mode):
         kind = self.resolve_kind(kind)
         n, d = z.shape
-        r = _jet_flat(_traced2(self.logits if self.logits is not None else self.probs, z, v, mixed), n, d)
+        r = _jet_flat(_traced2(self.logits if self.logits is not None else self.probs, z, v, mode), n, d)
         if r is None:
             return None
         if self.logits is not None:
             outer = _bernoulli_sqrt_embedding if kind == "fisher" else torch.sigmoid
         else:
             outer = (lambda p: 2.0 * torch.asin(torch.sqrt(p))) if kind == "fisher" else None
-        compose = compose_mixed_second_order if mixed else compose_second_order
-        return _jet_cat([r if outer is None else compose(outer, *r, v)])
+        return _jet_cat([r if outer is None else _COMPOSE[mode](outer, *r, v)])
 
     def check_coordinates(self, eta, kind=None):
         super().check_coordinates(eta, kind)
@@ -566,17 +603,22 @@ class CategoricalDecoder(Decoder):
         return (out,), (tcols,)
 
     def embedding_jet(self, z, v, kind=None, mixed=False):
+        return self._jet(z, v, kind, _jet_mode(mixed))
+
+    def embedding_hessian_jet(self, z, kind=None):
+        return self._jet(z, None, kind, "hessian")
+
+    def _jet(self, z, v, kind, mode):
         kind = self.resolve_kind(kind)
-        r = _traced2(self.logits if self.logits is not None else self.probs, z, v, mixed)
+        r = _traced2(self.logits if self.logits is not None else self.probs, z, v, mode)
         if r is None:
             return None
         raw, cols, h = r
         if not isinstance(raw, torch.Tensor) or raw.dim() < 2 or raw.shape[0] != z.shape[0]:
             return None
         n, d = z.shape
-        compose = compose_mixed_second_order if mixed else compose_second_order
-        out, ocols, oh = compose(lambda x: self._from_raw(x, kind), raw, cols, h, v)
-        return _jet_cat([(out, ocols.reshape(d, n, -1), oh.reshape(d, n, -1) if mixed else oh.reshape(n, -1))])
+        out, ocols, oh = _COMPOSE[mode](lambda x: self._from_raw(x, kind), raw, cols, h, v)
+        return _jet_cat([(out, ocols.reshape(d, n, -1), oh.reshape(n, -1) if mode == "taylor" else oh.reshape(oh.shape[0], n, -1))])
 
     def coordinates(self, z, kind=None):
         kind = self.resolve_kind(kind)
@@ -634,9 +676,15 @@ class DeterministicDecoder(Decoder):
         return (_flat(r[0], n, "output"),), (r[1].reshape(d, n, -1),)
 
     def embedding_jet(self, z, v, kind=None, mixed=False):
+        return self._jet(z, v, kind, _jet_mode(mixed))
+
+    def embedding_hessian_jet(self, z, kind=None):
+        return self._jet(z, None, kind, "hessian")
+
+    def _jet(self, z, v, kind, mode):
         self.resolve_kind(kind)
         n, d = z.shape
-        return _jet_cat([_jet_flat(_traced2(self.f, z, v, mixed), n, d)])
+        return _jet_cat([_jet_flat(_traced2(self.f, z, v, mode), n, d)])
 
     def distribution(self, z):
         raise NotImplementedError("a deterministic decoder has no likelihood; use coordinates(z)")

@@ -395,6 +395,21 @@ class PullbackMetric(Metric):
                 "decoder as an nn.Module that torch.fx can trace (see latentgeo._autodiff.unsupported_reason)"
             ) from exc
 
+    def hessian_jet(self, z: torch.Tensor):
+        """``(g(z) (N, K), J (N, K, d), H (N, K, m))`` of the embedding, or ``None``: the upper
+        triangle of every output's Hessian, ``H[n, :, k] = ∂²g(z_n)[e_I[k], e_J[k]]`` for the
+        ``m = d(d+1)/2`` pairs ``i ≤ j`` of :func:`latentgeo._autodiff.hessian_pairs`.
+
+        From the decoder's Hessian-mode jet (:meth:`~latentgeo.decoders.Decoder.embedding_hessian_jet`,
+        ``1 + d + m`` rows a point against ``d (2d + 2)`` for ``d`` mixed jets) when ``fast_path``
+        is on and it applies; ``None`` otherwise (the caller then uses :meth:`jet`). Embedded
+        kinds only. Pure: no input checks.
+        """
+        if not self.is_embedded or not self.fast_path or transforms_active():
+            return None
+        f = getattr(self.decoder, "embedding_hessian_jet", None)
+        return None if f is None else f(z, self.kind)
+
     def _raw_tensor(self, z):
         kind = self.kind
         eta, g, self._out_dim = rowwise_gram(

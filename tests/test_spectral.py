@@ -290,23 +290,32 @@ def test_energy_gradient_and_gauss_newton_matrix_of_both_paths():
     torch.testing.assert_close(H1, H_exact.expand(n, -1, -1), rtol=1e-12, atol=1e-12)
 
 
-def test_energy_curvature_term_gives_the_exact_hessian():
+@pytest.mark.parametrize("path", ["hessian", "mixed"])
+def test_energy_curvature_term_gives_the_exact_hessian(monkeypatch, path):
     """With ``curvature``, the Gauss–Newton matrix plus the block-diagonal curvature term is half
     the exact Hessian of the pseudospectral energy (against torch.func.hessian of an independently
-    written energy), for a nonlinear MLP decoder and the stereographic sphere."""
+    written energy), for nonlinear MLP decoders in 2-D and 3-D and the stereographic sphere, from the
+    Hessian-mode jet (one jet a node) and from the fallback of ``d`` mixed jets a node."""
+    if path == "mixed":
+        monkeypatch.setattr(S, "_hessian_jet", lambda metric, z: None)
     N = 9
     _, w, D, _ = (torch.as_tensor(a) for a in S._lgl_np(N))
     Amat = D.T @ (w[:, None] * D)
     torch.manual_seed(3)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).double()
-    g = torch.Generator().manual_seed(4)
-    c = torch.randn(2, N + 1, 2, generator=g, dtype=D64) * 0.7
-    for metric in (lg.PullbackMetric(lg.DeterministicDecoder(net)), SPHERE):
-        E, G, H, _, B = S._energy_terms(metric, None, D, w, Amat, c, curvature=True)
+    cases = []
+    for d in (2, 3):
+        net = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).double()
+        cases.append((lg.PullbackMetric(lg.DeterministicDecoder(net)), d))
+    cases.append((SPHERE, 2))
+    for metric, d in cases:
+        g = torch.Generator().manual_seed(4)
+        c = torch.randn(2, N + 1, d, generator=g, dtype=D64) * 0.7
+        E, G, H, _, B, per = S._energy_terms(metric, None, D, w, Amat, c, curvature=True)
+        assert per == (1 if path == "hessian" else d)
         Hx = S._with_curvature(H, B)
         for i in range(2):
             def energy(x, i=i):
-                cc = torch.cat([c[i, :1], x.reshape(-1, 2), c[i, -1:]], 0)
+                cc = torch.cat([c[i, :1], x.reshape(-1, d), c[i, -1:]], 0)
                 V = D @ metric.embedding(cc)
                 return (w[:, None] * V * V).sum()
 

@@ -7,9 +7,11 @@ Two paths, chosen by the callers (decoders and metrics), never by decoder type h
 * **one fx interpreter** (:mod:`._trace` compiles a cached ``torch.fx`` trace into steps with
   named rules, :mod:`._interpreter` runs it) parameterised by *rule tables*: first-order Jacobian
   columns (:mod:`._first_order`, :func:`jacobian_columns`) and Taylor mode, which adds
-  ``∂²f[v, v]`` along a direction (:mod:`._taylor`, :func:`second_order`), and its mixed mode,
+  ``∂²f[v, v]`` along a direction (:mod:`._taylor`, :func:`second_order`), its mixed mode,
   which adds the velocity's Hessian column ``∂²f[v, ·]`` instead (:func:`mixed_second_order`:
-  what an exact velocity Jacobian of the geodesic acceleration needs). Plain functions and
+  what an exact velocity Jacobian of the geodesic acceleration needs), and its Hessian mode,
+  which adds the upper triangle ``∂²f[e_i, e_j]`` (:func:`hessian_second_order`: the curvature
+  term of the energy stage's Newton steps and the Brownian drift). Plain functions and
   lambdas are traced too (:func:`function_module` wraps them, registering the modules they use).
 
 The rest of this docstring describes the interpreter's first-order mode; :mod:`._taylor`
@@ -108,7 +110,7 @@ from ._generic import (
     CHUNK_BUDGET, auto_chunk_rows, choose_mode, rowwise_gram, rowwise_jacobian, second_directional, value_and_columns,
 )
 from ._interpreter import run
-from ._taylor import MIXED, TAYLOR
+from ._taylor import HESSIAN, MIXED, TAYLOR, hessian_pairs
 from ._trace import _entry, _transforms_active, nested_forward_hazard, nonsmooth_ops, op_kink, unsupported_reason
 
 __all__ = [
@@ -117,6 +119,9 @@ __all__ = [
     "compose_second_order",
     "mixed_second_order",
     "compose_mixed_second_order",
+    "hessian_second_order",
+    "compose_hessian_second_order",
+    "hessian_pairs",
     "function_module",
     "unsupported_reason",
     "nonsmooth_ops",
@@ -291,6 +296,53 @@ def compose_mixed_second_order(outer: Callable, raw: torch.Tensor, cols: torch.T
         return jvp(lambda x, xdot: jvp(outer, (x,), (xdot,))[1], (raw, xd), (c, m))[1]
 
     return out, ocols, vmap(one)(cols, mix)
+
+
+def hessian_second_order(module: nn.Module, z: torch.Tensor):
+    """Output, Jacobian columns and the upper triangle of the Hessian via the fx trace.
+
+    The Hessian mode of :mod:`._taylor`: every intermediate value carries its ``d`` Jacobian
+    columns and the ``m = d(d+1)/2`` second derivatives ``∂²x[e_i, e_j]``, ``i ≤ j``
+    (:func:`hessian_pairs` gives the order): ``d + m`` slots, against ``d · (2d + 1)`` for the
+    same numbers from ``d`` mixed passes (:func:`mixed_second_order` with ``v = e_j``). What the
+    curvature term of an energy's Hessian needs (``Σ_K c_K ∇²g_K``), with no velocity.
+
+    Returns:
+        ``(out, cols, hess)`` or ``None`` (as :func:`second_order`); ``hess`` has leaves
+        ``(m, *leaf.shape)``: ``hess[k, n] = ∂²f(z_n)[e_I[k], e_J[k]]``, ``(I, J) = hessian_pairs(d)``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 5)).double()
+        >>> z = torch.randn(4, 2, dtype=torch.float64)
+        >>> out, cols, hess = hessian_second_order(net, z)
+        >>> hess.shape, hessian_pairs(2)
+        (torch.Size([3, 4, 5]), ((0, 0, 1), (0, 1, 1)))
+        >>> H = torch.func.vmap(torch.func.hessian(net))(z)  # (4, 5, 2, 2)
+        >>> bool(torch.allclose(hess[1], H[:, :, 0, 1]))
+        True
+    """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"hessian_second_order needs an nn.Module, got {type(module).__name__}")
+    _check_z(z, "z")
+    return _interpret(module, z, HESSIAN)
+
+
+def compose_hessian_second_order(outer: Callable, raw: torch.Tensor, cols: torch.Tensor, hess: torch.Tensor):
+    """Push a Hessian-mode jet ``(raw (N, ...), cols (d, N, ...), hess (m, N, ...))`` through ``outer``.
+
+    Returns ``(outer(raw), cols', hess')`` with ``cols'_i = ∂outer·cols_i`` and
+    ``hess'_k = ∂outer·hess_k + ∂²outer[cols_I[k], cols_J[k]]``.
+    """
+    d = cols.shape[0]
+    I, J = (list(x) for x in hessian_pairs(d))
+    out, ocols = vmap(lambda t: jvp(outer, (raw,), (t,)), out_dims=(None, 0))(cols)
+
+    def one(left, right, h):
+        return jvp(lambda x, xdot: jvp(outer, (x,), (xdot,))[1], (raw, left), (right, h))[1]
+
+    return out, ocols, vmap(one)(cols[I], cols[J], hess)
 
 
 class _FunctionModule(nn.Module):

@@ -5,7 +5,9 @@ which rule computes each node's tangents, the generic rule for everything else, 
 output is assembled:
 
 * first order (:mod:`._first_order`): ``d`` Jacobian columns ``∂x·e_i``;
-* Taylor (:mod:`._taylor`): ``U = [∂x·e_1, …, ∂x·e_d, ẋ, ẍ]`` along ``z + t v``.
+* Taylor (:mod:`._taylor`): ``U = [∂x·e_1, …, ∂x·e_d, ẋ, ẍ]`` along ``z + t v``;
+* mixed (:mod:`._taylor`): ``[∂x·e_i …, ẋ, ∂²x[v, e_i] …]``;
+* Hessian (:mod:`._taylor`): ``[∂x·e_i …, ∂²x[e_i, e_j] … (i ≤ j)]``.
 """
 
 from __future__ import annotations

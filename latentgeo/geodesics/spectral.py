@@ -69,7 +69,7 @@ from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
 from ._lm import damped_step, update_damping
-from .._autodiff import value_and_columns
+from .._autodiff import hessian_pairs, value_and_columns
 from .ode import acceleration_and_velocity_jacobian, acceleration_fn, acceleration_from_jet, matvec
 
 __all__ = [
@@ -260,6 +260,19 @@ def _mixed_second_order(metric, y, yp):
     return a, jac, av
 
 
+def _hessian_jet(metric, z):
+    """``(g, J, H (P, K, m))`` of the metric's Hessian-mode jet at ``z (P, d)`` in row chunks of the
+    size a Taylor jet would use, or ``None`` (no fast path)."""
+    d = z.shape[1]
+    rows = max(1, _ROWS * (d + 3) // (1 + d + d * (d + 1) // 2))
+    if z.shape[0] > rows:
+        parts = [_hessian_jet(metric, z[s : s + rows]) for s in range(0, z.shape[0], rows)]
+        if any(p is None for p in parts):
+            return None
+        return tuple(torch.cat([p[i] for p in parts], 0) for i in range(3))
+    return metric.hessian_jet(z)
+
+
 #: a separate Taylor-mode pass for the rows that need no velocity Jacobian pays off when it saves
 #: more than about this many row-units (``d (d − 1)`` per mixed point): below it, one mixed pass
 #: over all rows is faster (the interpreter's per-call cost; 2-D digits VAE, float32: break-even
@@ -267,8 +280,9 @@ def _mixed_second_order(metric, y, yp):
 _SPLIT_ROWS = 1024
 # Newton steps in the energy stage (embedded metrics), once the active curves' interior nodes times
 # the latent dimension (the mixed jets of one curvature evaluation) are at most _NEWTON_ENERGY_JETS.
-# The curvature term costs d mixed jets a node, about 4x a Gauss–Newton iteration's arithmetic in
-# 2-D, and cuts the iterations 3-5x (demo VAE: a median of 40 a start to ~10). Small calls are bound
+# The curvature term costs one Hessian-mode jet a node (1 + d + d(d+1)/2 rows, against 1 + d for
+# a Gauss–Newton iteration: 2x in 2-D, 6x in 10-D; d mixed jets, d(2d + 2) rows, for decoders
+# without that jet: 4x in 2-D), and cuts the iterations 3-5x (demo VAE: a median of 40 a start to ~10). Small calls are bound
 # by per-iteration overhead, so there fewer iterations win (a pair alone: 3 curves x 23 nodes);
 # large batches are bound by arithmetic and keep Gauss–Newton steps until few curves remain
 # (session 16, benchmarks/RESULTS.md: the VP MLP batched 4.0 ms/pair with Gauss–Newton, 6.6 with
@@ -332,8 +346,8 @@ class SpectralEnergyResult:
         converged: ``(n,)`` the pair's stopping criterion was met.
         iterations: ``(n,)`` Levenberg–Marquardt iterations (accepted + rejected).
         reasons: per pair, why it stopped without converging (``""`` otherwise).
-        evaluations: ``(n,)`` decoder jets at nodes (``N+1`` an iteration, ``(N+1)·d`` for a
-            Newton iteration), or ``None``.
+        evaluations: ``(n,)`` decoder jets at nodes (``N+1`` an iteration; for a Newton
+            iteration ``N+1`` Hessian-mode jets, or ``(N+1)·d`` mixed ones), or ``None``.
     """
 
     nodes: torch.Tensor
@@ -353,15 +367,21 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None, curvature=False):
     ridge = float(getattr(metric, "ridge", 0.0))
     Ai = A[1:-1, 1:-1]
     exact = bool(curvature) and metric.is_embedded
-    B = None
+    B = Hm = None
     if metric.is_embedded:
         if exact:
-            # the Hessian's curvature term needs ∂²g[e_j, ·] at the nodes: one mixed jet per e_j
+            # the Hessian's curvature term needs ∇²g at the nodes: one Hessian-mode jet (its upper
+            # triangle, Hp (m, K, d(d+1)/2)), else one mixed jet per e_j
             zi = c[:, 1:-1].reshape(-1, d)
             m = zi.shape[0]
-            eye = torch.eye(d, dtype=c.dtype, device=c.device)
-            g, jac, Hm = metric.jet(zi.repeat(d, 1), eye.repeat_interleave(m, 0), mixed=True)
-            g, jac = g[:m], jac[:m]
+            r = _hessian_jet(metric, zi)
+            if r is not None:
+                g, jac, Hp = r
+                Hm = None
+            else:
+                eye = torch.eye(d, dtype=c.dtype, device=c.device)
+                g, jac, Hm = metric.jet(zi.repeat(d, 1), eye.repeat_interleave(m, 0), mixed=True)
+                g, jac = g[:m], jac[:m]
         else:
             g, jac = _embedding_jacobian(metric, c[:, 1:-1].reshape(-1, d))
         K = g.shape[1]
@@ -377,8 +397,12 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None, curvature=False):
         H = (jf.transpose(1, 2) @ jf).reshape(n, P, d, P, d) * Ai[None, :, None, :, None]
         if exact:
             # the exact (half) Hessian adds, at each interior node k, Σ_K cc_kK ∇²g_K(c_k)
-            B = torch.einsum("mK,jmKi->mij", cc.reshape(-1, K), Hm.reshape(d, -1, K, d)).reshape(n, P, d, d)
-            B = 0.5 * (B + B.transpose(-1, -2))
+            if Hm is None:
+                Bp = (cc.reshape(-1, 1, K) @ Hp).reshape(-1, Hp.shape[2])  # (n·P, m) upper triangles
+                B = Bp[:, _sym_index(d, c.device)].reshape(n, P, d, d)
+            else:
+                B = torch.einsum("mK,jmKi->mij", cc.reshape(-1, K), Hm.reshape(d, -1, K, d)).reshape(n, P, d, d)
+                B = 0.5 * (B + B.transpose(-1, -2))
         if ridge > 0:
             Vz = torch.einsum("jk,nkd->njd", D, c)
             E = E + ridge * (w[None, :, None] * Vz * Vz).sum((1, 2))
@@ -398,8 +422,23 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None, curvature=False):
         Dw = D[:, 1:-1]
         H = torch.einsum("j,jp,jq,njab->npaqb", w, Dw, Dw, m)
     if curvature:
-        return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends, B
+        # jets a node: one Hessian-mode jet, or d mixed ones (also without the curvature term)
+        return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends, B, 1 if Hm is None and exact else d
     return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends
+
+
+_SYM: dict = {}
+
+
+def _sym_index(d: int, device) -> torch.Tensor:
+    """``(d·d,)`` positions in the packed upper triangle (:func:`latentgeo._autodiff.hessian_pairs`)
+    of the entries of a symmetric ``d × d`` matrix, row-major."""
+    key = (d, str(device))
+    if key not in _SYM:
+        I, J = hessian_pairs(d)
+        pos = {(i, j): k for k, (i, j) in enumerate(zip(I, J))}
+        _SYM[key] = torch.tensor([pos[min(a, b), max(a, b)] for a in range(d) for b in range(d)], device=device)
+    return _SYM[key]
 
 
 def _with_curvature(H, B):
@@ -492,11 +531,13 @@ def minimize_spectral_energy(
             curv = (newton and act.numel() * (T - 2) * d <= _NEWTON_ENERGY_JETS
                     and (since >= lag or not bool(hasB[act].all())))
             since = 1 if curv else since + 1
-            evals[act] += T * (d if curv else 1)
             if curv:
-                Et, Gt, Ht, _, Bt = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act], curvature=True)
+                Et, Gt, Ht, _, Bt, per = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act],
+                                                       curvature=True)
+                evals[act] += T * per
             else:
                 Et, Gt, Ht, _ = _energy_terms(metric, mfn, D, w, A, ct, None if ends is None else ends[act])
+                evals[act] += T
             Ea = E[act]
             gain = Ea - Et
             accept = ok & torch.isfinite(Et) & (gain > 0)

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .._autodiff import hessian_pairs
+
 __all__ = ["inverse_factor", "brownian_drift", "brownian_terms_fn", "inverse_metric_divergence", "exp_step"]
 
 
@@ -53,11 +55,14 @@ def brownian_terms_fn(metric) -> Callable[[torch.Tensor], tuple[torch.Tensor, to
 
     * general metrics: ``M`` from ``metric.tensor_fn()``, ``b`` from one batched acceleration
       call over ``N·d`` rows (autodiff Christoffel symbols);
-    * embedded metrics (``M = JᵀJ + ridge·I``), ``d ≤ 2``: one Taylor-mode jet over the
+    * embedded metrics (``M = JᵀJ + ridge·I``) with the decoder's Hessian-mode jet
+      (:meth:`~latentgeo.metric.PullbackMetric.hessian_jet`: ``J`` and ``H_jk = ∂²g[e_j, e_k]``,
+      ``j ≤ k``, in ``1 + d + d(d+1)/2`` rows a point): ``Σ_m ∂²g[l_m, l_m] = Σ_jk (M⁻¹)_jk H_jk``
+      and ``b = −½ J⁺ Σ_m ∂²g[l_m, l_m]`` (the acceleration is linear in ``∂²g``);
+    * other embedded metrics, ``d ≤ 2``: one Taylor-mode jet over the
       ``d(d+1)/2`` directions ``e_j`` and ``e_j + e_k``, which gives ``J`` (so ``M``) and, by
-      polarisation, ``H_jk = ∂²g[e_j, e_k]``; then ``Σ_m ∂²g[l_m, l_m] = Σ_jk (M⁻¹)_jk H_jk`` and
-      ``b = −½ J⁺ Σ_m ∂²g[l_m, l_m]`` (the acceleration is linear in ``∂²g``);
-    * embedded metrics, ``d > 2``: one jet at ``z`` for ``J`` and ``M``, one over the ``N·d``
+      polarisation, ``H_jk``, then the same sums;
+    * other embedded metrics, ``d > 2``: one jet at ``z`` for ``J`` and ``M``, one over the ``N·d``
       rows ``(z, l_m)`` for ``∂²g[l_m, l_m]``, and one least-squares solve per point.
     """
     from ..geodesics import acceleration_fn, acceleration_from_jet
@@ -103,7 +108,24 @@ def brownian_terms_fn(metric) -> Callable[[torch.Tensor], tuple[torch.Tensor, to
         hsum = h.reshape(n, d, -1).sum(1)
         return lfac, ok, 0.5 * acceleration_from_jet(jac, hsum, ridge)
 
+    def hessian(z):
+        r = metric.hessian_jet(z)
+        if r is None:
+            return None
+        _, jac, hp = r
+        n, d = z.shape
+        lfac, ok = inverse_factor(gram(jac))
+        a = lfac @ lfac.transpose(1, 2)  # M⁻¹
+        I, J = hessian_pairs(d)
+        I, J = list(I), list(J)
+        coef = a[:, I, J] * torch.tensor([1.0 if i == j else 2.0 for i, j in zip(I, J)], dtype=a.dtype, device=a.device)
+        hsum = (hp @ coef.unsqueeze(-1)).squeeze(-1)  # Σ_jk (M⁻¹)_jk H_jk
+        return lfac, ok, 0.5 * acceleration_from_jet(jac, hsum, ridge)
+
     def embedded(z):
+        r = hessian(z)
+        if r is not None:
+            return r
         return polarised(z) if z.shape[1] <= 2 else two_pass(z)
 
     return embedded
