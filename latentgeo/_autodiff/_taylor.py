@@ -167,27 +167,25 @@ class _Layout:
     def add_square(self, uy: torch.Tensor, s2: torch.Tensor, u: torch.Tensor, D: int, owned: bool = False) -> torch.Tensor:
         """``uy`` plus ``s2 · left(u) · right(u)`` in its second-order slots (an elementwise map's
         second-order term; ``u`` its input's full tangent), in place where ``add`` would be. In
-        Hessian mode, block by
-        block of the row-major pairs (``(i, j ≥ i)``: ``s2·T_i`` times the view ``T[i:]``, one
-        fused multiply-add each) instead of gathering ``2m`` slot copies: in 10-D the gathers of an
-        RBF head's ``(N, C, d)`` tangents were a third of the jet."""
-        if not self._in_place(uy, s2, owned):
-            return self.add(uy, s2 * self.left(u, D) * self.right(u, D), D, owned=owned)
+        Hessian mode, block by block of the row-major pairs (``(i, j ≥ i)``: ``s2·T_i`` times the
+        view ``T[i:]``, one fused multiply-add each) instead of gathering ``2m`` slot copies: in
+        10-D the gathers of an RBF head's ``(N, C, d)`` tangents were a third of the jet."""
+        kind = self.kind
         d = self.d(D)
-        if self.kind != "hessian":  # one fused multiply-add: (s2·ẋ) times the paired tangents
-            uy[d + 1 :].addcmul_(s2 * u[d], self.right(u, D))
-            return uy
-        sec = uy[d:]
-        off = 0
-        for i in range(d):
-            sec[off : off + d - i].addcmul_(s2 * u[i], u[i:d])
-            off += d - i
+        if not (owned and uy._base is None and uy.is_contiguous() and s2.dtype == uy.dtype
+                and not (torch.is_grad_enabled() and (uy.requires_grad or s2.requires_grad))
+                and _broadcasts_to(s2.shape, uy.shape[1:])):
+            return self.add(uy, s2 * self.left(u, D) * self.right(u, D), D, owned=owned)
+        if kind == "taylor":
+            uy[d + 1].addcmul_(s2 * u[d], u[d])
+        elif kind == "mixed":  # (s2·ẋ) times the d columns
+            uy[d + 1 :].addcmul_(s2 * u[d], u[:d])
+        else:
+            off = d
+            for i in range(d):
+                uy[off : off + d - i].addcmul_(s2 * u[i], u[i:d])
+                off += d - i
         return uy
-
-    def _in_place(self, u, corr, owned) -> bool:
-        return (owned and u._base is None and u.is_contiguous() and corr.dtype == u.dtype
-                and not (torch.is_grad_enabled() and (u.requires_grad or corr.requires_grad))
-                and _broadcasts_to(corr.shape, u.shape[1:]))
 
 
 @functools.lru_cache(maxsize=None)
