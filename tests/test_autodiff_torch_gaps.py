@@ -140,3 +140,27 @@ def test_cdist_rbf_head():
         assert bool(r.converged.all())
         lengths.append(r.length)
     assert torch.allclose(lengths[0], lengths[1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["expected", "fisher"])
+def test_reverse_mode_through_the_metric_tensor_of_a_layer_norm_decoder(kind):
+    """Autograd through ``metric.tensor_fn()`` (curve energies optimised by gradient descent, the
+    energy stage of non-embedded metrics): through torch's ``vmap(jvp)`` of ``native_layer_norm``
+    its double backward is wrong; outside torch.func transforms the tensor now comes from the traced
+    first-order pass, and its derivatives agree with central differences."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 8)).to(DT).eval()
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    codes = torch.randn(60, 2, dtype=DT)
+    with torch.no_grad():
+        data = net(codes) + 0.05 * torch.randn(60, 8, dtype=DT)
+    dec = lg.fit_rbf_variance(net, codes, data, n_centers=4)
+    tfn = lg.PullbackMetric(dec, kind=kind).tensor_fn()
+    z = torch.randn(1, 2, dtype=DT)
+    ad = torch.autograd.functional.jacobian(lambda x: tfn(x[None])[0], z[0])  # (d, d, j)
+    h, eye = 1e-6, torch.eye(2, dtype=DT)
+    fd = torch.stack([(tfn(z + h * eye[j]) - tfn(z - h * eye[j]))[0] / (2 * h) for j in range(2)], -1)
+    assert fd.abs().max() > 1e-2
+    assert (ad - fd).abs().max() < 1e-6 * fd.abs().max()

@@ -110,7 +110,7 @@ from ._generic import (
     CHUNK_BUDGET, auto_chunk_rows, choose_mode, rowwise_gram, rowwise_jacobian, second_directional, value_and_columns,
 )
 from ._interpreter import run
-from ._taylor import HESSIAN, MIXED, TAYLOR, hessian_pairs
+from ._taylor import HESSIAN, MIXED, TAYLOR, hessian_pairs, unpack_hessian
 from ._trace import _entry, _transforms_active, nested_forward_hazard, nonsmooth_ops, op_kink, unsupported_reason
 
 __all__ = [
@@ -122,6 +122,7 @@ __all__ = [
     "hessian_second_order",
     "compose_hessian_second_order",
     "hessian_pairs",
+    "unpack_hessian",
     "function_module",
     "unsupported_reason",
     "nonsmooth_ops",

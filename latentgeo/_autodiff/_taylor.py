@@ -196,6 +196,26 @@ def hessian_pairs(d: int) -> tuple:
     return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
+def unpack_hessian(h: torch.Tensor) -> torch.Tensor:
+    """A packed upper triangle ``(..., m)`` (the order of :func:`hessian_pairs`) as the symmetric
+    ``(..., d, d)`` matrix."""
+    m = h.shape[-1]
+    d = int(round((math.sqrt(1 + 8 * m) - 1) / 2))
+    return h[..., _sym_index(d, h.device)].reshape(h.shape[:-1] + (d, d))
+
+
+_SYM: dict = {}
+
+
+def _sym_index(d: int, device) -> torch.Tensor:
+    key = (d, str(device))
+    if key not in _SYM:
+        I, J = hessian_pairs(d)
+        pos = {(i, j): k for k, (i, j) in enumerate(zip(I, J))}
+        _SYM[key] = torch.tensor([pos[min(a, b), max(a, b)] for a in range(d) for b in range(d)], device=device)
+    return _SYM[key]
+
+
 _PAIR_INDEX: dict = {}
 
 

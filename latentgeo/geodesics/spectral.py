@@ -69,7 +69,7 @@ from numpy.polynomial import legendre as npleg
 
 from ..metric import Metric
 from ._lm import damped_step, update_damping
-from .._autodiff import hessian_pairs, value_and_columns
+from .._autodiff import unpack_hessian, value_and_columns
 from .ode import acceleration_and_velocity_jacobian, acceleration_fn, acceleration_from_jet, matvec
 
 __all__ = [
@@ -417,7 +417,7 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None, curvature=False):
             # the exact (half) Hessian adds, at each interior node k, Σ_K cc_kK ∇²g_K(c_k)
             if Hm is None:
                 Bp = (cc.reshape(-1, 1, K) @ Hp).reshape(-1, Hp.shape[2])  # (n·P, m) upper triangles
-                B = Bp[:, _sym_index(d, c.device)].reshape(n, P, d, d)
+                B = unpack_hessian(Bp).reshape(n, P, d, d)
             else:
                 B = torch.einsum("mK,jmKi->mij", cc.reshape(-1, K), Hm.reshape(d, -1, K, d)).reshape(n, P, d, d)
                 B = 0.5 * (B + B.transpose(-1, -2))
@@ -443,20 +443,6 @@ def _energy_terms(metric, mfn, D, w, A, c, ends=None, curvature=False):
         # jets a node: one Hessian-mode jet, or d mixed ones (also without the curvature term)
         return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends, B, 1 if Hm is None and exact else d
     return E, grad.reshape(n, P * d), H.reshape(n, P * d, P * d), ends
-
-
-_SYM: dict = {}
-
-
-def _sym_index(d: int, device) -> torch.Tensor:
-    """``(d·d,)`` positions in the packed upper triangle (:func:`latentgeo._autodiff.hessian_pairs`)
-    of the entries of a symmetric ``d × d`` matrix, row-major."""
-    key = (d, str(device))
-    if key not in _SYM:
-        I, J = hessian_pairs(d)
-        pos = {(i, j): k for k, (i, j) in enumerate(zip(I, J))}
-        _SYM[key] = torch.tensor([pos[min(a, b), max(a, b)] for a in range(d) for b in range(d)], device=device)
-    return _SYM[key]
 
 
 def _with_curvature(H, B):

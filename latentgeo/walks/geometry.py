@@ -11,9 +11,10 @@ from typing import Callable
 
 import torch
 
-from .._autodiff import hessian_pairs
+from .._autodiff import hessian_pairs, unpack_hessian
 
-__all__ = ["inverse_factor", "brownian_drift", "brownian_terms_fn", "inverse_metric_divergence", "exp_step"]
+__all__ = ["inverse_factor", "brownian_drift", "brownian_terms_fn", "metric_derivatives_fn", "inverse_metric_divergence",
+           "exp_step"]
 
 
 def inverse_factor(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,9 +132,33 @@ def brownian_terms_fn(metric) -> Callable[[torch.Tensor], tuple[torch.Tensor, to
     return embedded
 
 
-def inverse_metric_divergence(tensor_fn: Callable, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def metric_derivatives_fn(metric):
+    """A pure function ``z (N, d) -> (M (N, d, d), dM (N, d, d, d))`` with ``dM[:, j] = ∂_j M``, from
+    one Hessian-mode jet of an embedded metric (``M = JᵀJ + ridge·I``, so
+    ``∂_j M = H_jᵀ J + Jᵀ H_j`` with ``(H_j)_{Ki} = ∂²g_K[e_i, e_j]``), or ``None`` when the metric
+    is not embedded; the function returns ``None`` where the decoder has no such jet."""
+    if not getattr(metric, "is_embedded", False) or not hasattr(metric, "hessian_jet"):
+        return None
+    ridge = float(getattr(metric, "ridge", 0.0))
+
+    def fn(z):
+        r = metric.hessian_jet(z)
+        if r is None:
+            return None
+        _, jac, hp = r
+        m = jac.transpose(1, 2) @ jac
+        if ridge > 0.0:
+            m = m + ridge * torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+        t = torch.einsum("nkaj,nkb->njab", unpack_hessian(hp), jac)
+        return m, t + t.transpose(-1, -2)
+
+    return fn
+
+
+def inverse_metric_divergence(tensor_fn: Callable, z: torch.Tensor, m: torch.Tensor, dm=None) -> torch.Tensor:
     """``(∇·M⁻¹)ᵢ = Σ_j ∂_j (M⁻¹)_{ij} = −Σ_j (M⁻¹ (∂_j M) M⁻¹)_{ij}``, shape ``(N, d)``.
 
+    From ``dm (N, d, d, d)`` (``dm[:, j] = ∂_j M``, :func:`metric_derivatives_fn`) when given, else
     ``d`` forward-mode derivatives of ``tensor_fn`` (rows of the batch are independent).
     This is the term of the position-dependent Langevin drift that makes its invariant density
     the target (Xifara, Sherlock, Livingstone, Byrne & Girolami 2014, eq. 6; Girolami &
@@ -141,12 +166,14 @@ def inverse_metric_divergence(tensor_fn: Callable, z: torch.Tensor, m: torch.Ten
     """
     n, d = z.shape
     minv = torch.linalg.inv(m)
+    if dm is not None:
+        return -torch.einsum("nia,njab,nbj->ni", minv, dm, minv)
     div = torch.zeros(n, d, dtype=z.dtype, device=z.device)
     for j in range(d):
         e = torch.zeros_like(z)
         e[:, j] = 1.0
-        _, dm = torch.func.jvp(tensor_fn, (z,), (e,))  # ∂_j M, (N, d, d)
-        div = div - (minv @ dm @ minv)[:, :, j]
+        _, dmj = torch.func.jvp(tensor_fn, (z,), (e,))  # ∂_j M, (N, d, d)
+        div = div - (minv @ dmj @ minv)[:, :, j]
     return div
 
 

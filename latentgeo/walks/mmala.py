@@ -46,15 +46,21 @@ def log_prob_and_grad(log_prob: Callable, z: torch.Tensor) -> tuple[torch.Tensor
     return lp.detach(), g.detach()
 
 
-def mmala_state(log_prob: Callable, tensor_fn: Callable, z: torch.Tensor, h: float) -> MMALAState:
-    """Everything the MH step needs at ``z``: log π, μ(z), L, M and a validity mask."""
+def mmala_state(log_prob: Callable, tensor_fn: Callable, z: torch.Tensor, h: float, derivs=None) -> MMALAState:
+    """Everything the MH step needs at ``z``: log π, μ(z), L, M and a validity mask. ``derivs``: a
+    :func:`~latentgeo.walks.geometry.metric_derivatives_fn` (``M`` and its derivatives from one
+    Hessian-mode jet), else ``M`` from ``tensor_fn`` and its derivatives by forward mode."""
     lp, g = log_prob_and_grad(log_prob, z)
     with torch.no_grad():
-        m = tensor_fn(z)
+        r = derivs(z) if derivs is not None else None
+        m, dm = r if r is not None else (tensor_fn(z), None)
         lfac, ok = inverse_factor(m)
         mi_g = (lfac @ (lfac.transpose(1, 2) @ g.unsqueeze(-1))).squeeze(-1)  # M⁻¹ ∇log π
-        m_safe = torch.where(ok[:, None, None], m, torch.eye(z.shape[1], dtype=z.dtype, device=z.device))
-        div = inverse_metric_divergence(tensor_fn, z, m_safe)
+        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+        m_safe = torch.where(ok[:, None, None], m, eye)
+        if dm is not None:
+            dm = torch.where(ok[:, None, None, None], dm, torch.zeros_like(dm))
+        div = inverse_metric_divergence(tensor_fn, z, m_safe, dm)
         mean = z + h * (0.5 * mi_g + 0.5 * div)
         ok = ok & torch.isfinite(lp) & torch.isfinite(mean).all(1)
     return MMALAState(lp, mean, lfac, m, ok)

@@ -11,7 +11,7 @@ import torch
 from .._progress import progress_bar
 from .._random import as_generator
 from .._validation import as_latent_batch, check_choice, check_int, check_real
-from .geometry import brownian_terms_fn, exp_step, inverse_factor
+from .geometry import brownian_terms_fn, exp_step, inverse_factor, metric_derivatives_fn
 from .mmala import mmala_log_q, mmala_state
 from .result import WalkResult, WalkStatus
 
@@ -118,18 +118,25 @@ def random_walk(
     active = torch.ones(w, dtype=torch.bool, device=z.device)
     sqh = math.sqrt(h)
 
+    derivs = None
     if metric is not None:
         tfn = metric.tensor_fn()
-        if method == "mmala":  # (its drift takes forward-mode derivatives of the tensor)
-            from .._autodiff import nested_forward_hazard
+        if method == "mmala":
+            # its drift needs the tensor's derivatives: one Hessian-mode jet of the decoder where it
+            # has one, else forward-mode derivatives of the tensor (nested through the decoder)
+            derivs = metric_derivatives_fn(metric)
+            if derivs is not None and derivs(z[:1]) is None:
+                derivs = None
+            if derivs is None:
+                from .._autodiff import nested_forward_hazard
 
-            hazard = nested_forward_hazard(getattr(metric, "decoder", None))
-            if hazard:
-                raise NotImplementedError(f"method='mmala' differentiates the metric tensor in forward mode: {hazard}")
+                hazard = nested_forward_hazard(getattr(metric, "decoder", None))
+                if hazard:
+                    raise NotImplementedError(f"method='mmala' differentiates the metric tensor in forward mode: {hazard}")
     terms = brownian_terms_fn(metric) if method == "brownian" else None
     state = None
     if method == "mmala":
-        state = mmala_state(log_prob, tfn, z, h)
+        state = mmala_state(log_prob, tfn, z, h, derivs)
         bad = ~state.ok
         if bool(bad.any()):
             pd = inverse_factor(state.metric)[1]
@@ -151,7 +158,8 @@ def random_walk(
             if idx.numel():
                 zc, xc = z[idx], xi[idx]
                 if method == "mmala":
-                    z[idx] = _mmala_step(idx, zc, xc, u[idx], state, log_prob, tfn, h, sqh, accepted, rejected, nonfinite)
+                    z[idx] = _mmala_step(idx, zc, xc, u[idx], state, log_prob, tfn, h, sqh, accepted, rejected, nonfinite,
+                                         derivs)
                 else:
                     znew, code = _plain_step(method, metric, zc, xc, h, sqh, tfn if metric is not None else None,
                                              terms)
@@ -202,14 +210,14 @@ def _plain_step(method, metric, z, xi, h, sqh, tfn, terms):
     return znew, code
 
 
-def _mmala_step(idx, z, xi, u, state, log_prob, tfn, h, sqh, accepted, rejected, nonfinite):
+def _mmala_step(idx, z, xi, u, state, log_prob, tfn, h, sqh, accepted, rejected, nonfinite, derivs=None):
     """One Metropolis–Hastings-corrected MMALA step for the walkers ``idx``; returns their new positions."""
     cur = type(state)(*(t[idx] for t in state))
     with torch.no_grad():
         prop = cur.mean + sqh * (cur.lfac @ xi.unsqueeze(-1)).squeeze(-1)
     finite = torch.isfinite(prop).all(1)
     prop = torch.where(finite[:, None], prop, z)
-    new = mmala_state(log_prob, tfn, prop, h)
+    new = mmala_state(log_prob, tfn, prop, h, derivs)
     with torch.no_grad():
         log_alpha = new.log_p - cur.log_p + mmala_log_q(z, new, h) - mmala_log_q(prop, cur, h)
         valid = finite & new.ok & ~torch.isnan(log_alpha)
