@@ -618,7 +618,8 @@ class CategoricalDecoder(Decoder):
             return None
         n, d = z.shape
         out, ocols, oh = _COMPOSE[mode](lambda x: self._from_raw(x, kind), raw, cols, h, v)
-        return _jet_cat([(out, ocols.reshape(d, n, -1), oh.reshape(n, -1) if mode == "taylor" else oh.reshape(oh.shape[0], n, -1))])
+        oh = oh.reshape(n, -1) if mode == "taylor" else oh.reshape(oh.shape[0], n, -1)
+        return _jet_cat([(out, ocols.reshape(d, n, -1), oh)])
 
     def coordinates(self, z, kind=None):
         kind = self.resolve_kind(kind)

@@ -344,20 +344,13 @@ class PullbackMetric(Metric):
         coords, weights, kind = self.coordinates, self.decoder.fisher_weights, self.kind
         embedded = self.is_embedded
 
-        dec = self.decoder
-
         def base(z):
             # outside torch.func transforms, the decoder's traced first-order pass: reverse mode
             # through it is right where torch's double backward of a forward-mode derivative is
             # not (through LayerNorm, autograd of value_and_columns' M was off by 0.10 where its
             # largest entry is 0.12)
-            r = dec.coordinate_blocks_jvp(z, kind) if self.fast_path and not transforms_active() else None
-            if r is not None and r[0][0].shape[0] == z.shape[0]:
-                blocks, cols = r
-                eta = torch.cat(list(blocks), 1)
-                jac = torch.cat(list(cols), 2).permute(1, 2, 0)
-            else:
-                eta, jac = value_and_columns(coords, z)
+            r = self.traced_columns(z)
+            eta, jac = r if r is not None else value_and_columns(coords, z)
             jt = jac.transpose(1, 2)
             w = None if embedded else weights(eta, kind)
             return jt @ jac if w is None else jt @ (w.unsqueeze(-1) * jac)
@@ -406,6 +399,18 @@ class PullbackMetric(Metric):
                 "and Hardsigmoid under no_grad). latentgeo's traced path has closed forms for them: write the "
                 "decoder as an nn.Module that torch.fx can trace (see latentgeo._autodiff.unsupported_reason)"
             ) from exc
+
+    def traced_columns(self, z: torch.Tensor):
+        """``(η(z) (N, K), J (N, K, d))`` of the coordinates from the decoder's traced first-order
+        pass (:meth:`~latentgeo.decoders.Decoder.coordinate_blocks_jvp`), or ``None`` (``fast_path``
+        off, inside :mod:`torch.func` transforms, or no traced pass). Pure: no input checks."""
+        if not self.fast_path or transforms_active():
+            return None
+        r = self.decoder.coordinate_blocks_jvp(z, self.kind)
+        if r is None or r[0][0].shape[0] != z.shape[0]:
+            return None
+        blocks, cols = r
+        return torch.cat(list(blocks), 1), torch.cat(list(cols), 2).permute(1, 2, 0)
 
     def hessian_jet(self, z: torch.Tensor):
         """``(g(z) (N, K), J (N, K, d), H (N, K, m))`` of the embedding, or ``None``: the upper

@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import jacrev, vmap
 
 from latentgeo._autodiff import hessian_pairs, hessian_second_order, mixed_second_order, second_order
-from test_autodiff_taylor import Arith, Reductions, TwoHead, _embedding_cases, _leaves, _rbf, _zv
+from test_autodiff_taylor import Arith, forbid_generic, Reductions, TwoHead, _embedding_cases, _leaves, _rbf, _zv
 
 TOL = 1e-11
 DT = torch.float64
@@ -38,13 +38,7 @@ def _hessian_reference(f, z):
 @pytest.fixture
 def no_generic(monkeypatch):
     """Fail if a node goes through the slow generic (vmap / jvp-of-jvp) path in Hessian mode."""
-    def boom(*a, **k):
-        raise AssertionError("generic fallback used")
-
-    import latentgeo._autodiff as autodiff
-    import latentgeo._autodiff._taylor as taylor
-
-    monkeypatch.setattr(autodiff, "HESSIAN", taylor.HESSIAN._replace(generic=boom))
+    forbid_generic(monkeypatch, "HESSIAN")
 
 
 def _check(module, z, tol=TOL):

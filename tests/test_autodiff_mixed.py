@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import jacfwd, jvp
 
 from latentgeo._autodiff import mixed_second_order, second_order
-from test_autodiff_taylor import Arith, InvStereo, Reductions, TwoHead, _embedding_cases, _leaves, _rbf, _zv
+from test_autodiff_taylor import Arith, forbid_generic, InvStereo, Reductions, TwoHead, _embedding_cases, _leaves, _rbf, _zv
 
 TOL = 1e-11
 DT = torch.float64
@@ -31,13 +31,7 @@ def _mixed_reference(f, z, v):
 @pytest.fixture
 def no_generic(monkeypatch):
     """Fail if a node goes through the slow generic (vmap / jvp-of-jvp) path in mixed mode."""
-    def boom(*a, **k):
-        raise AssertionError("generic fallback used")
-
-    import latentgeo._autodiff as autodiff
-    import latentgeo._autodiff._taylor as taylor
-
-    monkeypatch.setattr(autodiff, "MIXED", taylor.MIXED._replace(generic=boom))
+    forbid_generic(monkeypatch, "MIXED")
 
 
 def _check(module, z, v, tol=TOL):

@@ -56,17 +56,24 @@ def _check(module, z, v, tol=TOL, nonzero_h=True):
     return res
 
 
-@pytest.fixture
-def no_generic(monkeypatch):
-    """Fail if a node goes through the slow generic (vmap/jvp-of-jvp) path."""
+def forbid_generic(monkeypatch, mode: str, nested_jvp: bool = True):
+    """Fail if a node goes through the slow generic (vmap/jvp-of-jvp) path of the second-order
+    ``mode`` (``"TAYLOR"``, ``"MIXED"``, ``"HESSIAN"``), or (``nested_jvp``) takes an elementwise
+    derivative by nested jvp."""
     def boom(*a, **k):
         raise AssertionError("generic fallback used")
 
     import latentgeo._autodiff as autodiff
     import latentgeo._autodiff._taylor as taylor
 
-    monkeypatch.setattr(autodiff, "TAYLOR", taylor.TAYLOR._replace(generic=boom))
-    monkeypatch.setattr(taylor, "jvp", boom)
+    monkeypatch.setattr(autodiff, mode, getattr(taylor, mode)._replace(generic=boom))
+    if nested_jvp:
+        monkeypatch.setattr(taylor, "jvp", boom)
+
+
+@pytest.fixture
+def no_generic(monkeypatch):
+    forbid_generic(monkeypatch, "TAYLOR")
 
 
 def _zv(n=6, d=3, seed=0):

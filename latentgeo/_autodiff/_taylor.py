@@ -156,13 +156,10 @@ class _Layout:
         (7 % of a 10-D geodesic solve)."""
         f = self.first(D)
         sec = u[f:]
-        if (owned and u._base is None and u.is_contiguous() and corr.dtype == u.dtype
-                and not (torch.is_grad_enabled() and (u.requires_grad or corr.requires_grad))
-                and _broadcasts_to(corr.shape, sec.shape)):
+        if _updatable(u, corr, owned, sec.shape):
             sec += corr
             return u
         return torch.cat([u[:f], (sec + corr).expand(sec.shape)], 0)
-
 
     def add_square(self, uy: torch.Tensor, s2: torch.Tensor, u: torch.Tensor, D: int, owned: bool = False) -> torch.Tensor:
         """``uy`` plus ``s2 · left(u) · right(u)`` in its second-order slots (an elementwise map's
@@ -172,9 +169,7 @@ class _Layout:
         10-D the gathers of an RBF head's ``(N, C, d)`` tangents were a third of the jet."""
         kind = self.kind
         d = self.d(D)
-        if not (owned and uy._base is None and uy.is_contiguous() and s2.dtype == uy.dtype
-                and not (torch.is_grad_enabled() and (uy.requires_grad or s2.requires_grad))
-                and _broadcasts_to(s2.shape, uy.shape[1:])):
+        if not _updatable(uy, s2, owned, uy.shape[1:]):
             return self.add(uy, s2 * self.left(u, D) * self.right(u, D), D, owned=owned)
         if kind == "taylor":
             uy[d + 1].addcmul_(s2 * u[d], u[d])
@@ -186,6 +181,14 @@ class _Layout:
                 uy[off : off + d - i].addcmul_(s2 * u[i], u[i:d])
                 off += d - i
         return uy
+
+
+def _updatable(u: torch.Tensor, corr: torch.Tensor, owned: bool, shape) -> bool:
+    """Whether a correction ``corr`` that broadcasts to ``shape`` may be added into slots of ``u``
+    in place: ``u`` is the rule's own contiguous tensor and autograd does not record."""
+    return (owned and u._base is None and u.is_contiguous() and corr.dtype == u.dtype
+            and not (torch.is_grad_enabled() and (u.requires_grad or corr.requires_grad))
+            and _broadcasts_to(corr.shape, shape))
 
 
 @functools.lru_cache(maxsize=None)
@@ -408,7 +411,7 @@ def _generic(L: _Layout):
 def _finisher(L: _Layout):
     def finish(template, vals, tans, d):
         D = L.slots(d)
-        f = d if L.kind == "hessian" else d + 1
+        f = L.first(D)
         leaves = template if isinstance(template, (tuple, list)) else (template,)
         outs, cols, hs = [], [], []
         for x in leaves:
@@ -463,10 +466,10 @@ def _seed_hessian(z, v=None):
 _TAYLOR, _MIXED, _HESSIAN = _Layout("taylor"), _Layout("mixed"), _Layout("hessian")
 
 #: Taylor mode: ``d`` Jacobian columns plus ``ẋ`` and ``ẍ`` along ``z + t v``
-TAYLOR = Mode("taylor", lambda d: d + 2, _seed, _rules(_TAYLOR), _generic(_TAYLOR), _finisher(_TAYLOR))
+TAYLOR = Mode("taylor", _TAYLOR.slots, _seed, _rules(_TAYLOR), _generic(_TAYLOR), _finisher(_TAYLOR))
 
 #: mixed mode: ``d`` Jacobian columns, ``ẋ``, and the ``d`` mixed second derivatives ``∂²x[v, e_i]``
-MIXED = Mode("mixed", lambda d: 2 * d + 1, _seed_mixed, _rules(_MIXED), _generic(_MIXED), _finisher(_MIXED))
+MIXED = Mode("mixed", _MIXED.slots, _seed_mixed, _rules(_MIXED), _generic(_MIXED), _finisher(_MIXED))
 
 #: Hessian mode: ``d`` Jacobian columns and the ``d(d+1)/2`` second derivatives ``∂²x[e_i, e_j]``, ``i ≤ j``
 HESSIAN = Mode("hessian", _HESSIAN.slots, _seed_hessian, _rules(_HESSIAN), _generic(_HESSIAN), _finisher(_HESSIAN))

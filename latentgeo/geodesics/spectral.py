@@ -211,16 +211,8 @@ def _embedding_jacobian(metric: Metric, z: torch.Tensor):
     if z.shape[0] > _ROWS:
         parts = [_embedding_jacobian(metric, z[s : s + _ROWS]) for s in range(0, z.shape[0], _ROWS)]
         return torch.cat([p[0] for p in parts], 0), torch.cat([p[1] for p in parts], 0)
-    dec = getattr(metric, "decoder", None)
-    if getattr(metric, "fast_path", False) and dec is not None:
-        r = dec.coordinate_blocks_jvp(z, metric.kind)
-        if r is not None:
-            blocks, cols = r
-            g = torch.cat(list(blocks), 1)
-            jac = torch.cat(list(cols), 2).permute(1, 2, 0)
-            if g.shape[0] == z.shape[0]:
-                return g, jac
-    return value_and_columns(metric.embedding, z)
+    r = metric.traced_columns(z) if hasattr(metric, "traced_columns") else None
+    return r if r is not None else value_and_columns(metric.embedding, z)
 
 
 class _Norm:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .._autodiff import hessian_pairs, unpack_hessian
+from .._autodiff import unpack_hessian
 
 __all__ = ["inverse_factor", "brownian_drift", "brownian_terms_fn", "metric_derivatives_fn", "inverse_metric_divergence",
            "exp_step"]
@@ -114,13 +114,9 @@ def brownian_terms_fn(metric) -> Callable[[torch.Tensor], tuple[torch.Tensor, to
         if r is None:
             return None
         _, jac, hp = r
-        n, d = z.shape
         lfac, ok = inverse_factor(gram(jac))
         a = lfac @ lfac.transpose(1, 2)  # M⁻¹
-        I, J = hessian_pairs(d)
-        I, J = list(I), list(J)
-        coef = a[:, I, J] * torch.tensor([1.0 if i == j else 2.0 for i, j in zip(I, J)], dtype=a.dtype, device=a.device)
-        hsum = (hp @ coef.unsqueeze(-1)).squeeze(-1)  # Σ_jk (M⁻¹)_jk H_jk
+        hsum = torch.einsum("nkab,nab->nk", unpack_hessian(hp), a)  # Σ_jk (M⁻¹)_jk H_jk
         return lfac, ok, 0.5 * acceleration_from_jet(jac, hsum, ridge)
 
     def embedded(z):
